@@ -1,0 +1,119 @@
+// Package balance holds the per-service pools, their immutable snapshots and
+// the pickers (strategies) that choose an endpoint for each request.
+//
+// Contract (grpc-go balancer style): one goroutine per service, the pool
+// owner, is the only writer. Every change publishes a new *Snapshot with a
+// new Picker through an atomic pointer. The request path does one atomic
+// load and one Pick: no mutex, no allocation. Live counters (in-flight,
+// requests) live in *Stats keyed by instance ID and survive rebuilds.
+//
+// This package does not import net/http: HTTP and TCP listeners share it.
+package balance
+
+import (
+	"errors"
+	"net/netip"
+	"sync/atomic"
+)
+
+// ErrNoEndpoint is returned by Pick when no eligible endpoint is left to try.
+var ErrNoEndpoint = errors.New("no eligible instance")
+
+// Stats are the live counters of one instance. They are created when an
+// instance first appears in a pool and carried across every rebuild while
+// the instance stays, so a Consul update does not reset them. All fields are
+// safe for concurrent use.
+type Stats struct {
+	inflight atomic.Int64
+	requests atomic.Uint64
+	failures atomic.Uint64
+}
+
+// Inflight reports the picks of this instance whose Done has not been called.
+func (s *Stats) Inflight() int64 { return s.inflight.Load() }
+
+// Requests reports how many times this instance was picked.
+func (s *Stats) Requests() uint64 { return s.requests.Load() }
+
+// Failures reports how many picks of this instance ended with a non-nil Done error.
+func (s *Stats) Failures() uint64 { return s.failures.Load() }
+
+// Endpoint is one eligible instance as a picker sees it. Endpoints are
+// immutable and belong to one snapshot; Stats is shared across snapshots.
+type Endpoint struct {
+	ID     string // Consul instance ID, unique within the service
+	Addr   string // host:port to dial
+	Weight int    // effective weight, >= 1
+	Stats  *Stats
+}
+
+// PickInfo is the per-request input of a picker. It is passed by value and
+// never retained.
+type PickInfo struct {
+	// Client is the client's address (for ip_hash and source_ip stickiness).
+	Client netip.Addr
+	// Tried lists the instances this request already tried; Pick never
+	// returns one of them.
+	Tried Tried
+}
+
+// MaxTries bounds the instances a single request may try (retry.attempts).
+const MaxTries = 10
+
+// Tried is a fixed-size set of instances already tried by one request. It
+// lives on the caller's stack; the zero value is empty.
+type Tried struct {
+	n     int
+	stats [MaxTries]*Stats
+}
+
+// Add records ep as tried. Beyond MaxTries entries it is a no-op.
+func (t *Tried) Add(ep *Endpoint) {
+	if t.n < MaxTries {
+		t.stats[t.n] = ep.Stats
+		t.n++
+	}
+}
+
+// Has reports whether ep was tried.
+func (t *Tried) Has(ep *Endpoint) bool {
+	for i := 0; i < t.n; i++ {
+		if t.stats[i] == ep.Stats {
+			return true
+		}
+	}
+	return false
+}
+
+// Len reports how many instances were tried.
+func (t *Tried) Len() int { return t.n }
+
+// PickResult is the outcome of a successful Pick. The caller must call Done
+// exactly once when the request (or connection) ends.
+type PickResult struct {
+	Endpoint *Endpoint
+}
+
+// Done ends the pick: it decrements the in-flight count and records a
+// failure when err is non-nil. It does not allocate.
+func (r PickResult) Done(err error) {
+	s := r.Endpoint.Stats
+	s.inflight.Add(-1)
+	if err != nil {
+		s.failures.Add(1)
+	}
+}
+
+// Picker chooses an endpoint for one request. Implementations are immutable
+// after Build and safe for concurrent use; Pick must not block, lock or
+// allocate.
+type Picker interface {
+	Pick(info PickInfo) (PickResult, error)
+}
+
+// picked marks ep as picked (in-flight and request counters) and returns the result.
+func picked(ep *Endpoint) (PickResult, error) {
+	ep.Stats.inflight.Add(1)
+	ep.Stats.requests.Add(1)
+	return PickResult{Endpoint: ep}, nil
+}

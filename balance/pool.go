@@ -1,0 +1,202 @@
+package balance
+
+import (
+	"context"
+	"sort"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Consul health of a member, as aggregated by discovery.
+const (
+	ConsulPassing     = "passing"
+	ConsulWarning     = "warning"
+	ConsulCritical    = "critical"
+	ConsulMaintenance = "maintenance"
+)
+
+// Probe states of a member's active health check.
+const (
+	ProbeUnknown = "unknown" // no probe configured, or no verdict yet
+	ProbePassing = "passing"
+	ProbeFailing = "failing"
+)
+
+// Member is one instance as the service registry reports it: the input of
+// SetMembers.
+type Member struct {
+	ID     string
+	Addr   string // host:port
+	Weight int    // >= 1; values below 1 count as 1
+	Consul string // ConsulPassing, ConsulWarning, ConsulCritical or ConsulMaintenance
+}
+
+// MemberStatus is one member of a Snapshot with everything that decides its
+// eligibility.
+type MemberStatus struct {
+	ID       string
+	Addr     string
+	Weight   int
+	Consul   string
+	Probe    string
+	Ejected  bool
+	Eligible bool
+	Stats    *Stats
+}
+
+// Snapshot is an immutable view of one service's pool. The pool owner
+// publishes a new one on every change; readers must not modify it.
+type Snapshot struct {
+	Service  string
+	Strategy string
+	Version  uint64 // increases with every publication
+	// Synced is true once the registry has answered at least once.
+	Synced      bool
+	ConsulIndex uint64
+	// ConsulError is the last watch error, cleared by the next good answer.
+	// While it is set the members of the last good answer keep serving.
+	ConsulError string
+	Members     []MemberStatus // every known member, sorted by ID
+	Eligible    []*Endpoint    // the members the picker chooses from, sorted by ID
+	Picker      Picker
+}
+
+// PoolOptions configure a Pool.
+type PoolOptions struct {
+	Service  string  // required
+	Strategy string  // strategy name, for status output
+	Builder  Builder // required; see Lookup
+	Logger   hclog.Logger
+}
+
+// Pool owns the live state of one service. Run is its owner goroutine: the
+// Set methods hand changes to it, and it publishes a new Snapshot after
+// each. Load may be called from any goroutine at any time.
+type Pool struct {
+	opts   PoolOptions
+	shared Shared
+	snap   atomic.Pointer[Snapshot]
+	events chan func(*poolState)
+}
+
+// poolState is owned by the Run goroutine.
+type poolState struct {
+	version     uint64
+	synced      bool
+	consulIndex uint64
+	consulError string
+	members     []Member // sorted by ID
+	stats       map[string]*Stats
+	eligible    map[string]bool // last published eligibility, for transition logs
+}
+
+// NewPool returns a pool that publishes an empty, unsynced snapshot until
+// Run receives the first members.
+func NewPool(opts PoolOptions) *Pool {
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	p := &Pool{opts: opts, events: make(chan func(*poolState))}
+	p.snap.Store(&Snapshot{Service: opts.Service, Strategy: opts.Strategy, Picker: emptyPicker{}})
+	return p
+}
+
+// Service returns the service name.
+func (p *Pool) Service() string { return p.opts.Service }
+
+// Load returns the current snapshot: one atomic load, no lock.
+func (p *Pool) Load() *Snapshot { return p.snap.Load() }
+
+// Run applies changes and publishes snapshots until ctx is done.
+func (p *Pool) Run(ctx context.Context) {
+	st := &poolState{stats: map[string]*Stats{}, eligible: map[string]bool{}}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case apply := <-p.events:
+			apply(st)
+			p.publish(st)
+		}
+	}
+}
+
+// send hands a change to the owner. It blocks until the owner takes it or
+// ctx is done, and reports ctx's error in the latter case.
+func (p *Pool) send(ctx context.Context, apply func(*poolState)) error {
+	select {
+	case p.events <- apply:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// SetMembers replaces the full member set (a registry answer with index).
+// It blocks until the owner takes the change or ctx is done.
+func (p *Pool) SetMembers(ctx context.Context, index uint64, members []Member) error {
+	ms := append([]Member(nil), members...)
+	sort.Slice(ms, func(i, j int) bool { return ms[i].ID < ms[j].ID })
+	return p.send(ctx, func(st *poolState) {
+		st.synced = true
+		st.consulIndex = index
+		st.consulError = ""
+		st.members = ms
+	})
+}
+
+// SetError records a failed registry query; the current members keep serving.
+func (p *Pool) SetError(ctx context.Context, err error) error {
+	msg := err.Error()
+	return p.send(ctx, func(st *poolState) { st.consulError = msg })
+}
+
+// publish builds and stores a new snapshot from st.
+func (p *Pool) publish(st *poolState) {
+	st.version++
+	snap := &Snapshot{
+		Service:     p.opts.Service,
+		Strategy:    p.opts.Strategy,
+		Version:     st.version,
+		Synced:      st.synced,
+		ConsulIndex: st.consulIndex,
+		ConsulError: st.consulError,
+		Members:     make([]MemberStatus, 0, len(st.members)),
+	}
+	seen := make(map[string]bool, len(st.members))
+	for _, m := range st.members {
+		seen[m.ID] = true
+		stats := st.stats[m.ID]
+		if stats == nil {
+			stats = &Stats{}
+			st.stats[m.ID] = stats
+			p.opts.Logger.Info("instance added", "service", p.opts.Service, "instance", m.ID, "address", m.Addr, "consul", m.Consul)
+		}
+		ms := MemberStatus{
+			ID: m.ID, Addr: m.Addr, Weight: max(m.Weight, 1), Consul: m.Consul,
+			Probe: ProbeUnknown, Stats: stats,
+		}
+		ms.Eligible = (ms.Consul == ConsulPassing || ms.Consul == ConsulWarning) && ms.Probe != ProbeFailing && !ms.Ejected
+		if was, known := st.eligible[m.ID]; !known || was != ms.Eligible {
+			if known || !ms.Eligible {
+				p.opts.Logger.Info("instance eligibility changed", "service", p.opts.Service, "instance", m.ID,
+					"eligible", ms.Eligible, "consul", ms.Consul, "probe", ms.Probe, "ejected", ms.Ejected)
+			}
+			st.eligible[m.ID] = ms.Eligible
+		}
+		snap.Members = append(snap.Members, ms)
+		if ms.Eligible {
+			snap.Eligible = append(snap.Eligible, &Endpoint{ID: ms.ID, Addr: ms.Addr, Weight: ms.Weight, Stats: stats})
+		}
+	}
+	for id := range st.stats {
+		if !seen[id] {
+			delete(st.stats, id)
+			delete(st.eligible, id)
+			p.opts.Logger.Info("instance removed", "service", p.opts.Service, "instance", id)
+		}
+	}
+	snap.Picker = p.opts.Builder(snap.Eligible, &p.shared)
+	p.snap.Store(snap)
+}

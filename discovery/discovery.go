@@ -1,0 +1,330 @@
+// Package discovery watches Consul's health endpoint for one service with
+// blocking queries and publishes full, ID-sorted instance sets.
+//
+// Contract (go-kit sd.Event style): every Update is either a full set or an
+// error carried in band; the receiver keeps serving its last good set on an
+// error. A Watcher never watches /v1/health/state/any.
+package discovery
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Health is the aggregate of an instance's node and service checks.
+type Health string
+
+// The health values an Instance may carry.
+const (
+	HealthPassing     Health = "passing"
+	HealthWarning     Health = "warning"
+	HealthCritical    Health = "critical"
+	HealthMaintenance Health = "maintenance"
+)
+
+// Weight bounds: a weight outside them is invalid and falls back.
+const (
+	MinWeight = 1
+	MaxWeight = 10000
+)
+
+// Instance is one service instance as Consul reports it. Immutable once published.
+type Instance struct {
+	ID      string // Consul service ID; "<node>/<id>" when several nodes carry the same ID
+	Node    string
+	Address string // Service.Address, else Node.Address
+	Port    int
+	Tags    []string
+	Meta    map[string]string
+	Health  Health
+	Weight  int // MinWeight..MaxWeight
+}
+
+// HostPort returns the address to dial.
+func (i Instance) HostPort() string { return net.JoinHostPort(i.Address, strconv.Itoa(i.Port)) }
+
+// Update is one event of a watcher: a full set or an error.
+type Update struct {
+	Service   string
+	Instances []Instance // full set sorted by ID; nil when Err != nil
+	Index     uint64     // Consul's index of this answer; 0 with Err
+	Err       error      // the query failed; keep the last good set
+}
+
+// HealthAPI is the slice of *api.Health a Watcher uses; tests use a fake.
+type HealthAPI interface {
+	Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error)
+}
+
+var _ HealthAPI = (*api.Health)(nil)
+
+// Options configure a Watcher. Zero values take the documented defaults.
+type Options struct {
+	Service    string // required
+	Tag        string // only instances carrying this tag; "" for all
+	WeightKey  string // service meta key holding the weight; default "weight"
+	Datacenter string // default: the agent's
+	// Stale allows any server to answer and uses the agent's cache
+	// (streaming backend), as Consul recommends for watches at scale.
+	Stale bool
+	// Wait is the blocking query wait; default 60s.
+	Wait time.Duration
+	// WatchdogMargin: a query still open after Wait + Wait/16 (Consul's
+	// jitter) + WatchdogMargin is cancelled and re-issued; default 5s.
+	WatchdogMargin time.Duration
+	// BackoffMin and BackoffMax bound the exponential backoff after an
+	// error; defaults 50ms and 10s.
+	BackoffMin time.Duration
+	BackoffMax time.Duration
+	Logger     hclog.Logger // default: discard
+}
+
+// Watcher runs the blocking-query loop of one service.
+type Watcher struct {
+	h    HealthAPI
+	opts Options
+	// warned holds "id\x00source\x00value" of bad weights already logged,
+	// pruned to the instances of the latest answer.
+	warned map[string]bool
+}
+
+// NewWatcher returns a watcher of opts.Service over h.
+func NewWatcher(h HealthAPI, opts Options) *Watcher {
+	if opts.WeightKey == "" {
+		opts.WeightKey = "weight"
+	}
+	if opts.Wait <= 0 {
+		opts.Wait = 60 * time.Second
+	}
+	if opts.WatchdogMargin <= 0 {
+		opts.WatchdogMargin = 5 * time.Second
+	}
+	if opts.BackoffMin <= 0 {
+		opts.BackoffMin = 50 * time.Millisecond
+	}
+	if opts.BackoffMax < opts.BackoffMin {
+		opts.BackoffMax = max(10*time.Second, opts.BackoffMin)
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	return &Watcher{h: h, opts: opts, warned: map[string]bool{}}
+}
+
+// errWatchdog marks a query cancelled by the watchdog.
+var errWatchdog = errors.New("watchdog")
+
+// Run issues blocking queries until ctx is done and sends every update on
+// out (a blocking send, abandoned when ctx is done). It returns when ctx is
+// done; cancellation is not reported as an error.
+func (w *Watcher) Run(ctx context.Context, out chan<- Update) {
+	w.watchLoop(ctx, out)
+}
+
+func (w *Watcher) watchLoop(ctx context.Context, out chan<- Update) {
+	var (
+		index     uint64
+		published bool // an answer was published and no error since
+		backoff   time.Duration
+	)
+	send := func(u Update) bool {
+		select {
+		case out <- u:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for ctx.Err() == nil {
+		entries, meta, err := w.query(ctx, index)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errWatchdog) {
+			w.opts.Logger.Warn("watch query overran, re-issuing", "service", w.opts.Service, "index", index)
+			continue
+		}
+		if err != nil {
+			backoff = nextBackoff(backoff, w.opts.BackoffMin, w.opts.BackoffMax)
+			w.opts.Logger.Warn("watch failed", "service", w.opts.Service, "error", err, "retry_in", backoff)
+			published = false
+			if !send(Update{Service: w.opts.Service, Err: err}) {
+				return
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		backoff = 0
+		// Index 0 counts as 1 so that the next query blocks.
+		last := max(meta.LastIndex, 1)
+		switch {
+		case published && last == index:
+			continue // nothing changed
+		case last < index:
+			index = 0 // Consul's index went backwards: start over
+		default:
+			index = last
+		}
+		published = true
+		if !send(Update{Service: w.opts.Service, Instances: w.instances(entries), Index: meta.LastIndex}) {
+			return
+		}
+	}
+}
+
+// query runs one blocking query bounded by the watchdog.
+func (w *Watcher) query(ctx context.Context, index uint64) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	limit := w.opts.Wait + w.opts.Wait/16 + w.opts.WatchdogMargin
+	qctx, cancel := context.WithTimeoutCause(ctx, limit, errWatchdog)
+	defer cancel()
+	q := &api.QueryOptions{
+		Datacenter: w.opts.Datacenter,
+		WaitIndex:  index,
+		WaitTime:   w.opts.Wait,
+		AllowStale: w.opts.Stale,
+		UseCache:   w.opts.Stale,
+	}
+	entries, meta, err := w.h.Service(w.opts.Service, w.opts.Tag, false, q.WithContext(qctx))
+	if err != nil && ctx.Err() == nil && context.Cause(qctx) == errWatchdog {
+		return nil, nil, errWatchdog
+	}
+	if err == nil && meta == nil {
+		err = errors.New("consul answered without query metadata")
+	}
+	return entries, meta, err
+}
+
+// nextBackoff doubles prev within [lo, hi] and adds up to 20% jitter.
+func nextBackoff(prev, lo, hi time.Duration) time.Duration {
+	d := min(max(prev*2, lo), hi)
+	return d + rand.N(d/5+1)
+}
+
+// instances converts a Consul answer into a sorted, unique-ID set.
+func (w *Watcher) instances(entries []*api.ServiceEntry) []Instance {
+	out := make([]Instance, 0, len(entries))
+	count := map[string]int{}
+	for _, e := range entries {
+		if e == nil || e.Service == nil {
+			continue
+		}
+		count[e.Service.ID]++
+	}
+	seen := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		if e == nil || e.Service == nil {
+			continue
+		}
+		in := Instance{
+			ID:      e.Service.ID,
+			Address: e.Service.Address,
+			Port:    e.Service.Port,
+			Tags:    append([]string(nil), e.Service.Tags...),
+			Meta:    make(map[string]string, len(e.Service.Meta)),
+			Health:  aggregateHealth(e.Checks),
+		}
+		for k, v := range e.Service.Meta {
+			in.Meta[k] = v
+		}
+		if e.Node != nil {
+			in.Node = e.Node.Node
+			if in.Address == "" {
+				in.Address = e.Node.Address
+			}
+		}
+		if count[in.ID] > 1 {
+			in.ID = in.Node + "/" + in.ID
+		}
+		in.Weight = w.weight(in, e.Service.Weights)
+		seen[in.ID] = true
+		out = append(out, in)
+	}
+	for k := range w.warned {
+		if id, _, _ := strings.Cut(k, "\x00"); !seen[id] {
+			delete(w.warned, k)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// aggregateHealth folds node and service checks: maintenance wins, then
+// critical, then warning; no checks is passing.
+func aggregateHealth(checks api.HealthChecks) Health {
+	h := HealthPassing
+	for _, c := range checks {
+		if c == nil {
+			continue
+		}
+		if c.CheckID == api.NodeMaint || strings.HasPrefix(c.CheckID, api.ServiceMaintPrefix) {
+			return HealthMaintenance
+		}
+		switch c.Status {
+		case api.HealthCritical:
+			h = HealthCritical
+		case api.HealthWarning:
+			if h == HealthPassing {
+				h = HealthWarning
+			}
+		}
+	}
+	return h
+}
+
+// weight resolves an instance weight: service meta[WeightKey], else a tag
+// "weight=N", else Consul's Weights (Warning when the instance is warning),
+// else 1. An invalid meta or tag value is logged once and falls through.
+func (w *Watcher) weight(in Instance, weights api.AgentWeights) int {
+	if v, ok := in.Meta[w.opts.WeightKey]; ok {
+		if n, ok := w.parseWeight(in.ID, "meta "+w.opts.WeightKey, v); ok {
+			return n
+		}
+	}
+	for _, t := range in.Tags {
+		if v, ok := strings.CutPrefix(t, "weight="); ok {
+			if n, ok := w.parseWeight(in.ID, "tag weight", v); ok {
+				return n
+			}
+			break
+		}
+	}
+	cw := weights.Passing
+	if in.Health == HealthWarning {
+		cw = weights.Warning
+	}
+	if cw >= MinWeight && cw <= MaxWeight {
+		return cw
+	}
+	return 1
+}
+
+// parseWeight accepts a whole number in MinWeight..MaxWeight; anything else
+// is logged once per (instance, source, value).
+func (w *Watcher) parseWeight(id, source, v string) (int, bool) {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err == nil && n >= MinWeight && n <= MaxWeight {
+		return n, true
+	}
+	key := id + "\x00" + source + "\x00" + v
+	if !w.warned[key] {
+		w.warned[key] = true
+		w.opts.Logger.Warn("invalid instance weight, falling back", "service", w.opts.Service,
+			"instance", id, "key", source, "value", v, "valid", "whole number 1-10000")
+	}
+	return 0, false
+}

@@ -1,0 +1,362 @@
+package discovery
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+)
+
+// answer is one scripted reply of fakeHealth.
+type answer struct {
+	entries []*api.ServiceEntry
+	index   uint64
+	err     error
+	block   bool // block until the query's context ends
+}
+
+// call is what fakeHealth saw of one query.
+type call struct {
+	service, tag string
+	q            api.QueryOptions
+}
+
+// fakeHealth serves scripted answers: each query is reported on calls and
+// then waits for the next answer on answers.
+type fakeHealth struct {
+	calls   chan call
+	answers chan answer
+}
+
+func newFake() *fakeHealth {
+	return &fakeHealth{calls: make(chan call, 16), answers: make(chan answer)}
+}
+
+func (f *fakeHealth) Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	f.calls <- call{service: service, tag: tag, q: *q}
+	ctx := q.Context()
+	select {
+	case a := <-f.answers:
+		if a.block {
+			<-ctx.Done()
+			return nil, nil, ctx.Err()
+		}
+		if a.err != nil {
+			return nil, nil, a.err
+		}
+		return a.entries, &api.QueryMeta{LastIndex: a.index}, nil
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+}
+
+// harness runs a watcher over a fake until the test ends.
+type harness struct {
+	fake *fakeHealth
+	out  chan Update
+	logs *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func start(t *testing.T, opts Options) *harness {
+	t.Helper()
+	h := &harness{fake: newFake(), out: make(chan Update), logs: &syncBuffer{}}
+	opts.Service = "web"
+	opts.Logger = hclog.New(&hclog.LoggerOptions{Output: h.logs, Level: hclog.Debug})
+	if opts.BackoffMin == 0 {
+		opts.BackoffMin = time.Millisecond
+		opts.BackoffMax = 2 * time.Millisecond
+	}
+	w := NewWatcher(h.fake, opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx, h.out); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return h
+}
+
+const timeout = 5 * time.Second
+
+// serve waits for the next query, answers it and returns what was asked.
+func (h *harness) serve(t *testing.T, a answer) call {
+	t.Helper()
+	var c call
+	select {
+	case c = <-h.fake.calls:
+	case <-time.After(timeout):
+		t.Fatal("no query issued")
+	}
+	select {
+	case h.fake.answers <- a:
+	case <-time.After(timeout):
+		t.Fatal("query not waiting for an answer")
+	}
+	return c
+}
+
+func (h *harness) next(t *testing.T) Update {
+	t.Helper()
+	select {
+	case u := <-h.out:
+		return u
+	case <-time.After(timeout):
+		t.Fatal("no update published")
+	}
+	return Update{}
+}
+
+// expectNone asserts nothing was published before the watcher issued its next query.
+func (h *harness) expectNone(t *testing.T) call {
+	t.Helper()
+	select {
+	case u := <-h.out:
+		t.Fatalf("unexpected update %+v", u)
+	case c := <-h.fake.calls:
+		return c
+	case <-time.After(timeout):
+		t.Fatal("no query issued")
+	}
+	return call{}
+}
+
+func entry(id, node, addr string, port int, checks ...*api.HealthCheck) *api.ServiceEntry {
+	return &api.ServiceEntry{
+		Node:    &api.Node{Node: node, Address: "10.0.0.1"},
+		Service: &api.AgentService{ID: id, Service: "web", Address: addr, Port: port, Weights: api.AgentWeights{Passing: 1, Warning: 1}},
+		Checks:  checks,
+	}
+}
+
+func check(id, status string) *api.HealthCheck { return &api.HealthCheck{CheckID: id, Status: status} }
+
+func ids(u Update) string {
+	var s []string
+	for _, in := range u.Instances {
+		s = append(s, in.ID)
+	}
+	return strings.Join(s, ",")
+}
+
+func TestIndexRules(t *testing.T) {
+	h := start(t, Options{Stale: true, Tag: "blue"})
+	c := h.serve(t, answer{index: 10})
+	if c.service != "web" || c.tag != "blue" || c.q.WaitIndex != 0 || !c.q.AllowStale || !c.q.UseCache {
+		t.Fatalf("first query: %+v", c)
+	}
+	if u := h.next(t); u.Err != nil || u.Index != 10 || len(u.Instances) != 0 {
+		t.Fatalf("first answer (empty) must be published: %+v", u)
+	}
+
+	// Same index: nothing published, the next query blocks on 10.
+	c = h.serve(t, answer{index: 10, entries: []*api.ServiceEntry{entry("b", "n1", "127.0.0.1", 2), entry("a", "n1", "127.0.0.1", 1)}})
+	if c.q.WaitIndex != 10 {
+		t.Fatalf("want WaitIndex 10, have %d", c.q.WaitIndex)
+	}
+	c = h.expectNone(t)
+	if c.q.WaitIndex != 10 {
+		t.Fatalf("want WaitIndex 10 after same index, have %d", c.q.WaitIndex)
+	}
+
+	// New index: published, sorted.
+	h.fake.answers <- answer{index: 12, entries: []*api.ServiceEntry{entry("b", "n1", "127.0.0.1", 2), entry("a", "n1", "127.0.0.1", 1)}}
+	if u := h.next(t); ids(u) != "a,b" || u.Index != 12 {
+		t.Fatalf("want a,b at 12, have %s at %d", ids(u), u.Index)
+	}
+
+	// Index backwards: published, and the next query starts over at 0.
+	h.serve(t, answer{index: 5})
+	if u := h.next(t); u.Index != 5 {
+		t.Fatalf("want index 5 published, have %+v", u)
+	}
+	if c := h.serve(t, answer{index: 0}); c.q.WaitIndex != 0 {
+		t.Fatalf("want WaitIndex reset to 0, have %d", c.q.WaitIndex)
+	}
+	h.next(t)
+	// Index 0 from Consul is treated as 1.
+	if c := h.serve(t, answer{index: 1}); c.q.WaitIndex != 1 {
+		t.Fatalf("want WaitIndex 1 after index 0, have %d", c.q.WaitIndex)
+	}
+}
+
+func TestErrorBackoffAndResume(t *testing.T) {
+	h := start(t, Options{})
+	c := h.serve(t, answer{index: 3, entries: []*api.ServiceEntry{entry("a", "n1", "", 1)}})
+	if c.q.AllowStale || c.q.UseCache {
+		t.Fatalf("Stale=false must not allow stale or cache: %+v", c.q)
+	}
+	h.next(t)
+	h.serve(t, answer{err: errors.New("connection refused")})
+	if u := h.next(t); u.Err == nil || u.Instances != nil || u.Service != "web" {
+		t.Fatalf("want error update, have %+v", u)
+	}
+	// After an error the same index is published again.
+	c = h.serve(t, answer{index: 3, entries: []*api.ServiceEntry{entry("a", "n1", "", 1)}})
+	if c.q.WaitIndex != 3 {
+		t.Fatalf("want WaitIndex kept at 3 across the error, have %d", c.q.WaitIndex)
+	}
+	if u := h.next(t); u.Err != nil || ids(u) != "a" {
+		t.Fatalf("want recovery update, have %+v", u)
+	}
+	if !strings.Contains(h.logs.String(), "watch failed") || !strings.Contains(h.logs.String(), "retry_in") {
+		t.Errorf("error not logged: %s", h.logs.String())
+	}
+}
+
+func TestNextBackoff(t *testing.T) {
+	d := time.Duration(0)
+	for i, want := range []time.Duration{50, 100, 200, 400, 400} {
+		d = nextBackoff(d, 50*time.Millisecond, 400*time.Millisecond)
+		lo, hi := want*time.Millisecond, want*time.Millisecond*6/5
+		if d < lo || d > hi {
+			t.Fatalf("step %d: want %v..%v, have %v", i, lo, hi, d)
+		}
+		d = lo // strip jitter for the next step
+	}
+}
+
+func TestWatchdogReissues(t *testing.T) {
+	h := start(t, Options{Wait: 16 * time.Millisecond, WatchdogMargin: time.Millisecond})
+	h.serve(t, answer{index: 4})
+	h.next(t)
+	c := h.serve(t, answer{block: true})
+	if c.q.WaitIndex != 4 {
+		t.Fatalf("want WaitIndex 4, have %d", c.q.WaitIndex)
+	}
+	// The overrunning query is cancelled and re-issued at the same index,
+	// without an error update.
+	c = h.expectNone(t)
+	if c.q.WaitIndex != 4 {
+		t.Fatalf("re-issued query: want WaitIndex 4, have %d", c.q.WaitIndex)
+	}
+	if !strings.Contains(h.logs.String(), "overran") {
+		t.Errorf("watchdog not logged: %s", h.logs.String())
+	}
+}
+
+func TestAggregateHealth(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		checks []*api.HealthCheck
+		want   Health
+	}{
+		{"no checks", nil, HealthPassing},
+		{"all passing", []*api.HealthCheck{check("serfHealth", api.HealthPassing), check("svc", api.HealthPassing)}, HealthPassing},
+		{"service warning", []*api.HealthCheck{check("serfHealth", api.HealthPassing), check("svc", api.HealthWarning)}, HealthWarning},
+		{"service critical", []*api.HealthCheck{check("svc", api.HealthCritical), check("svc2", api.HealthWarning)}, HealthCritical},
+		{"node critical", []*api.HealthCheck{check("serfHealth", api.HealthCritical), check("svc", api.HealthPassing)}, HealthCritical},
+		{"node maintenance", []*api.HealthCheck{check("svc", api.HealthCritical), check("_node_maintenance", api.HealthCritical)}, HealthMaintenance},
+		{"service maintenance", []*api.HealthCheck{check("_service_maintenance:web-1", api.HealthCritical)}, HealthMaintenance},
+	} {
+		if have := aggregateHealth(tc.checks); have != tc.want {
+			t.Errorf("%s: want %s, have %s", tc.name, tc.want, have)
+		}
+	}
+}
+
+func TestWeightRules(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		meta    map[string]string
+		tags    []string
+		weights api.AgentWeights
+		health  string
+		want    int
+		warns   int
+	}{
+		{"meta", map[string]string{"weight": "3"}, nil, api.AgentWeights{Passing: 7}, "", 3, 0},
+		{"tag", nil, []string{"x", "weight=4"}, api.AgentWeights{Passing: 7}, "", 4, 0},
+		{"consul weights", nil, nil, api.AgentWeights{Passing: 7, Warning: 2}, "", 7, 0},
+		{"consul warning weight", nil, nil, api.AgentWeights{Passing: 7, Warning: 2}, api.HealthWarning, 2, 0},
+		{"default", nil, nil, api.AgentWeights{}, "", 1, 0},
+		{"max", map[string]string{"weight": "10000"}, nil, api.AgentWeights{}, "", 10000, 0},
+		{"meta abc falls to tag", map[string]string{"weight": "abc"}, []string{"weight=5"}, api.AgentWeights{}, "", 5, 1},
+		{"meta zero", map[string]string{"weight": "0"}, nil, api.AgentWeights{Passing: 2}, "", 2, 1},
+		{"meta negative", map[string]string{"weight": "-3"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta fraction", map[string]string{"weight": "2.5"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta too big", map[string]string{"weight": "99999"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta and tag bad", map[string]string{"weight": "x"}, []string{"weight=y"}, api.AgentWeights{}, "", 1, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := &syncBuffer{}
+			w := NewWatcher(nil, Options{Service: "web", Logger: hclog.New(&hclog.LoggerOptions{Output: logs})})
+			e := entry("web-1", "n1", "127.0.0.1", 1)
+			e.Service.Meta, e.Service.Tags, e.Service.Weights = tc.meta, tc.tags, tc.weights
+			if tc.health != "" {
+				e.Checks = []*api.HealthCheck{check("svc", tc.health)}
+			}
+			for i := 0; i < 3; i++ { // repeated answers warn once
+				ins := w.instances([]*api.ServiceEntry{e})
+				if ins[0].Weight != tc.want {
+					t.Fatalf("want weight %d, have %d", tc.want, ins[0].Weight)
+				}
+			}
+			have := strings.Count(logs.String(), "invalid instance weight")
+			if have != tc.warns {
+				t.Fatalf("want %d warnings, have %d: %s", tc.warns, have, logs.String())
+			}
+			if tc.warns > 0 && !strings.Contains(logs.String(), "instance=web-1") {
+				t.Fatalf("warning does not name the instance: %s", logs.String())
+			}
+			// An instance that leaves and comes back with the bad value is
+			// warned about again, and the warned set does not grow unbounded.
+			w.instances(nil)
+			if len(w.warned) != 0 {
+				t.Fatalf("warned set not pruned: %v", w.warned)
+			}
+		})
+	}
+}
+
+func TestInstanceConversion(t *testing.T) {
+	w := NewWatcher(nil, Options{Service: "web"})
+	a := entry("web-1", "n1", "", 8080)
+	a.Service.Tags = []string{"blue"}
+	a.Service.Meta = map[string]string{"k": "v"}
+	b := entry("web-1", "n2", "127.0.0.2", 8081)
+	c := entry("api-0", "n1", "127.0.0.3", 9000)
+	ins := w.instances([]*api.ServiceEntry{a, b, c})
+	want := []struct{ id, hostport string }{
+		{"api-0", "127.0.0.3:9000"},
+		{"n1/web-1", "10.0.0.1:8080"}, // node address fallback
+		{"n2/web-1", "127.0.0.2:8081"},
+	}
+	if len(ins) != len(want) {
+		t.Fatalf("want %d instances, have %d", len(want), len(ins))
+	}
+	for i, w := range want {
+		if ins[i].ID != w.id || ins[i].HostPort() != w.hostport {
+			t.Errorf("instance %d: want %s %s, have %s %s", i, w.id, w.hostport, ins[i].ID, ins[i].HostPort())
+		}
+	}
+	// Tags and meta are copies, not aliases of the api structs.
+	a.Service.Tags[0] = "green"
+	a.Service.Meta["k"] = "changed"
+	if ins[1].Tags[0] != "blue" || ins[1].Meta["k"] != "v" {
+		t.Errorf("instance aliases api data: %v %v", ins[1].Tags, ins[1].Meta)
+	}
+	if ins[1].Node != "n1" || ins[1].Health != HealthPassing {
+		t.Errorf("node/health: %+v", ins[1])
+	}
+}
