@@ -1,0 +1,64 @@
+# sluice: `make demo` to try it, `make test` to check it. See README.md.
+
+GO         ?= go
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS    := -X main.version=$(VERSION)
+# A Consul binary of your own may be named with CONSUL_BIN; otherwise
+# bin/consul is built from e2e/consul (Consul v1.14.11, MPL-2.0).
+CONSUL_BIN ?= $(CURDIR)/bin/consul
+export CONSUL_BIN
+
+.PHONY: all build consul test unit e2e demo bench bench-reaction vet clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/sluice ./cmd/sluice
+
+# The race-enabled binary that the e2e tests run.
+bin/sluice-race: FORCE
+	$(GO) build -race -ldflags "$(LDFLAGS)" -o bin/sluice-race ./cmd/sluice
+
+consul:
+	@if [ "$(CONSUL_BIN)" = "$(CURDIR)/bin/consul" ]; then \
+	  if [ ! -x bin/consul ] || [ e2e/consul/go.sum -nt bin/consul ]; then \
+	    echo "building bin/consul (Consul v1.14.11) from e2e/consul; the first build takes several minutes"; \
+	    $(GO) build -C e2e/consul -o ../../bin/consul github.com/hashicorp/consul; \
+	  fi; \
+	else \
+	  test -x "$(CONSUL_BIN)" || { echo "CONSUL_BIN=$(CONSUL_BIN) is not executable" >&2; exit 1; }; \
+	fi
+
+vet:
+	$(GO) vet ./...
+
+# Unit and e2e tests, all with -race. e2e runs a real Consul agent.
+test: consul bin/sluice-race vet
+	SLUICE_BIN=$(CURDIR)/bin/sluice-race $(GO) test -race -count=1 -timeout 15m ./...
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+e2e: consul bin/sluice-race
+	SLUICE_BIN=$(CURDIR)/bin/sluice-race $(GO) test -race -count=1 -timeout 15m -v ./e2e/
+
+# Starts a Consul dev agent (unless one answers on 127.0.0.1:8500), three
+# backends with weights 1, 1 and 3, and sluice with config.hcl. Ctrl-C stops
+# everything it started.
+demo: build consul
+	$(GO) run ./e2e/demo -sluice bin/sluice -consul "$(CONSUL_BIN)" -config config.hcl
+
+# Reaction time from a Consul write to the last request an instance gets.
+bench-reaction: build consul
+	SLUICE_BIN=$(CURDIR)/bin/sluice $(GO) test -run '^$$' -bench BenchmarkReaction -benchtime 1x -timeout 20m -v ./e2e/
+
+# Picker micro-benchmarks.
+bench-balance:
+	$(GO) test -run '^$$' -bench 'Pick|Build' -benchmem ./balance/
+
+bench: bench-balance bench-reaction
+
+clean:
+	rm -rf bin/ results/
+
+FORCE:

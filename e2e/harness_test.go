@@ -1,0 +1,344 @@
+// Package e2e runs sluice end to end: a real Consul agent (bin/consul, or
+// $CONSUL_BIN), the real sluice binary (bin/sluice, or $SLUICE_BIN) and real
+// HTTP backends on loopback. Consul is changed only through its HTTP API.
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/sluice-lb/sluice/proxy/admin"
+)
+
+// binary resolves a binary from an environment variable or ../bin.
+func binary(t testing.TB, env, name string) string {
+	t.Helper()
+	path := os.Getenv(env)
+	if path == "" {
+		path = filepath.Join("..", "bin", name)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(abs); err != nil {
+		t.Fatalf("%s not found (%v): run `make build consul` or set %s", name, err, env)
+	}
+	return abs
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// waitFor polls cond every 5ms until it holds or timeout passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// syncBuffer collects a process's output for failure reports.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// process is a child process stopped when the test ends.
+type process struct {
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	exited chan struct{}
+	err    error // valid after exited is closed
+}
+
+func startProcess(t testing.TB, name string, args ...string) *process {
+	t.Helper()
+	p := &process{cmd: exec.Command(name, args...), out: &syncBuffer{}, exited: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		p.stop(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("output of %s:\n%s", filepath.Base(name), p.out.String())
+		}
+	})
+	return p
+}
+
+// stop signals the process and waits up to 15s for it to exit.
+func (p *process) stop(sig syscall.Signal) error {
+	select {
+	case <-p.exited:
+		return p.err
+	default:
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.exited:
+		return p.err
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		return fmt.Errorf("did not exit within 15s of %v", sig)
+	}
+}
+
+// consulAgent is a real Consul dev agent on loopback ports of its own.
+type consulAgent struct {
+	t       testing.TB
+	ports   [4]int // http, serf lan, serf wan, server
+	proc    *process
+	Addr    string
+	Client  *api.Client
+	started atomic.Int32
+}
+
+func startConsul(t testing.TB) *consulAgent {
+	t.Helper()
+	c := &consulAgent{t: t, ports: [4]int{freePort(t), freePort(t), freePort(t), freePort(t)}}
+	c.Addr = fmt.Sprintf("127.0.0.1:%d", c.ports[0])
+	client, err := api.NewClient(&api.Config{Address: c.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Client = client
+	c.start()
+	return c
+}
+
+// start runs a fresh dev agent (in-memory state) on the agent's ports and
+// waits until it has a leader and has synced its node.
+func (c *consulAgent) start() {
+	t := c.t
+	t.Helper()
+	c.proc = startProcess(t, binary(t, "CONSUL_BIN", "consul"), "agent", "-dev",
+		"-node", "e2e", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-http-port", fmt.Sprint(c.ports[0]), "-serf-lan-port", fmt.Sprint(c.ports[1]),
+		"-serf-wan-port", fmt.Sprint(c.ports[2]), "-server-port", fmt.Sprint(c.ports[3]),
+		"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "ports { grpc_tls = -1 }",
+		"-log-level", "warn")
+	waitFor(t, 30*time.Second, "consul leader", func() bool {
+		leader, err := c.Client.Status().Leader()
+		if err != nil || leader == "" {
+			return false
+		}
+		nodes, _, err := c.Client.Catalog().Nodes(nil)
+		return err == nil && len(nodes) > 0
+	})
+}
+
+// stop kills the agent (SIGKILL: an outage, not a graceful leave).
+func (c *consulAgent) stop() { _ = c.proc.stop(syscall.SIGKILL) }
+
+// register adds a service instance at addr with a passing TTL check
+// "check-<id>" and the given meta.
+func (c *consulAgent) register(service, id, addr string, meta map[string]string) {
+	c.t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	var p int
+	fmt.Sscan(port, &p)
+	err := c.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: id, Name: service, Address: host, Port: p, Meta: meta,
+		Check: &api.AgentServiceCheck{CheckID: "check-" + id, TTL: "1h", Status: api.HealthPassing},
+	})
+	if err != nil {
+		c.t.Fatalf("register %s: %v", id, err)
+	}
+}
+
+func (c *consulAgent) setCheck(id, status string) {
+	c.t.Helper()
+	if err := c.Client.Agent().UpdateTTL("check-"+id, "e2e", status); err != nil {
+		c.t.Fatalf("update check of %s: %v", id, err)
+	}
+}
+
+func (c *consulAgent) deregister(id string) {
+	c.t.Helper()
+	if err := c.Client.Agent().ServiceDeregister(id); err != nil {
+		c.t.Fatalf("deregister %s: %v", id, err)
+	}
+}
+
+func (c *consulAgent) maintenance(id string, on bool) {
+	c.t.Helper()
+	var err error
+	if on {
+		err = c.Client.Agent().EnableServiceMaintenance(id, "e2e")
+	} else {
+		err = c.Client.Agent().DisableServiceMaintenance(id)
+	}
+	if err != nil {
+		c.t.Fatalf("maintenance %s: %v", id, err)
+	}
+}
+
+// backend is a real HTTP server that answers its name and counts hits.
+type backend struct {
+	name string
+	srv  *httptest.Server
+	hits atomic.Int64
+	last atomic.Int64 // unix nanos of the last request
+}
+
+func startBackend(t testing.TB, name string) *backend {
+	t.Helper()
+	b := &backend{name: name}
+	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.hits.Add(1)
+		b.last.Store(time.Now().UnixNano())
+		w.Header().Set("X-Backend", name)
+		io.WriteString(w, name)
+	}))
+	t.Cleanup(b.srv.Close)
+	return b
+}
+
+func (b *backend) addr() string { return strings.TrimPrefix(b.srv.URL, "http://") }
+
+// sluice is a running `sluice run` process.
+type sluice struct {
+	t      testing.TB
+	proc   *process
+	Front  string // http listener address
+	Admin  string
+	client *http.Client
+}
+
+// startSluice writes a config with an http listener on a free port routing
+// "/" to service (and extra, inserted verbatim), runs sluice with it, and
+// waits until /healthz answers 200.
+func startSluice(t testing.TB, consulAddr, service, extra string) *sluice {
+	t.Helper()
+	s := &sluice{
+		t:      t,
+		Front:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		Admin:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
+	}
+	cfg := fmt.Sprintf(`
+consul {
+  address = %q
+}
+admin {
+  address = %q
+}
+listener "public" {
+  address = %q
+  route "/" {
+    service = %q
+  }
+}
+%s
+`, consulAddr, s.Admin, s.Front, service, extra)
+	path := filepath.Join(t.TempDir(), "sluice.hcl")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.proc = startProcess(t, binary(t, "SLUICE_BIN", "sluice"), "run", "-config", path)
+	waitFor(t, 20*time.Second, "sluice /healthz 200", func() bool {
+		resp, err := s.client.Get("http://" + s.Admin + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return s
+}
+
+// get sends GET path through sluice and returns status, X-Backend and body.
+func (s *sluice) get(path string) (int, string, string, error) {
+	resp, err := s.client.Get("http://" + s.Front + path)
+	if err != nil {
+		return 0, "", "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header.Get("X-Backend"), string(body), err
+}
+
+// services reads GET /v1/services.
+func (s *sluice) services() admin.ServicesResponse {
+	s.t.Helper()
+	var out admin.ServicesResponse
+	resp, err := s.client.Get("http://" + s.Admin + "/v1/services")
+	if err != nil {
+		s.t.Fatalf("admin: %v", err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		s.t.Fatalf("admin: %v", err)
+	}
+	return out
+}
+
+// instance returns the status of one instance, and whether it is listed.
+func (s *sluice) instance(service, id string) (admin.Instance, bool) {
+	for _, svc := range s.services().Services {
+		if svc.Name != service {
+			continue
+		}
+		for _, in := range svc.Instances {
+			if in.ID == id {
+				return in, true
+			}
+		}
+	}
+	return admin.Instance{}, false
+}
+
+// service returns the status of one service.
+func (s *sluice) service(name string) admin.Service {
+	s.t.Helper()
+	for _, svc := range s.services().Services {
+		if svc.Name == name {
+			return svc
+		}
+	}
+	s.t.Fatalf("service %s not in /v1/services", name)
+	return admin.Service{}
+}
