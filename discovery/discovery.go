@@ -157,6 +157,7 @@ func (w *Watcher) watchLoop(ctx context.Context, out chan<- Update) {
 			backoff = nextBackoff(backoff, w.opts.BackoffMin, w.opts.BackoffMax)
 			w.opts.Logger.Warn("watch failed", "service", w.opts.Service, "error", err, "retry_in", backoff)
 			published = false
+			index = 0 // after an outage ask afresh, so recovery is published at once
 			if !send(Update{Service: w.opts.Service, Err: err}) {
 				return
 			}
@@ -209,10 +210,11 @@ func (w *Watcher) query(ctx context.Context, index uint64) ([]*api.ServiceEntry,
 	return entries, meta, err
 }
 
-// nextBackoff doubles prev within [lo, hi] and adds up to 20% jitter.
+// nextBackoff doubles prev within [lo, hi], then takes off up to 20% as
+// jitter (never below lo).
 func nextBackoff(prev, lo, hi time.Duration) time.Duration {
 	d := min(max(prev*2, lo), hi)
-	return d + rand.N(d/5+1)
+	return max(lo, d-rand.N(d/5+1))
 }
 
 // instances converts a Consul answer into a sorted, unique-ID set.
