@@ -1,0 +1,78 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/sluice-lb/sluice/balance"
+)
+
+func TestServicesAndHealthz(t *testing.T) {
+	build, _ := balance.Lookup("weighted_round_robin")
+	web := balance.NewPool(balance.PoolOptions{Service: "web", Strategy: "weighted_round_robin", Builder: build})
+	api := balance.NewPool(balance.PoolOptions{Service: "api", Strategy: "weighted_round_robin", Builder: build})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go web.Run(ctx)
+	go api.Run(ctx)
+	h := NewHandler([]*balance.Pool{web, api})
+
+	get := func(path string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec
+	}
+	if rec := get("/healthz"); rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("healthz before any Consul answer: want 503, have %d", rec.Code)
+	}
+
+	web.SetMembers(ctx, 42, []balance.Member{
+		{ID: "web-1", Addr: "127.0.0.1:9001", Weight: 3, Consul: balance.ConsulPassing},
+		{ID: "web-2", Addr: "127.0.0.1:9002", Weight: 1, Consul: balance.ConsulCritical},
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for !web.Load().Synced && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if rec := get("/healthz"); rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("healthz with api not synced: want 503, have %d", rec.Code)
+	}
+	api.SetMembers(ctx, 1, nil)
+	for !api.Load().Synced && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if rec := get("/healthz"); rec.Code != http.StatusOK {
+		t.Fatalf("healthz with all synced: want 200, have %d", rec.Code)
+	}
+
+	res, _ := web.Load().Picker.Pick(balance.PickInfo{})
+	defer res.Done(nil)
+	rec := get("/v1/services")
+	var have ServicesResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &have); err != nil || rec.Code != 200 {
+		t.Fatalf("services: %d %v %s", rec.Code, err, rec.Body)
+	}
+	if len(have.Services) != 2 || have.Services[0].Name != "web" || have.Services[1].Name != "api" {
+		t.Fatalf("services: %+v", have.Services)
+	}
+	svc := have.Services[0]
+	want := []Instance{
+		{ID: "web-1", Address: "127.0.0.1:9001", Weight: 3, Consul: "passing", Probe: "unknown", Eligible: true, Inflight: 1, Requests: 1},
+		{ID: "web-2", Address: "127.0.0.1:9002", Weight: 1, Consul: "critical", Probe: "unknown"},
+	}
+	if svc.Strategy != "weighted_round_robin" || svc.ConsulIndex != 42 || len(svc.Instances) != 2 {
+		t.Fatalf("web: %+v", svc)
+	}
+	for i := range want {
+		if svc.Instances[i] != want[i] {
+			t.Errorf("instance %d: want %+v, have %+v", i, want[i], svc.Instances[i])
+		}
+	}
+	if rec := get("/nope"); rec.Code != http.StatusNotFound {
+		t.Errorf("unknown path: want 404, have %d", rec.Code)
+	}
+}
