@@ -1,0 +1,251 @@
+// Package config parses and validates sluice's HCL configuration file.
+//
+// A file holds at most one consul block, at most one admin block, one or
+// more listener blocks and any number of service blocks:
+//
+//	consul { address = "127.0.0.1:8500" }
+//	listener "public" {
+//	  address = "127.0.0.1:8080"
+//	  route "api.example.com/v1" {
+//	    service = "api"
+//	  }
+//	}
+//	listener "db" {
+//	  address  = "127.0.0.1:5433"
+//	  protocol = "tcp"
+//	  service  = "postgres"
+//	}
+//	service "api" {
+//	  strategy = "least_connections"
+//	}
+//
+// Parse fills every default and validates the whole file in one pass: it
+// reports every problem it finds, each with the source range of the
+// offending attribute value, block or label, and returns a Config only when
+// there are none. Expressions are evaluated without variables or functions.
+package config
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+)
+
+// KnownStrategies returns the load-balancing strategy names the
+// configuration language accepts, in documentation order. The caller owns
+// the returned slice.
+func KnownStrategies() []string {
+	return []string{"round_robin", "weighted_round_robin", "least_connections", "p2c", "random", "ip_hash", "ewma"}
+}
+
+// Options tune validation. The zero value accepts every known strategy and
+// reads the process environment.
+type Options struct {
+	// Implemented lists the strategies the running binary implements. A
+	// known strategy missing from this list is an error
+	// (`strategy "X" is not yet implemented; available: a, b`), including
+	// the default strategy of a service that does not name one. nil means
+	// every known strategy is implemented.
+	Implemented []string
+	// Getenv reads the environment defaults CONSUL_HTTP_ADDR and
+	// CONSUL_HTTP_TOKEN. nil means os.Getenv.
+	Getenv func(string) string
+}
+
+// Config is a validated configuration with every default filled in.
+type Config struct {
+	Consul Consul
+	Admin  Admin
+	// Listeners are in file order; there is at least one.
+	Listeners []Listener
+	// Services holds, by name, every service that has a service block or is
+	// named by a route or a tcp listener. A service without a block has
+	// every default.
+	Services map[string]*Service
+}
+
+// ServiceNames returns the keys of c.Services in sorted order.
+func (c *Config) ServiceNames() []string {
+	names := make([]string, 0, len(c.Services))
+	for name := range c.Services {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Consul says how to reach the Consul agent.
+type Consul struct {
+	// Address is "host:port", "http://host:port" or "https://host:port".
+	// Default: $CONSUL_HTTP_ADDR, else "127.0.0.1:8500". A value taken from
+	// the environment is validated like one written in the file.
+	Address string
+	// Token is the ACL token. Default: $CONSUL_HTTP_TOKEN.
+	Token string
+	// Datacenter to query. Default "" (the agent's own).
+	Datacenter string
+	// Stale allows any Consul server to answer reads. Default true.
+	Stale bool
+}
+
+// Admin is the admin API listener.
+type Admin struct {
+	// Address is "host:port". Default "127.0.0.1:9901".
+	Address string
+}
+
+// Listener accepts client traffic.
+type Listener struct {
+	// Name is the block label, unique among listeners.
+	Name string
+	// Address is "host:port" with a non-empty host and a port from 1 to
+	// 65535, unique among listeners (compared as written). Required.
+	Address string
+	// Protocol is "http" (default) or "tcp".
+	Protocol string
+	// Routes are the http listener's routes in file order; at least one.
+	// Empty for tcp listeners.
+	Routes []Route
+	// Service receives all of a tcp listener's connections. Empty for http
+	// listeners.
+	Service string
+}
+
+// Route sends matching HTTP requests to a service. It is written as
+// `route "[host]/path-prefix" { service = "name" }`; route labels are
+// unique within a listener after the host is lowercased.
+type Route struct {
+	// Host is the lowercased host to match; "" matches any host.
+	Host string
+	// PathPrefix is the path prefix to match; it begins with "/".
+	PathPrefix string
+	// Service is the target service name, never empty.
+	Service string
+}
+
+// Service is the balancing policy for one Consul service.
+type Service struct {
+	// Name is the Consul service name, never empty.
+	Name string
+	// Tag filters instances by Consul tag. Default "" (no filter).
+	Tag string
+	// Strategy is one of KnownStrategies and one of Options.Implemented.
+	// Default "weighted_round_robin".
+	Strategy string
+	// WeightKey is the service meta key holding an instance's weight.
+	// Default "weight"; never empty.
+	WeightKey string
+	// SlowStart ramps a new instance's share up over this long. Default 0
+	// (off).
+	SlowStart time.Duration
+	// Sticky is nil when the service has no sticky block.
+	Sticky *Sticky
+	// HealthCheck is nil when the service has no health_check block.
+	HealthCheck *HealthCheck
+	// Passive is nil when the service has no passive block.
+	Passive *Passive
+	// Retry is always set; without a retry block it holds the defaults.
+	Retry Retry
+}
+
+// Sticky is session affinity.
+type Sticky struct {
+	// Mode is "cookie" (default), "source_ip" or "header".
+	Mode string
+	// Cookie is the affinity cookie's name, an RFC 6265 token. Default
+	// "sluice_" + the service name. Checked when mode is "cookie" or when
+	// written explicitly.
+	Cookie string
+	// Header is the request header carrying the affinity key, an RFC 9110
+	// token. Required when mode is "header".
+	Header string
+	// TTL is how long affinity lasts. Default 1h; greater than 0.
+	TTL time.Duration
+	// Secret keys the cookie value. Default "", meaning the caller
+	// generates one at start.
+	Secret string
+}
+
+// HealthCheck is an active probe of every instance.
+type HealthCheck struct {
+	// Type is "http" (default) or "tcp".
+	Type string
+	// Path is the http probe's request path; it begins with "/".
+	// Default "/health" for http; always "" for tcp, where setting it is
+	// an error.
+	Path string
+	// Interval between probes. Default 2s; at least 100ms.
+	Interval time.Duration
+	// Timeout of one probe. Default 1s; greater than 0 and at most
+	// Interval.
+	Timeout time.Duration
+	// Rise consecutive successes mark an instance up. Default 2; 1 to 100.
+	Rise int
+	// Fall consecutive failures mark an instance down. Default 3; 1 to 100.
+	Fall int
+}
+
+// Passive ejects instances that fail real traffic.
+type Passive struct {
+	// ConsecutiveFailures eject an instance. Default 5; 1 to 1000.
+	ConsecutiveFailures int
+	// EjectionTime is how long an ejected instance stays out. Default 30s;
+	// greater than 0.
+	EjectionTime time.Duration
+	// MaxEjectionPercent caps the share of a pool ejected at once.
+	// Default 50; 0 to 100.
+	MaxEjectionPercent int
+}
+
+// Retry is the failover policy for one request.
+type Retry struct {
+	// Attempts is the total number of tries per request, the first
+	// included. Default 2; 1 to 10.
+	Attempts int
+	// PerTryTimeout bounds each try. Default 0, meaning no bound; never
+	// negative.
+	PerTryTimeout time.Duration
+}
+
+// Parse parses and validates src, which was read from filename (used only
+// in diagnostics). It returns every syntax error, or else every validation
+// error, in discovery order; FormatDiagnostics sorts them. The Config is nil
+// exactly when the diagnostics contain an error.
+func Parse(filename string, src []byte, opts Options) (*Config, hcl.Diagnostics) {
+	file, diags := hclsyntax.ParseConfig(src, filename, hcl.InitialPos)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	d := newDecoder(filename, opts)
+	cfg := d.file(file.Body)
+	diags = append(diags, d.diags...)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	return cfg, diags
+}
+
+// Load reads filename and parses it with Parse. A file that cannot be read
+// yields one error diagnostic with a nil Subject and a Context naming the
+// file.
+func Load(filename string, opts Options) (*Config, hcl.Diagnostics) {
+	src, err := os.ReadFile(filename)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, hcl.Diagnostics{{
+			Severity: hcl.DiagError,
+			Summary:  "Cannot read configuration file",
+			Detail:   err.Error(),
+			Context:  &hcl.Range{Filename: filename},
+		}}
+	}
+	return Parse(filename, src, opts)
+}

@@ -1,0 +1,685 @@
+package config
+
+import (
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+const fullExample = `consul {
+  address    = "127.0.0.1:8500"
+  token      = ""
+  datacenter = ""
+  stale      = true
+}
+admin {
+  address = "127.0.0.1:9901"
+}
+listener "public" {
+  address  = "127.0.0.1:8080"
+  protocol = "http"
+  route "/" {
+    service = "web"
+  }
+  route "api.example.com/v1" {
+    service = "api"
+  }
+}
+listener "db" {
+  address  = "127.0.0.1:5433"
+  protocol = "tcp"
+  service  = "postgres"
+}
+service "web" {
+  tag        = ""
+  strategy   = "weighted_round_robin"
+  weight_key = "weight"
+  slow_start = "0s"
+  sticky {
+    mode   = "cookie"
+    cookie = "sluice_web"
+    header = ""
+    ttl    = "1h"
+    secret = ""
+  }
+  health_check {
+    type     = "http"
+    path     = "/health"
+    interval = "2s"
+    timeout  = "1s"
+    rise     = 2
+    fall     = 3
+  }
+  passive {
+    consecutive_failures = 5
+    ejection_time        = "30s"
+    max_ejection_percent = 50
+  }
+  retry {
+    attempts        = 2
+    per_try_timeout = "0s"
+  }
+}
+`
+
+// okListener is a valid listener appended to cases that test other blocks.
+const okListener = `
+listener "ok" {
+  address = "127.0.0.1:8080"
+  route "/" {
+    service = "web"
+  }
+}
+`
+
+// env returns a Getenv that serves vars and "" for anything else.
+func env(vars map[string]string) func(string) string {
+	return func(k string) string { return vars[k] }
+}
+
+func TestParseFullExample(t *testing.T) {
+	// The environment must not override what the file says.
+	opts := Options{Getenv: env(map[string]string{
+		"CONSUL_HTTP_ADDR":  "127.0.0.2:8500",
+		"CONSUL_HTTP_TOKEN": "from-env",
+	})}
+	have, diags := Parse("test.hcl", []byte(fullExample), opts)
+	if diags.HasErrors() {
+		t.Fatalf("Parse: %v", FormatDiagnostics(diags))
+	}
+	want := &Config{
+		Consul: Consul{Address: "127.0.0.1:8500", Token: "", Datacenter: "", Stale: true},
+		Admin:  Admin{Address: "127.0.0.1:9901"},
+		Listeners: []Listener{
+			{
+				Name:     "public",
+				Address:  "127.0.0.1:8080",
+				Protocol: "http",
+				Routes: []Route{
+					{Host: "", PathPrefix: "/", Service: "web"},
+					{Host: "api.example.com", PathPrefix: "/v1", Service: "api"},
+				},
+			},
+			{Name: "db", Address: "127.0.0.1:5433", Protocol: "tcp", Service: "postgres"},
+		},
+		Services: map[string]*Service{
+			"web": {
+				Name:      "web",
+				Strategy:  "weighted_round_robin",
+				WeightKey: "weight",
+				Sticky:    &Sticky{Mode: "cookie", Cookie: "sluice_web", TTL: time.Hour},
+				HealthCheck: &HealthCheck{
+					Type: "http", Path: "/health", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3,
+				},
+				Passive: &Passive{ConsecutiveFailures: 5, EjectionTime: 30 * time.Second, MaxEjectionPercent: 50},
+				Retry:   Retry{Attempts: 2},
+			},
+			"api":      {Name: "api", Strategy: "weighted_round_robin", WeightKey: "weight", Retry: Retry{Attempts: 2}},
+			"postgres": {Name: "postgres", Strategy: "weighted_round_robin", WeightKey: "weight", Retry: Retry{Attempts: 2}},
+		},
+	}
+	assertConfig(t, want, have)
+	if want, have := []string{"api", "postgres", "web"}, have.ServiceNames(); !slices.Equal(want, have) {
+		t.Errorf("ServiceNames: want %v, have %v", want, have)
+	}
+}
+
+func TestParseMinimalGetsDefaults(t *testing.T) {
+	src := `listener "public" {
+  address = "127.0.0.1:8080"
+  route "/" {
+    service = "web"
+  }
+}
+`
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want Consul
+	}{
+		{
+			name: "no environment",
+			want: Consul{Address: "127.0.0.1:8500", Stale: true},
+		},
+		{
+			name: "environment",
+			env:  map[string]string{"CONSUL_HTTP_ADDR": "https://127.0.0.2:8501", "CONSUL_HTTP_TOKEN": "t0ken"},
+			want: Consul{Address: "https://127.0.0.2:8501", Token: "t0ken", Stale: true},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			have, diags := Parse("test.hcl", []byte(src), Options{Getenv: env(tc.env)})
+			if len(diags) != 0 {
+				t.Fatalf("Parse: %v", FormatDiagnostics(diags))
+			}
+			want := &Config{
+				Consul: tc.want,
+				Admin:  Admin{Address: "127.0.0.1:9901"},
+				Listeners: []Listener{{
+					Name:     "public",
+					Address:  "127.0.0.1:8080",
+					Protocol: "http",
+					Routes:   []Route{{PathPrefix: "/", Service: "web"}},
+				}},
+				Services: map[string]*Service{
+					"web": {Name: "web", Strategy: "weighted_round_robin", WeightKey: "weight", Retry: Retry{Attempts: 2}},
+				},
+			}
+			assertConfig(t, want, have)
+		})
+	}
+}
+
+func TestParseBlockDefaults(t *testing.T) {
+	src := `service "web" {
+  sticky {}
+  health_check {}
+  passive {}
+  retry {}
+}
+service "db" {
+  sticky {
+    mode   = "header"
+    header = "X-Session"
+  }
+  health_check {
+    type = "tcp"
+  }
+}
+` + okListener
+	cfg, diags := Parse("test.hcl", []byte(src), Options{Getenv: env(nil)})
+	if diags.HasErrors() {
+		t.Fatalf("Parse: %v", FormatDiagnostics(diags))
+	}
+	want := map[string]*Service{
+		"web": {
+			Name:        "web",
+			Strategy:    "weighted_round_robin",
+			WeightKey:   "weight",
+			Sticky:      &Sticky{Mode: "cookie", Cookie: "sluice_web", TTL: time.Hour},
+			HealthCheck: &HealthCheck{Type: "http", Path: "/health", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
+			Passive:     &Passive{ConsecutiveFailures: 5, EjectionTime: 30 * time.Second, MaxEjectionPercent: 50},
+			Retry:       Retry{Attempts: 2},
+		},
+		"db": {
+			Name:        "db",
+			Strategy:    "weighted_round_robin",
+			WeightKey:   "weight",
+			Sticky:      &Sticky{Mode: "header", Cookie: "sluice_db", Header: "X-Session", TTL: time.Hour},
+			HealthCheck: &HealthCheck{Type: "tcp", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
+			Retry:       Retry{Attempts: 2},
+		},
+	}
+	if have := cfg.Services; !reflect.DeepEqual(want, have) {
+		t.Errorf("Services:\nwant %s\nhave %s", dump(want), dump(have))
+	}
+}
+
+func TestParseAcceptedValues(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		src   string
+		check func(*Config) bool
+	}{
+		{
+			name:  "consul https address",
+			src:   "consul {\n  address = \"https://consul.internal:8501\"\n}\n" + okListener,
+			check: func(c *Config) bool { return c.Consul.Address == "https://consul.internal:8501" },
+		},
+		{
+			name:  "ipv6 listener",
+			src:   strings.Replace(okListener, "127.0.0.1:8080", "[::1]:8080", 1),
+			check: func(c *Config) bool { return c.Listeners[0].Address == "[::1]:8080" },
+		},
+		{
+			name: "route host is lowercased",
+			src:  strings.Replace(okListener, `route "/"`, `route "API.Example.com/v1"`, 1),
+			check: func(c *Config) bool {
+				r := c.Listeners[0].Routes[0]
+				return r.Host == "api.example.com" && r.PathPrefix == "/v1"
+			},
+		},
+		{
+			name:  "stale false",
+			src:   "consul {\n  stale = false\n}\n" + okListener,
+			check: func(c *Config) bool { return !c.Consul.Stale },
+		},
+		{
+			name:  "template without interpolation variables",
+			src:   "service \"web\" {\n  tag = \"${\"blue\"}-green\"\n}\n" + okListener,
+			check: func(c *Config) bool { return c.Services["web"].Tag == "blue-green" },
+		},
+		{
+			name:  "unreferenced service block",
+			src:   "service \"spare\" {}\n" + okListener,
+			check: func(c *Config) bool { return slices.Equal(c.ServiceNames(), []string{"spare", "web"}) },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, diags := Parse("test.hcl", []byte(tc.src), Options{Getenv: env(nil)})
+			if diags.HasErrors() {
+				t.Fatalf("Parse: %v", FormatDiagnostics(diags))
+			}
+			if !tc.check(cfg) {
+				t.Errorf("unexpected config %s", dump(cfg))
+			}
+		})
+	}
+}
+
+func TestFormatThreeMistakes(t *testing.T) {
+	src := `service "web" {
+  strategy   = "fastest"
+  color      = "blue"
+  slow_start = "soon"
+}
+` + okListener
+	cfg, diags := Parse("conf/sluice.hcl", []byte(src), Options{Getenv: env(nil)})
+	if cfg != nil {
+		t.Errorf("want nil config with errors, have %s", dump(cfg))
+	}
+	want := []string{
+		`conf/sluice.hcl:2,16: Invalid strategy: strategy must be one of "round_robin", "weighted_round_robin", "least_connections", "p2c", "random", "ip_hash", "ewma"; got "fastest"`,
+		`conf/sluice.hcl:3,3: Unsupported argument: An argument named "color" is not expected here.`,
+		`conf/sluice.hcl:4,16: Invalid slow_start: slow_start must be a duration string such as "2s"; got "soon"`,
+	}
+	if have := FormatDiagnostics(diags); !slices.Equal(want, have) {
+		t.Errorf("want\n%s\nhave\n%s", strings.Join(want, "\n"), strings.Join(have, "\n"))
+	}
+}
+
+func TestValidationErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		src    string
+		env    map[string]string
+		wantAt string // "LINE,COL", or "" for a diagnostic without a position
+		want   string // substring of the formatted line
+	}{
+		// Block multiplicity.
+		{"duplicate consul", "consul {}\nconsul {}\n" + okListener, nil,
+			"2,1", "Duplicate consul block: only one consul block is allowed here; the first is at test.hcl:1,1"},
+		{"duplicate admin", "admin {\n  address = \"127.0.0.1:9901\"\n}\nadmin {}\n" + okListener, nil,
+			"4,1", "Duplicate admin block"},
+		{"duplicate sticky", "service \"web\" {\n  sticky {}\n  sticky {}\n}\n" + okListener, nil,
+			"3,3", "Duplicate sticky block"},
+		{"duplicate health_check", "service \"web\" {\n  health_check {}\n  health_check {}\n}\n" + okListener, nil,
+			"3,3", "Duplicate health_check block"},
+		{"duplicate passive", "service \"web\" {\n  passive {}\n  passive {}\n}\n" + okListener, nil,
+			"3,3", "Duplicate passive block"},
+		{"duplicate retry", "service \"web\" {\n  retry {}\n  retry {}\n}\n" + okListener, nil,
+			"3,3", "Duplicate retry block"},
+		{"duplicate listener name", strings.Replace(okListener, "8080", "8081", 1)[1:] + okListener, nil,
+			"8,1", `Duplicate listener: listener "ok" is already defined at test.hcl:1,1`},
+		{"duplicate listener address", strings.Replace(okListener, `"ok"`, `"other"`, 1)[1:] + okListener, nil,
+			"9,13", `Duplicate address: address "127.0.0.1:8080" is already used by the listener at test.hcl:1,1`},
+		{"duplicate service", "service \"web\" {}\nservice \"web\" {}\n" + okListener, nil,
+			"2,1", `Duplicate service: service "web" is already defined at test.hcl:1,1`},
+		{"no listener", "service \"web\" {}\n", nil,
+			"1,1", "Missing listener"},
+		{"empty file", "", nil,
+			"1,1", "Missing listener"},
+
+		// Labels.
+		{"listener without name", "listener {\n}\n" + okListener, nil,
+			"1,10", "Missing name for listener"},
+		{"empty service name", "service \"\" {}\n" + okListener, nil,
+			"1,9", "service name must not be empty"},
+		{"empty route label", routeListener(`""`), nil,
+			"3,9", `Invalid route: route label must be "[host]/path-prefix", such as "/" or "api.example.com/v1"; got ""`},
+		{"route label without slash", routeListener(`"api.example.com"`), nil,
+			"3,9", `route label must be "[host]/path-prefix"`},
+		{"route wildcard host", routeListener(`"*.example.com/"`), nil,
+			"3,9", "without wildcards"},
+		{"duplicate route", `listener "ok" {
+  address = "127.0.0.1:8080"
+  route "Example.com/" {
+    service = "web"
+  }
+  route "example.com/" {
+    service = "web"
+  }
+}
+`, nil, "6,3", `Duplicate route: route "example.com/" is already defined at test.hcl:3,3`},
+
+		// Listeners.
+		{"missing listener address", "listener \"ok\" {\n  route \"/\" {\n    service = \"web\"\n  }\n}\n", nil,
+			"1,1", `Missing address: listener "ok" needs an address`},
+		{"address without port", listenerAddress("127.0.0.1"), nil,
+			"2,13", `Invalid address: address must be "host:port", such as "127.0.0.1:8080"; got "127.0.0.1"`},
+		{"address without host", listenerAddress(":8080"), nil,
+			"2,13", `address must have an IP address or host name before the port`},
+		{"address port 0", listenerAddress("127.0.0.1:0"), nil,
+			"2,13", `address must have a port number from 1 to 65535; got "127.0.0.1:0"`},
+		{"address port too big", listenerAddress("127.0.0.1:65536"), nil,
+			"2,13", "port number from 1 to 65535"},
+		{"address named port", listenerAddress("localhost:http"), nil,
+			"2,13", "port number from 1 to 65535"},
+		{"unknown protocol", "listener \"ok\" {\n  address  = \"127.0.0.1:8080\"\n  protocol = \"udp\"\n}\n", nil,
+			"3,14", `Invalid protocol: protocol must be one of "http", "tcp"; got "udp"`},
+		{"http listener without routes", "listener \"ok\" {\n  address = \"127.0.0.1:8080\"\n}\n", nil,
+			"1,1", `Missing route: http listener "ok" needs at least one route block`},
+		{"http listener with service", `listener "ok" {
+  address = "127.0.0.1:8080"
+  service = "web"
+  route "/" {
+    service = "web"
+  }
+}
+`, nil, "3,3", "Unexpected service: service is only valid in tcp listeners"},
+		{"tcp listener with route", `listener "db" {
+  address  = "127.0.0.1:5433"
+  protocol = "tcp"
+  service  = "postgres"
+  route "/" {
+    service = "web"
+  }
+}
+`, nil, "5,3", "Unexpected route block: route blocks are only valid in http listeners"},
+		{"tcp listener without service", "listener \"db\" {\n  address  = \"127.0.0.1:5433\"\n  protocol = \"tcp\"\n}\n", nil,
+			"1,1", `Missing service: tcp listener "db" needs a service attribute`},
+		{"route without service", "listener \"ok\" {\n  address = \"127.0.0.1:8080\"\n  route \"/\" {}\n}\n", nil,
+			"3,3", `Missing service: route "/" needs a service attribute`},
+		{"route with empty service", routeService(`""`), nil,
+			"4,15", `Invalid service: service must not be empty; got ""`},
+
+		// Consul and admin.
+		{"admin address without port", "admin {\n  address = \"9901\"\n}\n" + okListener, nil,
+			"2,13", `Invalid address: address must be "host:port"`},
+		{"consul address bad scheme", "consul {\n  address = \"ftp://127.0.0.1:8500\"\n}\n" + okListener, nil,
+			"2,13", `address must be "host:port", "http://host:port" or "https://host:port"`},
+		{"consul address from environment", okListener, map[string]string{"CONSUL_HTTP_ADDR": "consul"}, "",
+			`Invalid CONSUL_HTTP_ADDR: environment variable CONSUL_HTTP_ADDR must be "host:port"`},
+		{"consul stale not bool", "consul {\n  stale = \"yes\"\n}\n" + okListener, nil,
+			"2,11", `Invalid stale: stale must be true or false; got string "yes"`},
+
+		// Expressions and types.
+		{"variable", "admin {\n  address = local.admin\n}\n" + okListener, nil,
+			"2,13", "Variables not allowed"},
+		{"function call", "service \"web\" {\n  tag = upper(\"x\")\n}\n" + okListener, nil,
+			"2,9", "Function calls not allowed"},
+		{"number for string", "service \"web\" {\n  tag = 1\n}\n" + okListener, nil,
+			"2,9", "Invalid tag: tag must be a string; got number 1"},
+		{"null", "service \"web\" {\n  tag = null\n}\n" + okListener, nil,
+			"2,9", "tag must not be null"},
+		{"string for number", serviceBlock("health_check", "rise = \"3\""), nil,
+			"3,12", `Invalid rise: rise must be a number; got string "3"`},
+		{"unknown attribute", "service \"web\" {\n  weight = 3\n}\n" + okListener, nil,
+			"2,3", `Unsupported argument: An argument named "weight" is not expected here.`},
+		{"unknown block", "service \"web\" {\n  limits {}\n}\n" + okListener, nil,
+			"2,3", "Unsupported block type"},
+		{"unknown top-level block", "backend \"x\" {}\n" + okListener, nil,
+			"1,1", "Unsupported block type"},
+
+		// Durations.
+		{"negative duration", "service \"web\" {\n  slow_start = \"-1s\"\n}\n" + okListener, nil,
+			"2,16", `Invalid slow_start: slow_start must not be negative; got "-1s"`},
+		{"number for duration", serviceBlock("sticky", "ttl = 3600"), nil,
+			"3,11", `Invalid ttl: ttl must be a duration string such as "2s"; got number 3600`},
+		{"bad duration string", serviceBlock("health_check", `interval = "2 seconds"`), nil,
+			"3,16", `interval must be a duration string such as "2s"; got "2 seconds"`},
+		{"zero ttl", serviceBlock("sticky", `ttl = "0s"`), nil,
+			"3,11", `ttl must be greater than 0; got "0s"`},
+		{"short interval", serviceBlock("health_check", "interval = \"50ms\"\n    timeout  = \"10ms\""), nil,
+			"3,16", `interval must be at least 100ms; got "50ms"`},
+		{"zero timeout", serviceBlock("health_check", `timeout = "0s"`), nil,
+			"3,15", `timeout must be greater than 0; got "0s"`},
+		{"timeout above interval", serviceBlock("health_check", `timeout = "3s"`), nil,
+			"3,15", `Invalid timeout: timeout must not exceed interval (2s); got "3s"`},
+		{"interval below default timeout", serviceBlock("health_check", `interval = "500ms"`), nil,
+			"3,16", `Invalid interval: interval must not be shorter than timeout (1s); got "500ms"`},
+		{"zero ejection time", serviceBlock("passive", `ejection_time = "0s"`), nil,
+			"3,21", `ejection_time must be greater than 0`},
+		{"negative per-try timeout", serviceBlock("retry", `per_try_timeout = "-5s"`), nil,
+			"3,23", `per_try_timeout must not be negative`},
+
+		// Integers.
+		{"rise 0", serviceBlock("health_check", "rise = 0"), nil,
+			"3,12", "Invalid rise: rise must be a whole number from 1 to 100; got 0"},
+		{"fall 101", serviceBlock("health_check", "fall = 101"), nil,
+			"3,12", "fall must be a whole number from 1 to 100; got 101"},
+		{"consecutive failures 0", serviceBlock("passive", "consecutive_failures = 0"), nil,
+			"3,28", "consecutive_failures must be a whole number from 1 to 1000; got 0"},
+		{"max ejection percent 101", serviceBlock("passive", "max_ejection_percent = 101"), nil,
+			"3,28", "max_ejection_percent must be a whole number from 0 to 100; got 101"},
+		{"attempts 11", serviceBlock("retry", "attempts = 11"), nil,
+			"3,16", "attempts must be a whole number from 1 to 10; got 11"},
+		{"fractional attempts", serviceBlock("retry", "attempts = 1.5"), nil,
+			"3,16", "attempts must be a whole number from 1 to 10; got 1.5"},
+
+		// Service fields.
+		{"unknown strategy", "service \"web\" {\n  strategy = \"fastest\"\n}\n" + okListener, nil,
+			"2,14", `strategy must be one of "round_robin", "weighted_round_robin", "least_connections", "p2c", "random", "ip_hash", "ewma"; got "fastest"`},
+		{"empty weight key", "service \"web\" {\n  weight_key = \"\"\n}\n" + okListener, nil,
+			"2,16", `Invalid weight_key: weight_key must not be empty; got ""`},
+		{"unknown sticky mode", serviceBlock("sticky", `mode = "sticky"`), nil,
+			"3,12", `Invalid mode: mode must be one of "cookie", "source_ip", "header"; got "sticky"`},
+		{"header mode without header", serviceBlock("sticky", `mode = "header"`), nil,
+			"2,3", `Missing header: sticky mode "header" needs a header attribute`},
+		{"empty header in header mode", serviceBlock("sticky", "mode   = \"header\"\n    header = \"\""), nil,
+			"4,14", `Missing header: sticky mode "header" needs a header attribute`},
+		{"bad header name", serviceBlock("sticky", "mode   = \"header\"\n    header = \"X Session\""), nil,
+			"4,14", `Invalid header: header must be a non-empty token`},
+		{"bad cookie name", serviceBlock("sticky", `cookie = "my cookie"`), nil,
+			"3,14", `Invalid cookie: cookie must be a non-empty token of letters, digits and !#$%&'*+-.^_` + "`" + `|~; got "my cookie"`},
+		{"bad default cookie name", "service \"a/b\" {\n  sticky {}\n}\n" + okListener, nil,
+			"2,3", `default cookie name "sluice_a/b" is not a valid cookie name; set cookie explicitly`},
+		{"unknown health check type", serviceBlock("health_check", `type = "grpc"`), nil,
+			"3,12", `Invalid type: type must be one of "http", "tcp"; got "grpc"`},
+		{"relative health path", serviceBlock("health_check", `path = "health"`), nil,
+			"3,12", `Invalid path: path must start with "/"; got "health"`},
+		{"path in tcp health check", serviceBlock("health_check", "type = \"tcp\"\n    path = \"/health\""), nil,
+			"4,5", `Unexpected path: path is only valid for health checks of type "http"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, diags := Parse("test.hcl", []byte(tc.src), Options{Getenv: env(tc.env)})
+			have := FormatDiagnostics(diags)
+			if len(have) != 1 {
+				t.Fatalf("want exactly 1 error, have %d:\n%s", len(have), strings.Join(have, "\n"))
+			}
+			prefix := "test.hcl:" + tc.wantAt + ": "
+			if tc.wantAt == "" {
+				prefix = "test.hcl: "
+			}
+			if !strings.HasPrefix(have[0], prefix) || !strings.Contains(have[0], tc.want) {
+				t.Errorf("want %q containing %q, have\n%s", prefix, tc.want, have[0])
+			}
+			if cfg != nil {
+				t.Errorf("want nil config with errors, have %s", dump(cfg))
+			}
+		})
+	}
+}
+
+func TestImplementedStrategies(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		src         string
+		implemented []string
+		want        []string // formatted diagnostics; nil means valid
+	}{
+		{
+			name:        "explicit strategy not implemented",
+			src:         "service \"web\" {\n  strategy = \"ewma\"\n}\n" + okListener,
+			implemented: []string{"round_robin", "weighted_round_robin"},
+			want: []string{
+				`test.hcl:2,14: Invalid strategy: strategy "ewma" is not yet implemented; available: round_robin, weighted_round_robin`,
+			},
+		},
+		{
+			name:        "explicit strategy implemented",
+			src:         "service \"web\" {\n  strategy = \"ewma\"\n}\n" + okListener,
+			implemented: []string{"ewma"},
+		},
+		{
+			name:        "nil means all",
+			src:         "service \"web\" {\n  strategy = \"ip_hash\"\n}\n" + okListener,
+			implemented: nil,
+		},
+		{
+			name:        "default strategy of a service block",
+			src:         "service \"web\" {}\n" + okListener,
+			implemented: []string{"round_robin"},
+			want: []string{
+				`test.hcl:1,1: Invalid strategy: strategy "weighted_round_robin" is not yet implemented; available: round_robin (this is the default strategy; set strategy in a service block)`,
+			},
+		},
+		{
+			name:        "default strategy of a referenced service",
+			src:         okListener[1:],
+			implemented: []string{"round_robin"},
+			want: []string{
+				`test.hcl:4,15: Invalid strategy: strategy "weighted_round_robin" is not yet implemented; available: round_robin (this is the default strategy; set strategy in a service block)`,
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, diags := Parse("test.hcl", []byte(tc.src), Options{Implemented: tc.implemented, Getenv: env(nil)})
+			if have := FormatDiagnostics(diags); !slices.Equal(tc.want, have) {
+				t.Errorf("want\n%s\nhave\n%s", strings.Join(tc.want, "\n"), strings.Join(have, "\n"))
+			}
+		})
+	}
+}
+
+func TestSyntaxErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		src    string
+		wantAt string
+		want   string
+	}{
+		{"unterminated string", "listener \"ok\" {\n  address = \"127.0.0.1:8080\n}\n", "2,28", "Invalid multi-line string"},
+		{"missing value", "listener \"ok\" {\n  address =\n}\n", "2,12", "Invalid expression"},
+		{"unclosed block", "listener \"ok\" {\n  address = \"127.0.0.1:8080\"\n", "1,15", "Unclosed configuration block"},
+		{"two arguments on one line", "service \"web\" { tag = \"a\", strategy = \"p2c\" }\n", "1,26", "Invalid single-argument block definition"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, diags := Parse("test.hcl", []byte(tc.src), Options{Getenv: env(nil)})
+			have := FormatDiagnostics(diags)
+			if len(have) == 0 {
+				t.Fatal("want a syntax error, have none")
+			}
+			if prefix := "test.hcl:" + tc.wantAt + ": "; !strings.HasPrefix(have[0], prefix) || !strings.Contains(have[0], tc.want) {
+				t.Errorf("want %q containing %q, have\n%s", prefix, tc.want, strings.Join(have, "\n"))
+			}
+			if cfg != nil {
+				t.Errorf("want nil config with errors, have %s", dump(cfg))
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.hcl")
+	if err := os.WriteFile(good, []byte(okListener), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, diags := Load(good, Options{Getenv: env(nil)})
+	if diags.HasErrors() || cfg == nil || len(cfg.Listeners) != 1 {
+		t.Fatalf("Load(%s): config %v, diagnostics %v", good, cfg, FormatDiagnostics(diags))
+	}
+
+	missing := filepath.Join(dir, "missing.hcl")
+	cfg, diags = Load(missing, Options{Getenv: env(nil)})
+	if cfg != nil || len(diags) != 1 || diags[0].Subject != nil {
+		t.Fatalf("Load(%s): want nil config and one diagnostic without Subject, have %v, %v", missing, cfg, diags)
+	}
+	want := []string{missing + ": Cannot read configuration file: no such file or directory"}
+	if have := FormatDiagnostics(diags); !slices.Equal(want, have) {
+		t.Errorf("want %q, have %q", want, have)
+	}
+}
+
+func TestFormatDiagnostics(t *testing.T) {
+	at := func(file string, line, col int) *hcl.Range {
+		return &hcl.Range{Filename: file, Start: hcl.Pos{Line: line, Column: col}, End: hcl.Pos{Line: line, Column: col + 1}}
+	}
+	diags := hcl.Diagnostics{
+		{Severity: hcl.DiagError, Summary: "Third", Detail: "detail", Subject: at("b.hcl", 1, 1)},
+		{Severity: hcl.DiagError, Summary: "Second", Detail: "multi\n  line", Subject: at("a.hcl", 2, 5)},
+		{Severity: hcl.DiagWarning, Summary: "Skipped warning", Subject: at("a.hcl", 1, 1)},
+		{Severity: hcl.DiagError, Summary: "First", Detail: "First", Subject: at("a.hcl", 2, 3)},
+		{Severity: hcl.DiagError, Summary: "Fileless", Detail: "no position", Context: &hcl.Range{Filename: "a.hcl"}},
+		{Severity: hcl.DiagError, Summary: "Nowhere"},
+		{Severity: hcl.DiagError, Summary: "Same place", Subject: at("a.hcl", 2, 5)},
+	}
+	want := []string{
+		"Nowhere",
+		"a.hcl: Fileless: no position",
+		"a.hcl:2,3: First",
+		"a.hcl:2,5: Second: multi line",
+		"a.hcl:2,5: Same place",
+		"b.hcl:1,1: Third: detail",
+	}
+	if have := FormatDiagnostics(diags); !slices.Equal(want, have) {
+		t.Errorf("want\n%s\nhave\n%s", strings.Join(want, "\n"), strings.Join(have, "\n"))
+	}
+}
+
+func TestKnownStrategiesIsACopy(t *testing.T) {
+	KnownStrategies()[0] = "changed"
+	if have := KnownStrategies()[0]; have != "round_robin" {
+		t.Errorf("want round_robin, have %q", have)
+	}
+}
+
+// routeListener is a listener whose only route has the given label
+// (quoted) on line 3, column 9.
+func routeListener(label string) string {
+	return "listener \"ok\" {\n  address = \"127.0.0.1:8080\"\n  route " + label + " {\n    service = \"web\"\n  }\n}\n"
+}
+
+// routeService is a listener whose route's service value (quoted) starts at
+// line 4, column 15.
+func routeService(value string) string {
+	return "listener \"ok\" {\n  address = \"127.0.0.1:8080\"\n  route \"/\" {\n    service = " + value + "\n  }\n}\n"
+}
+
+// listenerAddress is a listener whose address value starts at line 2,
+// column 13.
+func listenerAddress(addr string) string {
+	return "listener \"ok\" {\n  address = \"" + addr + "\"\n  route \"/\" {\n    service = \"web\"\n  }\n}\n"
+}
+
+// serviceBlock is service "web" holding block typ whose body (at line 3,
+// indented four spaces) is body, followed by okListener.
+func serviceBlock(typ, body string) string {
+	return "service \"web\" {\n  " + typ + " {\n    " + body + "\n  }\n}\n" + okListener
+}
+
+func assertConfig(t *testing.T, want, have *Config) {
+	t.Helper()
+	if !reflect.DeepEqual(want, have) {
+		t.Errorf("config:\nwant %s\nhave %s", dump(want), dump(have))
+	}
+}
+
+// dump renders v with pointers followed, for failure messages.
+func dump(v any) string {
+	switch v := v.(type) {
+	case *Config:
+		if v == nil {
+			return "<nil>"
+		}
+		return fmt.Sprintf("consul %+v\n  admin %+v\n  listeners %+v\n  services %s",
+			v.Consul, v.Admin, v.Listeners, dump(v.Services))
+	case map[string]*Service:
+		var b strings.Builder
+		for _, name := range slices.Sorted(maps.Keys(v)) {
+			s := v[name]
+			fmt.Fprintf(&b, "\n    %s: %+v sticky=%+v health=%+v passive=%+v", name, *s, s.Sticky, s.HealthCheck, s.Passive)
+		}
+		return b.String()
+	}
+	return fmt.Sprintf("%+v", v)
+}

@@ -1,0 +1,447 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Defaults that are not derived from other values.
+const (
+	defaultConsulAddress = "127.0.0.1:8500"
+	defaultAdminAddress  = "127.0.0.1:9901"
+	defaultStrategy      = "weighted_round_robin"
+)
+
+var (
+	fileSchema = &hcl.BodySchema{
+		Blocks: []hcl.BlockHeaderSchema{
+			{Type: "consul"},
+			{Type: "admin"},
+			{Type: "listener", LabelNames: []string{"name"}},
+			{Type: "service", LabelNames: []string{"name"}},
+		},
+	}
+	consulSchema = &hcl.BodySchema{
+		Attributes: attrs("address", "token", "datacenter", "stale"),
+	}
+	adminSchema = &hcl.BodySchema{
+		Attributes: attrs("address"),
+	}
+	listenerSchema = &hcl.BodySchema{
+		Attributes: attrs("address", "protocol", "service"),
+		Blocks:     []hcl.BlockHeaderSchema{{Type: "route", LabelNames: []string{"prefix"}}},
+	}
+	routeSchema = &hcl.BodySchema{
+		Attributes: attrs("service"),
+	}
+	serviceSchema = &hcl.BodySchema{
+		Attributes: attrs("tag", "strategy", "weight_key", "slow_start"),
+		Blocks: []hcl.BlockHeaderSchema{
+			{Type: "sticky"},
+			{Type: "health_check"},
+			{Type: "passive"},
+			{Type: "retry"},
+		},
+	}
+	stickySchema = &hcl.BodySchema{
+		Attributes: attrs("mode", "cookie", "header", "ttl", "secret"),
+	}
+	healthCheckSchema = &hcl.BodySchema{
+		Attributes: attrs("type", "path", "interval", "timeout", "rise", "fall"),
+	}
+	passiveSchema = &hcl.BodySchema{
+		Attributes: attrs("consecutive_failures", "ejection_time", "max_ejection_percent"),
+	}
+	retrySchema = &hcl.BodySchema{
+		Attributes: attrs("attempts", "per_try_timeout"),
+	}
+)
+
+// attrs builds optional attribute schemas; required attributes are checked
+// by the decoder so that the error points at the block that lacks them.
+func attrs(names ...string) []hcl.AttributeSchema {
+	s := make([]hcl.AttributeSchema, len(names))
+	for i, n := range names {
+		s[i] = hcl.AttributeSchema{Name: n}
+	}
+	return s
+}
+
+// decoder turns one file body into a Config, collecting diagnostics. It is
+// used for a single Parse call.
+type decoder struct {
+	filename string
+	opts     Options
+	diags    hcl.Diagnostics
+
+	listenerNames map[string]hcl.Range // name -> first listener block
+	addresses     map[string]hcl.Range // listener address -> first use
+	serviceRefs   map[string]hcl.Range // service -> first route or tcp listener naming it
+}
+
+func newDecoder(filename string, opts Options) *decoder {
+	if opts.Getenv == nil {
+		opts.Getenv = os.Getenv
+	}
+	return &decoder{
+		filename:      filename,
+		opts:          opts,
+		listenerNames: map[string]hcl.Range{},
+		addresses:     map[string]hcl.Range{},
+		serviceRefs:   map[string]hcl.Range{},
+	}
+}
+
+// errorf records an error diagnostic at subject.
+func (d *decoder) errorf(subject hcl.Range, summary, format string, args ...any) {
+	d.diags = append(d.diags, &hcl.Diagnostic{
+		Severity: hcl.DiagError,
+		Summary:  summary,
+		Detail:   fmt.Sprintf(format, args...),
+		Subject:  subject.Ptr(),
+	})
+}
+
+// content decodes body against schema, recording unknown attributes and
+// blocks and malformed labels. The result is never nil.
+func (d *decoder) content(body hcl.Body, schema *hcl.BodySchema) *hcl.BodyContent {
+	c, diags := body.Content(schema)
+	d.diags = append(d.diags, diags...)
+	return c
+}
+
+// first returns the first block of type typ, or nil, and reports every
+// further one as a duplicate. Duplicates are not decoded.
+func (d *decoder) first(blocks hcl.Blocks, typ string) *hcl.Block {
+	of := blocks.OfType(typ)
+	if len(of) == 0 {
+		return nil
+	}
+	for _, b := range of[1:] {
+		d.errorf(b.DefRange, fmt.Sprintf("Duplicate %s block", typ),
+			"only one %s block is allowed here; the first is at %s", typ, pos(of[0].DefRange))
+	}
+	return of[0]
+}
+
+// pos renders r's start as FILE:LINE,COL.
+func pos(r hcl.Range) string {
+	return fmt.Sprintf("%s:%d,%d", r.Filename, r.Start.Line, r.Start.Column)
+}
+
+func (d *decoder) file(body hcl.Body) *Config {
+	c := d.content(body, fileSchema)
+	cfg := &Config{
+		Consul:   d.consul(d.first(c.Blocks, "consul")),
+		Admin:    d.admin(d.first(c.Blocks, "admin")),
+		Services: map[string]*Service{},
+	}
+	for _, b := range c.Blocks.OfType("listener") {
+		if l, ok := d.listener(b); ok {
+			cfg.Listeners = append(cfg.Listeners, l)
+		}
+	}
+	if len(c.Blocks.OfType("listener")) == 0 {
+		start := hcl.Pos{Line: 1, Column: 1, Byte: 0}
+		d.errorf(hcl.Range{Filename: d.filename, Start: start, End: start}, "Missing listener",
+			`the file needs at least one listener block, such as listener "public" { address = "127.0.0.1:8080" ... }`)
+	}
+	blocks := map[string]hcl.Range{}
+	for _, b := range c.Blocks.OfType("service") {
+		name := b.Labels[0]
+		if first, dup := blocks[name]; dup {
+			d.errorf(b.DefRange, "Duplicate service",
+				"service %q is already defined at %s", name, pos(first))
+			continue
+		}
+		blocks[name] = b.DefRange
+		if svc := d.service(b); svc != nil {
+			cfg.Services[name] = svc
+		}
+	}
+	for name, ref := range d.serviceRefs {
+		if _, ok := blocks[name]; !ok {
+			cfg.Services[name] = defaultService(name)
+			d.implemented(defaultStrategy, ref, false)
+		}
+	}
+	return cfg
+}
+
+func (d *decoder) consul(b *hcl.Block) Consul {
+	c := Consul{
+		Address: d.opts.Getenv("CONSUL_HTTP_ADDR"),
+		Token:   d.opts.Getenv("CONSUL_HTTP_TOKEN"),
+		Stale:   true,
+	}
+	fromEnv := c.Address != ""
+	if !fromEnv {
+		c.Address = defaultConsulAddress
+	}
+	if b != nil {
+		as := d.content(b.Body, consulSchema).Attributes
+		if as["address"] != nil {
+			fromEnv = false
+		}
+		d.str(as, "address", &c.Address, consulAddress)
+		d.str(as, "token", &c.Token)
+		d.str(as, "datacenter", &c.Datacenter)
+		d.boolean(as, "stale", &c.Stale)
+	}
+	if fromEnv {
+		if problem := consulAddress(c.Address); problem != "" {
+			d.diags = append(d.diags, &hcl.Diagnostic{
+				Severity: hcl.DiagError,
+				Summary:  "Invalid CONSUL_HTTP_ADDR",
+				Detail: fmt.Sprintf("environment variable CONSUL_HTTP_ADDR %s; got %q (set consul.address to override it)",
+					problem, c.Address),
+				Context: &hcl.Range{Filename: d.filename},
+			})
+		}
+	}
+	return c
+}
+
+func (d *decoder) admin(b *hcl.Block) Admin {
+	a := Admin{Address: defaultAdminAddress}
+	if b != nil {
+		as := d.content(b.Body, adminSchema).Attributes
+		d.str(as, "address", &a.Address, hostPort)
+	}
+	return a
+}
+
+// listener decodes one listener block; ok is false for a duplicate name.
+func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
+	l = Listener{Name: b.Labels[0], Protocol: "http"}
+	if first, dup := d.listenerNames[l.Name]; dup {
+		d.errorf(b.DefRange, "Duplicate listener", "listener %q is already defined at %s", l.Name, pos(first))
+		return l, false
+	}
+	d.listenerNames[l.Name] = b.DefRange
+	c := d.content(b.Body, listenerSchema)
+	as := c.Attributes
+
+	if a := as["address"]; a == nil {
+		d.errorf(b.DefRange, "Missing address",
+			`listener %q needs an address such as "127.0.0.1:8080"`, l.Name)
+	} else if d.str(as, "address", &l.Address, hostPort) {
+		if first, dup := d.addresses[l.Address]; dup {
+			d.errorf(a.Expr.Range(), "Duplicate address",
+				"address %q is already used by the listener at %s", l.Address, pos(first))
+		} else {
+			d.addresses[l.Address] = b.DefRange
+		}
+	}
+
+	protocolOK := d.str(as, "protocol", &l.Protocol, oneOf("http", "tcp"))
+	isHTTP := protocolOK && l.Protocol == "http"
+	isTCP := protocolOK && l.Protocol == "tcp"
+
+	routes := c.Blocks.OfType("route")
+	if isTCP {
+		for _, r := range routes {
+			d.errorf(r.DefRange, "Unexpected route block",
+				"route blocks are only valid in http listeners; tcp listener %q sends everything to its service", l.Name)
+		}
+	} else {
+		seen := map[string]hcl.Range{}
+		for _, rb := range routes {
+			if r, ok := d.route(rb, seen); ok {
+				l.Routes = append(l.Routes, r)
+			}
+		}
+		if isHTTP && len(routes) == 0 {
+			d.errorf(b.DefRange, "Missing route",
+				`http listener %q needs at least one route block, such as route "/" { service = "web" }`, l.Name)
+		}
+	}
+
+	svc := as["service"]
+	switch {
+	case isHTTP && svc != nil:
+		d.errorf(svc.NameRange, "Unexpected service",
+			"service is only valid in tcp listeners; http listener %q routes with route blocks", l.Name)
+	case isTCP && svc == nil:
+		d.errorf(b.DefRange, "Missing service",
+			"tcp listener %q needs a service attribute", l.Name)
+	case svc != nil:
+		d.serviceRef(as, &l.Service)
+	}
+	return l, true
+}
+
+// route decodes a route block whose label is "[host]/path-prefix"; ok is
+// false when the label is malformed or repeats one in seen (keyed by the
+// lowercased host and the path prefix).
+func (d *decoder) route(b *hcl.Block, seen map[string]hcl.Range) (r Route, ok bool) {
+	label, labelRange := b.Labels[0], b.LabelRanges[0]
+	slash := strings.IndexByte(label, '/')
+	if slash < 0 {
+		d.errorf(labelRange, "Invalid route",
+			`route label must be "[host]/path-prefix", such as "/" or "api.example.com/v1"; got %q`, label)
+		return r, false
+	}
+	r = Route{Host: strings.ToLower(label[:slash]), PathPrefix: label[slash:]}
+	if strings.ContainsAny(r.Host, "* \t") {
+		d.errorf(labelRange, "Invalid route",
+			"route host must be a literal host name without wildcards or spaces; got %q", label[:slash])
+		return r, false
+	}
+	key := r.Host + r.PathPrefix
+	if first, dup := seen[key]; dup {
+		d.errorf(b.DefRange, "Duplicate route", "route %q is already defined at %s", label, pos(first))
+		return r, false
+	}
+	seen[key] = b.DefRange
+	as := d.content(b.Body, routeSchema).Attributes
+	if as["service"] == nil {
+		d.errorf(b.DefRange, "Missing service", "route %q needs a service attribute", label)
+		return r, true
+	}
+	d.serviceRef(as, &r.Service)
+	return r, true
+}
+
+// serviceRef decodes the "service" attribute naming a target service and
+// records the reference.
+func (d *decoder) serviceRef(as hcl.Attributes, dst *string) {
+	if d.str(as, "service", dst, nonEmpty) {
+		if _, seen := d.serviceRefs[*dst]; !seen {
+			d.serviceRefs[*dst] = as["service"].Expr.Range()
+		}
+	}
+}
+
+// defaultService returns the policy of a service without a service block.
+func defaultService(name string) *Service {
+	return &Service{
+		Name:      name,
+		Strategy:  defaultStrategy,
+		WeightKey: "weight",
+		Retry:     Retry{Attempts: 2},
+	}
+}
+
+// service decodes a service block; it returns nil for an empty name.
+func (d *decoder) service(b *hcl.Block) *Service {
+	name := b.Labels[0]
+	if name == "" {
+		d.errorf(b.LabelRanges[0], "Invalid service", "service name must not be empty")
+		return nil
+	}
+	s := defaultService(name)
+	c := d.content(b.Body, serviceSchema)
+	as := c.Attributes
+	d.str(as, "tag", &s.Tag)
+	if a := as["strategy"]; a == nil {
+		d.implemented(s.Strategy, b.DefRange, false)
+	} else if d.str(as, "strategy", &s.Strategy, oneOf(KnownStrategies()...)) {
+		d.implemented(s.Strategy, a.Expr.Range(), true)
+	}
+	d.str(as, "weight_key", &s.WeightKey, nonEmpty)
+	d.duration(as, "slow_start", &s.SlowStart)
+	s.Sticky = d.sticky(d.first(c.Blocks, "sticky"), name)
+	s.HealthCheck = d.healthCheck(d.first(c.Blocks, "health_check"))
+	s.Passive = d.passive(d.first(c.Blocks, "passive"))
+	d.retry(d.first(c.Blocks, "retry"), &s.Retry)
+	return s
+}
+
+// implemented reports a known strategy that Options.Implemented lacks, at
+// subject; explicit says whether the strategy was written or defaulted.
+func (d *decoder) implemented(strategy string, subject hcl.Range, explicit bool) {
+	if d.opts.Implemented == nil || slices.Contains(d.opts.Implemented, strategy) {
+		return
+	}
+	detail := fmt.Sprintf("strategy %q is not yet implemented; available: %s",
+		strategy, strings.Join(d.opts.Implemented, ", "))
+	if !explicit {
+		detail += " (this is the default strategy; set strategy in a service block)"
+	}
+	d.errorf(subject, "Invalid strategy", "%s", detail)
+}
+
+func (d *decoder) sticky(b *hcl.Block, service string) *Sticky {
+	if b == nil {
+		return nil
+	}
+	s := &Sticky{Mode: "cookie", Cookie: "sluice_" + service, TTL: time.Hour}
+	as := d.content(b.Body, stickySchema).Attributes
+	modeOK := d.str(as, "mode", &s.Mode, oneOf("cookie", "source_ip", "header"))
+	if as["cookie"] != nil {
+		d.str(as, "cookie", &s.Cookie, token)
+	} else if modeOK && s.Mode == "cookie" && token(s.Cookie) != "" {
+		d.errorf(b.DefRange, "Invalid cookie",
+			"default cookie name %q is not a valid cookie name; set cookie explicitly", s.Cookie)
+	}
+	headerOK := d.str(as, "header", &s.Header, emptyOr(token))
+	if modeOK && headerOK && s.Mode == "header" && s.Header == "" {
+		rng := b.DefRange
+		if a := as["header"]; a != nil {
+			rng = a.Expr.Range()
+		}
+		d.errorf(rng, "Missing header", `sticky mode "header" needs a header attribute naming the request header`)
+	}
+	d.duration(as, "ttl", &s.TTL, positive)
+	d.str(as, "secret", &s.Secret)
+	return s
+}
+
+func (d *decoder) healthCheck(b *hcl.Block) *HealthCheck {
+	if b == nil {
+		return nil
+	}
+	h := &HealthCheck{Type: "http", Path: "/health", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3}
+	as := d.content(b.Body, healthCheckSchema).Attributes
+	typeOK := d.str(as, "type", &h.Type, oneOf("http", "tcp"))
+	if typeOK && h.Type == "tcp" {
+		h.Path = ""
+		if a := as["path"]; a != nil {
+			d.errorf(a.NameRange, "Unexpected path", `path is only valid for health checks of type "http"`)
+		}
+	} else {
+		d.str(as, "path", &h.Path, absolutePath)
+	}
+	intervalOK := d.duration(as, "interval", &h.Interval, atLeast(100*time.Millisecond))
+	timeoutOK := d.duration(as, "timeout", &h.Timeout, positive)
+	if intervalOK && timeoutOK && h.Timeout > h.Interval {
+		if a := as["timeout"]; a != nil {
+			d.errorf(a.Expr.Range(), "Invalid timeout",
+				"timeout must not exceed interval (%s); got %q", h.Interval, h.Timeout)
+		} else {
+			d.errorf(as["interval"].Expr.Range(), "Invalid interval",
+				"interval must not be shorter than timeout (%s); got %q", h.Timeout, h.Interval)
+		}
+	}
+	d.integer(as, "rise", &h.Rise, 1, 100)
+	d.integer(as, "fall", &h.Fall, 1, 100)
+	return h
+}
+
+func (d *decoder) passive(b *hcl.Block) *Passive {
+	if b == nil {
+		return nil
+	}
+	p := &Passive{ConsecutiveFailures: 5, EjectionTime: 30 * time.Second, MaxEjectionPercent: 50}
+	as := d.content(b.Body, passiveSchema).Attributes
+	d.integer(as, "consecutive_failures", &p.ConsecutiveFailures, 1, 1000)
+	d.duration(as, "ejection_time", &p.EjectionTime, positive)
+	d.integer(as, "max_ejection_percent", &p.MaxEjectionPercent, 0, 100)
+	return p
+}
+
+// retry applies a retry block, if any, over the defaults in r.
+func (d *decoder) retry(b *hcl.Block, r *Retry) {
+	if b == nil {
+		return
+	}
+	as := d.content(b.Body, retrySchema).Attributes
+	d.integer(as, "attempts", &r.Attempts, 1, 10)
+	d.duration(as, "per_try_timeout", &r.PerTryTimeout)
+}

@@ -1,0 +1,105 @@
+// Command sluice is a load balancer that follows Consul.
+//
+//	sluice run -config FILE       run until SIGINT or SIGTERM
+//	sluice validate -config FILE  check a configuration file
+//	sluice version                print the version
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/sluice-lb/sluice/balance"
+	"github.com/sluice-lb/sluice/cmd/sluice/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `usage:
+  sluice run -config FILE [-log-level LEVEL]   run the load balancer
+  sluice validate -config FILE                 check a configuration file
+  sluice version                               print the version
+`
+
+// run dispatches a command line and returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "version", "-version", "--version":
+		fmt.Fprintf(stdout, "sluice %s\n", version)
+		return 0
+	case "validate":
+		fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		path := fs.String("config", "config.hcl", "configuration file")
+		if err := fs.Parse(args[1:]); err != nil {
+			return 2
+		}
+		cfg, ok := load(*path, stderr)
+		if !ok {
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s: ok: %s\n", *path, summary(cfg))
+		return 0
+	case "run":
+		fs := flag.NewFlagSet("run", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		path := fs.String("config", "config.hcl", "configuration file")
+		level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
+		if err := fs.Parse(args[1:]); err != nil {
+			return 2
+		}
+		cfg, ok := load(*path, stderr)
+		if !ok {
+			return 1
+		}
+		if err := serve(cfg, *level, stderr); err != nil {
+			fmt.Fprintf(stderr, "sluice: %v\n", err)
+			return 1
+		}
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "sluice: unknown command %q\n%s", args[0], usage)
+	return 2
+}
+
+// load parses and validates a file, printing every problem as
+// FILE:LINE,COL: message.
+func load(path string, stderr io.Writer) (*config.Config, bool) {
+	cfg, diags := config.Load(path, config.Options{Implemented: balance.Implemented()})
+	if diags.HasErrors() {
+		for _, line := range config.FormatDiagnostics(diags) {
+			fmt.Fprintln(stderr, line)
+		}
+		return nil, false
+	}
+	return cfg, true
+}
+
+// summary is the one-line description validate prints on success.
+func summary(cfg *config.Config) string {
+	var http, tcp int
+	for _, l := range cfg.Listeners {
+		if l.Protocol == "tcp" {
+			tcp++
+		} else {
+			http++
+		}
+	}
+	return fmt.Sprintf("%d http and %d tcp listeners, %d services (%s), consul %s",
+		http, tcp, len(cfg.Services), strings.Join(cfg.ServiceNames(), ", "), cfg.Consul.Address)
+}

@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"github.com/sluice-lb/sluice/balance"
+	"github.com/sluice-lb/sluice/cmd/sluice/config"
+	"github.com/sluice-lb/sluice/discovery"
+	"github.com/sluice-lb/sluice/proxy"
+	"github.com/sluice-lb/sluice/proxy/admin"
+)
+
+// shutdownGrace bounds how long a stop waits for requests and connections
+// in flight before closing them.
+const shutdownGrace = 10 * time.Second
+
+// serve runs the balancer described by cfg until SIGINT or SIGTERM. Every
+// listener is bound before anything starts, so an address in use is a
+// start-up error and nothing is left running.
+func serve(cfg *config.Config, level string, stderr io.Writer) error {
+	logLevel := hclog.LevelFromString(level)
+	if logLevel == hclog.NoLevel {
+		return fmt.Errorf("unknown log level %q", level)
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "sluice", Level: logLevel, Output: stderr})
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	lns, err := bindAll(cfg)
+	if err != nil {
+		return err
+	}
+
+	consul, err := api.NewClient(&api.Config{
+		Address:    cfg.Consul.Address,
+		Token:      cfg.Consul.Token,
+		Datacenter: cfg.Consul.Datacenter,
+	})
+	if err != nil {
+		closeAll(lns)
+		return fmt.Errorf("consul client: %w", err)
+	}
+
+	// Pools and watchers live until every listener has drained.
+	poolCtx, stopPools := context.WithCancel(context.Background())
+	var bg sync.WaitGroup
+	defer bg.Wait()
+	defer stopPools()
+
+	pools := make([]*balance.Pool, 0, len(cfg.Services))
+	services := map[string]proxy.ServiceOptions{}
+	for _, name := range cfg.ServiceNames() {
+		svc := cfg.Services[name]
+		build, _ := balance.Lookup(svc.Strategy) // validated by config
+		pool := balance.NewPool(balance.PoolOptions{
+			Service: name, Strategy: svc.Strategy, Builder: build, Logger: logger.Named("pool"),
+		})
+		pools = append(pools, pool)
+		services[name] = proxy.ServiceOptions{Name: name, Pool: pool, Attempts: svc.Retry.Attempts}
+		w := discovery.NewWatcher(consul.Health(), discovery.Options{
+			Service:    name,
+			Tag:        svc.Tag,
+			WeightKey:  svc.WeightKey,
+			Datacenter: cfg.Consul.Datacenter,
+			Stale:      cfg.Consul.Stale,
+			Logger:     logger.Named("discovery"),
+		})
+		updates := make(chan discovery.Update)
+		bg.Add(3)
+		go func() { defer bg.Done(); pool.Run(poolCtx) }()
+		go func() { defer bg.Done(); w.Run(poolCtx, updates) }()
+		go func() { defer bg.Done(); feedPool(poolCtx, pool, updates) }()
+	}
+
+	errLog := logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug})
+	var servers []*http.Server
+	var tcps []net.Listener
+	serveErr := make(chan error, len(lns))
+	var tcpWG sync.WaitGroup
+	drainCtx, drainNow := context.WithCancel(context.Background())
+	defer drainNow()
+	for i, l := range cfg.Listeners {
+		ln := lns[i]
+		switch l.Protocol {
+		case "tcp":
+			tp := proxy.NewTCPProxy(proxy.TCPOptions{Service: services[l.Service], Logger: logger.Named("tcp")})
+			tcps = append(tcps, ln)
+			tcpWG.Add(1)
+			go func() {
+				defer tcpWG.Done()
+				if err := tp.Serve(drainCtx, ln); err != nil {
+					serveErr <- fmt.Errorf("listener %q: %w", l.Name, err)
+				}
+			}()
+		default:
+			routes := make([]proxy.Route, 0, len(l.Routes))
+			for _, r := range l.Routes {
+				routes = append(routes, proxy.Route{Host: r.Host, PathPrefix: r.PathPrefix, Service: services[r.Service]})
+			}
+			srv := newServer(proxy.NewHTTPHandler(proxy.HTTPOptions{Routes: routes, Logger: logger.Named("http")}), errLog)
+			servers = append(servers, srv)
+			go func() {
+				if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+					serveErr <- fmt.Errorf("listener %q: %w", l.Name, err)
+				}
+			}()
+		}
+		logger.Info("listening", "listener", l.Name, "address", ln.Addr().String(), "protocol", l.Protocol)
+	}
+	adminLn := lns[len(lns)-1]
+	adminSrv := newServer(admin.NewHandler(pools), errLog)
+	servers = append(servers, adminSrv)
+	go func() {
+		if err := adminSrv.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
+			serveErr <- fmt.Errorf("admin: %w", err)
+		}
+	}()
+	logger.Info("admin listening", "address", adminLn.Addr().String())
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		logger.Info("stopping", "grace", shutdownGrace)
+	case runErr = <-serveErr:
+		logger.Error("stopping", "error", runErr)
+	}
+
+	shutCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	for _, ln := range tcps {
+		ln.Close()
+	}
+	var wg sync.WaitGroup
+	for _, srv := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Shutdown(shutCtx); err != nil {
+				srv.Close()
+			}
+		}()
+	}
+	tcpDone := make(chan struct{})
+	go func() { tcpWG.Wait(); close(tcpDone) }()
+	select {
+	case <-tcpDone:
+	case <-shutCtx.Done():
+		drainNow()
+		<-tcpDone
+	}
+	wg.Wait()
+	logger.Info("stopped")
+	return runErr
+}
+
+// newServer returns the HTTP server of a listener with sluice's client-side
+// limits: 10s to read request headers, 1 MiB of headers, 120s idle keep-alive.
+func newServer(h http.Handler, errLog *log.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          errLog,
+	}
+}
+
+// bindAll listens on every listener address, then the admin address (last).
+// On failure it closes what it opened and names the listener.
+func bindAll(cfg *config.Config) ([]net.Listener, error) {
+	var lns []net.Listener
+	bind := func(what, addr string) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll(lns)
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return fmt.Errorf("%s: address %s is already in use", what, addr)
+			}
+			return fmt.Errorf("%s: cannot listen on %s: %w", what, addr, err)
+		}
+		lns = append(lns, ln)
+		return nil
+	}
+	for _, l := range cfg.Listeners {
+		if err := bind(fmt.Sprintf("listener %q", l.Name), l.Address); err != nil {
+			return nil, err
+		}
+	}
+	if err := bind("admin", cfg.Admin.Address); err != nil {
+		return nil, err
+	}
+	return lns, nil
+}
+
+func closeAll(lns []net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
+}
+
+// feedPool turns discovery updates into pool changes until ctx is done.
+func feedPool(ctx context.Context, pool *balance.Pool, updates <-chan discovery.Update) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case u := <-updates:
+			if u.Err != nil {
+				_ = pool.SetError(ctx, u.Err)
+				continue
+			}
+			members := make([]balance.Member, len(u.Instances))
+			for i, in := range u.Instances {
+				members[i] = balance.Member{ID: in.ID, Addr: in.HostPort(), Weight: in.Weight, Consul: string(in.Health)}
+			}
+			_ = pool.SetMembers(ctx, u.Index, members)
+		}
+	}
+}
