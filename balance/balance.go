@@ -27,7 +27,16 @@ type Stats struct {
 	inflight atomic.Int64
 	requests atomic.Uint64
 	failures atomic.Uint64
+	// ewma is the peak EWMA of response time in nanoseconds (float64
+	// bits), last the clock reading of its last update; see ewma.go.
+	ewma atomic.Uint64
+	last atomic.Int64
+	// clock is the pool's clock; set once when the Stats are created.
+	clock func() int64
 }
+
+// newStats returns counters that read time from clock (nanoseconds, monotonic).
+func newStats(clock func() int64) *Stats { return &Stats{clock: clock} }
 
 // Inflight reports the picks of this instance whose Done has not been called.
 func (s *Stats) Inflight() int64 { return s.inflight.Load() }
@@ -52,6 +61,9 @@ type Endpoint struct {
 type PickInfo struct {
 	// Client is the client's address (for ip_hash and source_ip stickiness).
 	Client netip.Addr
+	// Key is the affinity key of a sticky service: the cookie value in
+	// cookie mode, the header value in header mode; "" when absent.
+	Key string
 	// Tried lists the instances this request already tried; Pick never
 	// returns one of them.
 	Tried Tried
@@ -92,15 +104,27 @@ func (t *Tried) Len() int { return t.n }
 // exactly once when the request (or connection) ends.
 type PickResult struct {
 	Endpoint *Endpoint
+	// SetCookie, when non-nil, is the Set-Cookie header value (one
+	// element, shared and read-only) that pins the client to Endpoint: the
+	// request carried no valid cookie for an eligible instance.
+	SetCookie []string
+	// start is the clock reading at the pick when the strategy measures
+	// response times (ewma), else 0.
+	start int64
 }
 
-// Done ends the pick: it decrements the in-flight count and records a
-// failure when err is non-nil. It does not allocate.
+// Done ends the pick: it decrements the in-flight count, records a failure
+// when err is non-nil and, for latency-aware strategies, feeds the response
+// time of a success into the instance's EWMA. It does not allocate.
 func (r PickResult) Done(err error) {
 	s := r.Endpoint.Stats
 	s.inflight.Add(-1)
 	if err != nil {
 		s.failures.Add(1)
+		return
+	}
+	if r.start != 0 {
+		s.observe(s.clock() - r.start)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sort"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -66,9 +67,22 @@ type Snapshot struct {
 type PoolOptions struct {
 	Service  string  // required
 	Strategy string  // strategy name, for status output
-	Builder  Builder // required; see Lookup
-	Logger   hclog.Logger
+	Builder  Builder // required; see NewBuilder
+	// SlowStart ramps the weight of an instance that becomes eligible
+	// after the first registry answer (new, or back from ineligible)
+	// linearly from 10% to 100% over this time; 0 disables it.
+	SlowStart time.Duration
+	// Clock returns monotonic nanoseconds; default: time since NewPool.
+	Clock  func() int64
+	Logger hclog.Logger
 }
+
+// slowStartFloor is the share of its weight a slow-starting instance begins with.
+const slowStartFloor = 0.1
+
+// slowStartScale multiplies every weight while an instance ramps, so that
+// 10% of a weight of 1 is still a whole number.
+const slowStartScale = 100
 
 // Pool owns the live state of one service. Run is its owner goroutine: the
 // Set methods hand changes to it, and it publishes a new Snapshot after
@@ -84,11 +98,13 @@ type Pool struct {
 type poolState struct {
 	version     uint64
 	synced      bool
+	warm        bool // a synced snapshot was published: later arrivals slow-start
 	consulIndex uint64
 	consulError string
 	members     []Member // sorted by ID
 	stats       map[string]*Stats
 	eligible    map[string]bool // last published eligibility, for transition logs
+	since       map[string]int64 // clock when an instance last became eligible; absent = warm
 }
 
 // NewPool returns a pool that publishes an empty, unsynced snapshot until
@@ -97,7 +113,12 @@ func NewPool(opts PoolOptions) *Pool {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
+	if opts.Clock == nil {
+		base := time.Now()
+		opts.Clock = func() int64 { return int64(time.Since(base)) + 1 }
+	}
 	p := &Pool{opts: opts, events: make(chan func(*poolState))}
+	p.shared.clock = opts.Clock
 	p.snap.Store(&Snapshot{Service: opts.Service, Strategy: opts.Strategy, Picker: emptyPicker{}})
 	return p
 }
@@ -110,16 +131,30 @@ func (p *Pool) Load() *Snapshot { return p.snap.Load() }
 
 // Run applies changes and publishes snapshots until ctx is done.
 func (p *Pool) Run(ctx context.Context) {
-	st := &poolState{stats: map[string]*Stats{}, eligible: map[string]bool{}}
+	st := &poolState{stats: map[string]*Stats{}, eligible: map[string]bool{}, since: map[string]int64{}}
+	// While an instance slow-starts, the picker is rebuilt every rampStep.
+	rampStep := max(p.opts.SlowStart/100, 100*time.Millisecond)
+	ramp := time.NewTimer(rampStep)
+	ramp.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			ramp.Stop()
 			return
 		case apply := <-p.events:
 			apply(st)
-			p.publish(st)
+		case <-ramp.C:
+		}
+		if p.publish(st) {
+			ramp.Reset(rampStep)
 		}
 	}
+}
+
+// Refresh republishes the snapshot, for example to advance a slow start on
+// an injected clock.
+func (p *Pool) Refresh(ctx context.Context) error {
+	return p.send(ctx, func(*poolState) {})
 }
 
 // send hands a change to the owner. It blocks until the owner takes it or
@@ -152,8 +187,10 @@ func (p *Pool) SetError(ctx context.Context, err error) error {
 	return p.send(ctx, func(st *poolState) { st.consulError = msg })
 }
 
-// publish builds and stores a new snapshot from st.
-func (p *Pool) publish(st *poolState) {
+// publish builds and stores a new snapshot from st. It reports whether an
+// instance is still slow-starting.
+func (p *Pool) publish(st *poolState) (ramping bool) {
+	now := p.opts.Clock()
 	st.version++
 	snap := &Snapshot{
 		Service:     p.opts.Service,
@@ -169,7 +206,7 @@ func (p *Pool) publish(st *poolState) {
 		seen[m.ID] = true
 		stats := st.stats[m.ID]
 		if stats == nil {
-			stats = &Stats{}
+			stats = newStats(p.opts.Clock)
 			st.stats[m.ID] = stats
 			p.opts.Logger.Info("instance added", "service", p.opts.Service, "instance", m.ID, "address", m.Addr, "consul", m.Consul)
 		}
@@ -183,6 +220,9 @@ func (p *Pool) publish(st *poolState) {
 				p.opts.Logger.Info("instance eligibility changed", "service", p.opts.Service, "instance", m.ID,
 					"eligible", ms.Eligible, "consul", ms.Consul, "probe", ms.Probe, "ejected", ms.Ejected)
 			}
+			if ms.Eligible && st.warm && p.opts.SlowStart > 0 {
+				st.since[m.ID] = now
+			}
 			st.eligible[m.ID] = ms.Eligible
 		}
 		snap.Members = append(snap.Members, ms)
@@ -190,13 +230,43 @@ func (p *Pool) publish(st *poolState) {
 			snap.Eligible = append(snap.Eligible, &Endpoint{ID: ms.ID, Addr: ms.Addr, Weight: ms.Weight, Stats: stats})
 		}
 	}
+	ramping = p.applySlowStart(st, snap.Eligible, now)
 	for id := range st.stats {
 		if !seen[id] {
 			delete(st.stats, id)
 			delete(st.eligible, id)
+			delete(st.since, id)
 			p.opts.Logger.Info("instance removed", "service", p.opts.Service, "instance", id)
 		}
 	}
 	snap.Picker = p.opts.Builder(snap.Eligible, &p.shared)
 	p.snap.Store(snap)
+	st.warm = st.warm || st.synced
+	return ramping
+}
+
+// applySlowStart sets the effective weights of eps: while any instance is
+// within SlowStart of becoming eligible, every weight is multiplied by
+// slowStartScale and a ramping one by 10%..100% of that, linear in time.
+func (p *Pool) applySlowStart(st *poolState, eps []*Endpoint, now int64) (ramping bool) {
+	if p.opts.SlowStart <= 0 || len(st.since) == 0 {
+		return false
+	}
+	window := int64(p.opts.SlowStart)
+	for id, since := range st.since {
+		if now-since >= window || !st.eligible[id] {
+			delete(st.since, id)
+		}
+	}
+	if len(st.since) == 0 {
+		return false
+	}
+	for _, ep := range eps {
+		w := float64(ep.Weight * slowStartScale)
+		if since, ok := st.since[ep.ID]; ok {
+			w *= slowStartFloor + (1-slowStartFloor)*float64(now-since)/float64(window)
+		}
+		ep.Weight = max(1, int(w+0.5))
+	}
+	return true
 }

@@ -2,14 +2,17 @@ package balance
 
 import (
 	"container/heap"
+	"fmt"
+	"slices"
 	"sync/atomic"
 )
 
 // Shared is the per-service state strategies carry across rebuilds, such as
-// the round-robin position. The pool owns one per service and hands the same
-// value to every Build.
+// the round-robin position, and the pool's clock. The pool owns one per
+// service and hands the same value to every Build.
 type Shared struct {
-	seq atomic.Uint64
+	seq   atomic.Uint64
+	clock func() int64 // monotonic nanoseconds; never 0 after the first call
 }
 
 // next returns the next position of the service's rotation.
@@ -20,20 +23,56 @@ func (s *Shared) next() uint64 { return s.seq.Add(1) - 1 }
 // the Picker it returns must be immutable and safe for concurrent use.
 type Builder func(eps []*Endpoint, shared *Shared) Picker
 
-// Lookup returns the Builder of a strategy name as written in HCL.
-func Lookup(name string) (Builder, bool) {
-	switch name {
-	case "round_robin":
-		return buildRoundRobin, true
-	case "weighted_round_robin":
-		return buildWeightedRoundRobin, true
+// strategies maps HCL names to builders; see README "Strategies".
+func strategies() map[string]Builder {
+	return map[string]Builder{
+		"round_robin":          buildRoundRobin,
+		"weighted_round_robin": buildWeightedRoundRobin,
+		"least_connections":    buildLeastConnections,
+		"p2c":                  buildP2C,
+		"random":               buildRandom,
+		"ip_hash":              buildIPHash,
+		"ewma":                 buildEWMA,
 	}
-	return nil, false
 }
 
-// Implemented lists the strategy names Lookup knows, in HCL spelling.
+// Lookup returns the Builder of a strategy name as written in HCL.
+func Lookup(name string) (Builder, bool) {
+	b, ok := strategies()[name]
+	return b, ok
+}
+
+// Implemented lists the strategy names Lookup knows, sorted.
 func Implemented() []string {
-	return []string{"round_robin", "weighted_round_robin"}
+	names := make([]string, 0, 7)
+	for name := range strategies() {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// NewBuilder returns the Builder of a service: its strategy, wrapped in
+// session affinity when sticky is non-nil.
+func NewBuilder(service, strategy string, sticky *StickyOptions) (Builder, error) {
+	b, ok := Lookup(strategy)
+	if !ok {
+		return nil, fmt.Errorf("unknown strategy %q", strategy)
+	}
+	if sticky == nil {
+		return b, nil
+	}
+	switch sticky.Mode {
+	case StickyCookie:
+		if len(sticky.Secret) == 0 || sticky.CookieName == "" {
+			return nil, fmt.Errorf("sticky cookie needs a name and a secret")
+		}
+	case StickySourceIP, StickyHeader:
+	default:
+		return nil, fmt.Errorf("unknown sticky mode %q", sticky.Mode)
+	}
+	sb := &stickyBuilder{inner: b, opts: *sticky, service: service, cookies: map[string]stickyCookie{}}
+	return sb.build, nil
 }
 
 // emptyPicker answers every pick with ErrNoEndpoint.

@@ -36,6 +36,10 @@ type ServiceOptions struct {
 	// included; default 2, at most balance.MaxTries. A further instance is
 	// tried only after a connection failure that sent nothing upstream.
 	Attempts int
+	// StickyCookie or StickyHeader names where the affinity key of a
+	// sticky service is read (at most one is set; see balance.StickyOptions).
+	StickyCookie string
+	StickyHeader string
 }
 
 // HTTPOptions configure an HTTP handler.
@@ -143,7 +147,8 @@ func newServiceProxy(svc ServiceOptions, base http.RoundTripper, buffers *buffer
 		attempts = 2
 	}
 	attempts = min(attempts, balance.MaxTries)
-	bt := &balancingTransport{service: svc.Name, pool: svc.Pool, base: base, attempts: attempts}
+	bt := &balancingTransport{service: svc.Name, pool: svc.Pool, base: base, attempts: attempts,
+		cookie: svc.StickyCookie, header: http.CanonicalHeaderKey(svc.StickyHeader)}
 	bt.bodies.New = func() any { return &doneBody{} }
 	sp := &serviceProxy{name: svc.Name}
 	sp.rp = &httputil.ReverseProxy{
@@ -183,6 +188,8 @@ type balancingTransport struct {
 	pool     *balance.Pool
 	base     http.RoundTripper
 	attempts int
+	cookie   string    // sticky cookie name, or ""
+	header   string    // canonical sticky header name, or ""
 	bodies   sync.Pool // of *doneBody
 }
 
@@ -190,6 +197,14 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 	var info balance.PickInfo
 	if ap, err := netip.ParseAddrPort(req.RemoteAddr); err == nil {
 		info.Client = ap.Addr().Unmap()
+	}
+	switch {
+	case t.cookie != "":
+		info.Key = cookieValue(req.Header["Cookie"], t.cookie)
+	case t.header != "":
+		if v := req.Header[t.header]; len(v) > 0 {
+			info.Key = v[0]
+		}
 	}
 	var body *replayGuard
 	if req.Body != nil && req.Body != http.NoBody {
@@ -210,6 +225,13 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 		req.URL.Host = res.Endpoint.Addr
 		resp, err := t.base.RoundTrip(req)
 		if err == nil {
+			if res.SetCookie != nil {
+				if prev := resp.Header["Set-Cookie"]; prev == nil {
+					resp.Header["Set-Cookie"] = res.SetCookie // shared, len == cap: an append copies
+				} else {
+					resp.Header["Set-Cookie"] = append(prev, res.SetCookie[0])
+				}
+			}
 			if resp.StatusCode == http.StatusSwitchingProtocols {
 				// The upgraded connection is not counted as in flight.
 				res.Done(nil)
@@ -232,6 +254,22 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 		info.Tried.Add(res.Endpoint)
 	}
 	return nil, lastErr
+}
+
+// cookieValue returns the value of the first cookie called name in Cookie
+// header lines, without allocating; "" when absent.
+func cookieValue(lines []string, name string) string {
+	for _, line := range lines {
+		for len(line) > 0 {
+			var part string
+			part, line, _ = strings.Cut(line, ";")
+			part = strings.TrimSpace(part)
+			if k, v, ok := strings.Cut(part, "="); ok && k == name {
+				return strings.Trim(v, `"`)
+			}
+		}
+	}
+	return ""
 }
 
 // isDialError reports whether err is a failure to connect, so that nothing

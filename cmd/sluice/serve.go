@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -54,6 +55,14 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 		return fmt.Errorf("consul client: %w", err)
 	}
 
+	// The cookie secret of sticky services that set none: random per
+	// process, so cookies do not survive a restart or cross processes.
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		closeAll(lns)
+		return fmt.Errorf("cookie secret: %w", err)
+	}
+
 	// Pools and watchers live until every listener has drained.
 	poolCtx, stopPools := context.WithCancel(context.Background())
 	var bg sync.WaitGroup
@@ -64,12 +73,31 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 	services := map[string]proxy.ServiceOptions{}
 	for _, name := range cfg.ServiceNames() {
 		svc := cfg.Services[name]
-		build, _ := balance.Lookup(svc.Strategy) // validated by config
+		opts := proxy.ServiceOptions{Name: name, Attempts: svc.Retry.Attempts}
+		var sticky *balance.StickyOptions
+		if s := svc.Sticky; s != nil {
+			sticky = &balance.StickyOptions{Mode: s.Mode, CookieName: s.Cookie, TTL: s.TTL, Secret: []byte(s.Secret)}
+			switch s.Mode {
+			case balance.StickyCookie:
+				opts.StickyCookie = s.Cookie
+				if s.Secret == "" {
+					sticky.Secret = secret
+				}
+			case balance.StickyHeader:
+				opts.StickyHeader = s.Header
+			}
+		}
+		build, err := balance.NewBuilder(name, svc.Strategy, sticky)
+		if err != nil {
+			closeAll(lns)
+			return fmt.Errorf("service %q: %w", name, err)
+		}
 		pool := balance.NewPool(balance.PoolOptions{
-			Service: name, Strategy: svc.Strategy, Builder: build, Logger: logger.Named("pool"),
+			Service: name, Strategy: svc.Strategy, Builder: build, SlowStart: svc.SlowStart, Logger: logger.Named("pool"),
 		})
 		pools = append(pools, pool)
-		services[name] = proxy.ServiceOptions{Name: name, Pool: pool, Attempts: svc.Retry.Attempts}
+		opts.Pool = pool
+		services[name] = opts
 		w := discovery.NewWatcher(consul.Health(), discovery.Options{
 			Service:    name,
 			Tag:        svc.Tag,
