@@ -124,7 +124,8 @@ func (r PickResult) Done(err error) {
 		return
 	}
 	if r.start != 0 {
-		s.observe(s.clock() - r.start)
+		now := s.clock()
+		s.observe(now, now-r.start)
 	}
 }
 

@@ -10,13 +10,14 @@ import (
 // one of N endpoints moves about 1/N of the keys, and adding it back
 // restores them.
 
-// maglevPrimes are the table sizes; a table has at least 64 slots per
-// endpoint, up to the largest.
-var maglevPrimes = [...]int{65537, 131071, 262139, 524287, 1048573}
+// maglevPrimes are the table sizes: the smallest with at least 10 slots
+// per endpoint, at most the largest. More slots per endpoint mean a finer
+// weight resolution and less disruption on changes, and a slower build.
+var maglevPrimes = [...]int{65537, 131071, 262139, 524287}
 
 func maglevSize(n int) int {
 	for _, m := range maglevPrimes {
-		if m >= 64*n {
+		if m >= 10*n {
 			return m
 		}
 	}
@@ -36,37 +37,37 @@ func newMaglev(eps []*Endpoint) *maglev {
 	for i := range mg.table {
 		mg.table[i] = -1
 	}
-	offset := make([]uint64, n)
-	skip := make([]uint64, n)
-	next := make([]uint64, n)
+	pos := make([]uint64, n)  // next slot in the endpoint's permutation
+	skip := make([]uint64, n) // permutation stride, coprime with m (m is prime)
 	credit := make([]int, n)
-	maxW := 1
+	total := 0
 	for i, ep := range eps {
 		h := hashString(ep.ID)
-		offset[i] = mix64(h^0x9e3779b97f4a7c15) % uint64(m)
+		pos[i] = mix64(h^0x9e3779b97f4a7c15) % uint64(m)
 		skip[i] = mix64(h^0xc2b2ae3d27d4eb4f)%uint64(m-1) + 1
-		maxW = max(maxW, ep.Weight)
+		total += max(ep.Weight, 1)
 	}
-	filled := 0
-	for filled < m {
+	// Each round an endpoint earns its weight in credit and takes one slot
+	// per mean weight of credit, so heavier endpoints take more turns and
+	// a round places about n slots whatever the weights.
+	quantum := max(total/n, 1)
+	um := uint64(m)
+	for filled := 0; filled < m; {
 		for i, ep := range eps {
-			// Each round an endpoint earns weight/maxW of a slot.
 			credit[i] += max(ep.Weight, 1)
-			if credit[i] < maxW {
-				continue
-			}
-			credit[i] -= maxW
-			for {
-				slot := (offset[i] + next[i]*skip[i]) % uint64(m)
-				next[i]++
-				if mg.table[slot] < 0 {
-					mg.table[slot] = int32(i)
-					filled++
-					break
+			for credit[i] >= quantum && filled < m {
+				credit[i] -= quantum
+				for {
+					slot := pos[i]
+					if pos[i] += skip[i]; pos[i] >= um {
+						pos[i] -= um
+					}
+					if mg.table[slot] < 0 {
+						mg.table[slot] = int32(i)
+						filled++
+						break
+					}
 				}
-			}
-			if filled == m {
-				break
 			}
 		}
 	}
