@@ -103,7 +103,7 @@ type poolState struct {
 	consulError string
 	members     []Member // sorted by ID
 	stats       map[string]*Stats
-	eligible    map[string]bool // last published eligibility, for transition logs
+	eligible    map[string]bool  // last published eligibility, for transition logs
 	since       map[string]int64 // clock when an instance last became eligible; absent = warm
 }
 
