@@ -46,7 +46,8 @@ e2e: consul bin/sluice-race
 # backends with weights 1, 1 and 3, and sluice with config.hcl. Ctrl-C stops
 # everything it started.
 demo: build consul
-	$(GO) run ./e2e/demo -sluice bin/sluice -consul "$(CONSUL_BIN)" -config config.hcl
+	$(GO) build -o bin/demo ./e2e/demo
+	bin/demo -sluice bin/sluice -consul "$(CONSUL_BIN)" -config config.hcl
 
 # Reaction time from a Consul write to the last request an instance gets.
 bench-reaction: build consul
