@@ -253,6 +253,22 @@ type sluice struct {
 // waits until /healthz answers 200.
 func startSluice(t testing.TB, consulAddr, service, extra string) *sluice {
 	t.Helper()
+	return startSluiceConfig(t, consulAddr, fmt.Sprintf(`
+listener "public" {
+  address = "FRONT"
+  route "/" {
+    service = %q
+  }
+}
+%s
+`, service, extra))
+}
+
+// startSluiceConfig runs sluice with body (listeners and services; the
+// string FRONT stands for the main listener's address) plus consul and
+// admin blocks, and waits until /healthz answers 200.
+func startSluiceConfig(t testing.TB, consulAddr, body string) *sluice {
+	t.Helper()
 	s := &sluice{
 		t:      t,
 		Front:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
@@ -266,14 +282,8 @@ consul {
 admin {
   address = %q
 }
-listener "public" {
-  address = %q
-  route "/" {
-    service = %q
-  }
-}
 %s
-`, consulAddr, s.Admin, s.Front, service, extra)
+`, consulAddr, s.Admin, strings.ReplaceAll(body, "FRONT", s.Front))
 	path := filepath.Join(t.TempDir(), "sluice.hcl")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

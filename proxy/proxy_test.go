@@ -294,3 +294,55 @@ func TestTCPProxyEchoHalfCloseAndFailover(t *testing.T) {
 		t.Fatal("Serve did not return after the listener closed")
 	}
 }
+
+func TestCookieValue(t *testing.T) {
+	for _, tc := range []struct {
+		lines []string
+		want  string
+	}{
+		{nil, ""},
+		{[]string{"a=1; sluice_web=abc; b=2"}, "abc"},
+		{[]string{"a=1", `sluice_web="q"`}, "q"},
+		{[]string{"sluice_webx=1; xsluice_web=2"}, ""},
+		{[]string{"sluice_web"}, ""},
+		{[]string{"sluice_web=first; sluice_web=second"}, "first"},
+	} {
+		if have := cookieValue(tc.lines, "sluice_web"); have != tc.want {
+			t.Errorf("%q: want %q, have %q", tc.lines, tc.want, have)
+		}
+	}
+}
+
+func TestStickyCookieThroughProxy(t *testing.T) {
+	a, b := backend(t, "a"), backend(t, "b")
+	build, err := balance.NewBuilder("web", "round_robin", &balance.StickyOptions{
+		Mode: balance.StickyCookie, CookieName: "sluice_web", TTL: time.Hour, Secret: []byte("k"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := balance.NewPool(balance.PoolOptions{Service: "web", Builder: build})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go p.Run(ctx)
+	p.SetMembers(ctx, 1, []balance.Member{m("a", hostOf(a), 1), m("b", hostOf(b), 1)})
+	deadline := time.Now().Add(5 * time.Second)
+	for !p.Load().Synced && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	front := httptest.NewServer(NewHTTPHandler(HTTPOptions{Routes: []Route{{PathPrefix: "/", Service: ServiceOptions{Name: "web", Pool: p, StickyCookie: "sluice_web"}}}}))
+	defer front.Close()
+	resp, _ := get(t, front.URL+"/")
+	set := resp.Header.Get("Set-Cookie")
+	pinned := resp.Header.Get("X-Backend")
+	if !strings.HasPrefix(set, "sluice_web=") {
+		t.Fatalf("want a sluice_web cookie, have %q", set)
+	}
+	cookie, _, _ := strings.Cut(set, ";")
+	for i := 0; i < 10; i++ {
+		resp, _ := get(t, front.URL+"/", "Cookie", "other=1; "+cookie)
+		if resp.Header.Get("X-Backend") != pinned || resp.Header.Get("Set-Cookie") != "" {
+			t.Fatalf("request %d: want %s without Set-Cookie, have %s %q", i, pinned, resp.Header.Get("X-Backend"), resp.Header.Get("Set-Cookie"))
+		}
+	}
+}
