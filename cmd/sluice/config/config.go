@@ -111,6 +111,14 @@ type Listener struct {
 	// Routes are the http listener's routes in file order; at least one.
 	// Empty for tcp listeners.
 	Routes []Route
+	// AccessLog is where one line per HTTP request or TCP connection is
+	// written: "stdout", "stderr" or a file path (appended to). Default ""
+	// (off).
+	AccessLog string
+	// IdleTimeout closes a client connection idle this long: an HTTP
+	// keep-alive connection between requests, a TCP connection with no
+	// bytes either way. Default 2m.
+	IdleTimeout time.Duration
 	// Service receives all of a tcp listener's connections. Empty for http
 	// listeners.
 	Service string

@@ -102,13 +102,13 @@ func TestParseFullExample(t *testing.T) {
 			{
 				Name:     "public",
 				Address:  "127.0.0.1:8080",
-				Protocol: "http",
+				Protocol: "http", IdleTimeout: 2 * time.Minute,
 				Routes: []Route{
 					{Host: "", PathPrefix: "/", Service: "web"},
 					{Host: "api.example.com", PathPrefix: "/v1", Service: "api"},
 				},
 			},
-			{Name: "db", Address: "127.0.0.1:5433", Protocol: "tcp", Service: "postgres"},
+			{Name: "db", Address: "127.0.0.1:5433", Protocol: "tcp", IdleTimeout: 2 * time.Minute, Service: "postgres"},
 		},
 		Services: map[string]*Service{
 			"web": {
@@ -166,8 +166,8 @@ func TestParseMinimalGetsDefaults(t *testing.T) {
 				Listeners: []Listener{{
 					Name:     "public",
 					Address:  "127.0.0.1:8080",
-					Protocol: "http",
-					Routes:   []Route{{PathPrefix: "/", Service: "web"}},
+					Protocol: "http", IdleTimeout: 2 * time.Minute,
+					Routes: []Route{{PathPrefix: "/", Service: "web"}},
 				}},
 				Services: map[string]*Service{
 					"web": {Name: "web", Strategy: "weighted_round_robin", WeightKey: "weight", Retry: Retry{Attempts: 2}},
@@ -682,4 +682,33 @@ func dump(v any) string {
 		return b.String()
 	}
 	return fmt.Sprintf("%+v", v)
+}
+
+func TestListenerAccessLogAndIdleTimeout(t *testing.T) {
+	cfg, diags := Parse("a.hcl", []byte(`listener "public" {
+  address      = "127.0.0.1:8080"
+  access_log   = "stdout"
+  idle_timeout = "30s"
+  route "/" {
+    service = "web"
+  }
+}
+`), Options{Getenv: func(string) string { return "" }})
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if l := cfg.Listeners[0]; l.AccessLog != "stdout" || l.IdleTimeout != 30*time.Second {
+		t.Fatalf("want stdout and 30s, have %q %v", l.AccessLog, l.IdleTimeout)
+	}
+	_, diags = Parse("b.hcl", []byte(`listener "public" {
+  address      = "127.0.0.1:8080"
+  idle_timeout = "0s"
+  route "/" {
+    service = "web"
+  }
+}
+`), Options{Getenv: func(string) string { return "" }})
+	if lines := FormatDiagnostics(diags); len(lines) != 1 || !strings.HasPrefix(lines[0], "b.hcl:3,") {
+		t.Fatalf("want one error on line 3, have %v", lines)
+	}
 }

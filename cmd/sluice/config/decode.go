@@ -15,6 +15,7 @@ const (
 	defaultConsulAddress = "127.0.0.1:8500"
 	defaultAdminAddress  = "127.0.0.1:9901"
 	defaultStrategy      = "weighted_round_robin"
+	defaultIdleTimeout   = 2 * time.Minute
 )
 
 var (
@@ -33,7 +34,7 @@ var (
 		Attributes: attrs("address"),
 	}
 	listenerSchema = &hcl.BodySchema{
-		Attributes: attrs("address", "protocol", "service"),
+		Attributes: attrs("address", "protocol", "service", "access_log", "idle_timeout"),
 		Blocks:     []hcl.BlockHeaderSchema{{Type: "route", LabelNames: []string{"prefix"}}},
 	}
 	routeSchema = &hcl.BodySchema{
@@ -261,6 +262,10 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 				`http listener %q needs at least one route block, such as route "/" { service = "web" }`, l.Name)
 		}
 	}
+
+	d.str(as, "access_log", &l.AccessLog, nonEmpty)
+	l.IdleTimeout = defaultIdleTimeout
+	d.duration(as, "idle_timeout", &l.IdleTimeout, positive)
 
 	svc := as["service"]
 	switch {
