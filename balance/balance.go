@@ -31,8 +31,15 @@ type Stats struct {
 	// bits), last the clock reading of its last update; see ewma.go.
 	ewma atomic.Uint64
 	last atomic.Int64
-	// clock is the pool's clock; set once when the Stats are created.
-	clock func() int64
+	// consec counts failures in a row for passive ejection.
+	consec atomic.Int64
+	// Set once when the pool creates the Stats: the instance ID, the
+	// pool's clock and, with passive ejection, the failure threshold and
+	// the owner's channel for instances that reach it.
+	id        string
+	clock     func() int64
+	threshold int64
+	failing   chan<- *Stats
 }
 
 // newStats returns counters that read time from clock (nanoseconds, monotonic).
@@ -116,16 +123,43 @@ type PickResult struct {
 // Done ends the pick: it decrements the in-flight count, records a failure
 // when err is non-nil and, for latency-aware strategies, feeds the response
 // time of a success into the instance's EWMA. It does not allocate.
+//
+// A failure is what passive ejection counts: a connection failure or a 5xx
+// answer. Use Cancel for picks that end without a verdict on the instance.
 func (r PickResult) Done(err error) {
 	s := r.Endpoint.Stats
 	s.inflight.Add(-1)
 	if err != nil {
 		s.failures.Add(1)
+		s.fail()
 		return
+	}
+	if s.consec.Load() != 0 {
+		s.consec.Store(0)
 	}
 	if r.start != 0 {
 		now := s.clock()
 		s.observe(now, now-r.start)
+	}
+}
+
+// Cancel ends the pick without judging the instance, for example when the
+// client went away.
+func (r PickResult) Cancel() { r.Endpoint.Stats.inflight.Add(-1) }
+
+// fail counts a failure in a row and, at the threshold exactly, tells the
+// pool owner without blocking (a full channel drops the report; the next
+// failure past the threshold does not report again until a success or the
+// owner resets the count).
+func (s *Stats) fail() {
+	if s.threshold <= 0 {
+		return
+	}
+	if s.consec.Add(1) == s.threshold {
+		select {
+		case s.failing <- s:
+		default:
+		}
 	}
 }
 

@@ -61,7 +61,12 @@ type Snapshot struct {
 	Members     []MemberStatus // every known member, sorted by ID
 	Eligible    []*Endpoint    // the members the picker chooses from, sorted by ID
 	Picker      Picker
+	// next is closed when the following snapshot is published.
+	next chan struct{}
 }
+
+// Next returns a channel that is closed once a newer snapshot is published.
+func (s *Snapshot) Next() <-chan struct{} { return s.next }
 
 // PoolOptions configure a Pool.
 type PoolOptions struct {
@@ -72,9 +77,24 @@ type PoolOptions struct {
 	// after the first registry answer (new, or back from ineligible)
 	// linearly from 10% to 100% over this time; 0 disables it.
 	SlowStart time.Duration
+	// Passive enables passive ejection; nil disables it.
+	Passive *PassiveOptions
 	// Clock returns monotonic nanoseconds; default: time since NewPool.
 	Clock  func() int64
 	Logger hclog.Logger
+}
+
+// PassiveOptions configure passive ejection: an instance whose picks end
+// with ConsecutiveFailures failures in a row (Done with an error) is taken
+// out of rotation for EjectionTime, doubled for each ejection that follows
+// within MaxEjectionTime of the last one, up to MaxEjectionTime. At most
+// MaxEjectionPercent of the service's instances (rounded down) are ejected
+// at once. A success resets the count.
+type PassiveOptions struct {
+	ConsecutiveFailures int
+	EjectionTime        time.Duration
+	MaxEjectionTime     time.Duration // default max(300s, EjectionTime)
+	MaxEjectionPercent  int
 }
 
 // slowStartFloor is the share of its weight a slow-starting instance begins with.
@@ -92,6 +112,9 @@ type Pool struct {
 	shared Shared
 	snap   atomic.Pointer[Snapshot]
 	events chan func(*poolState)
+	// failing receives the Stats of instances that reached the passive
+	// failure threshold; sends never block (see Stats.fail).
+	failing chan *Stats
 }
 
 // poolState is owned by the Run goroutine.
@@ -103,8 +126,17 @@ type poolState struct {
 	consulError string
 	members     []Member // sorted by ID
 	stats       map[string]*Stats
-	eligible    map[string]bool  // last published eligibility, for transition logs
-	since       map[string]int64 // clock when an instance last became eligible; absent = warm
+	eligible    map[string]bool   // last published eligibility, for transition logs
+	since       map[string]int64  // clock when an instance last became eligible; absent = warm
+	probes      map[string]string // active probe verdicts; absent = ProbeUnknown
+	ejections   map[string]*ejection
+}
+
+// ejection is the passive-ejection record of one instance.
+type ejection struct {
+	until    int64 // clock; 0 when not ejected
+	count    int   // ejections in a row, for the doubling
+	released int64 // clock of the last release
 }
 
 // NewPool returns a pool that publishes an empty, unsynced snapshot until
@@ -117,9 +149,14 @@ func NewPool(opts PoolOptions) *Pool {
 		base := time.Now()
 		opts.Clock = func() int64 { return int64(time.Since(base)) + 1 }
 	}
-	p := &Pool{opts: opts, events: make(chan func(*poolState))}
+	if pv := opts.Passive; pv != nil && pv.MaxEjectionTime < pv.EjectionTime {
+		pv2 := *pv
+		pv2.MaxEjectionTime = max(300*time.Second, pv.EjectionTime)
+		opts.Passive = &pv2
+	}
+	p := &Pool{opts: opts, events: make(chan func(*poolState)), failing: make(chan *Stats, 64)}
 	p.shared.clock = opts.Clock
-	p.snap.Store(&Snapshot{Service: opts.Service, Strategy: opts.Strategy, Picker: emptyPicker{}})
+	p.snap.Store(&Snapshot{Service: opts.Service, Strategy: opts.Strategy, Picker: emptyPicker{}, next: make(chan struct{})})
 	return p
 }
 
@@ -131,30 +168,32 @@ func (p *Pool) Load() *Snapshot { return p.snap.Load() }
 
 // Run applies changes and publishes snapshots until ctx is done.
 func (p *Pool) Run(ctx context.Context) {
-	st := &poolState{stats: map[string]*Stats{}, eligible: map[string]bool{}, since: map[string]int64{}}
-	// While an instance slow-starts, the picker is rebuilt every rampStep.
-	rampStep := max(p.opts.SlowStart/100, 100*time.Millisecond)
-	ramp := time.NewTimer(rampStep)
-	ramp.Stop()
+	st := &poolState{
+		stats: map[string]*Stats{}, eligible: map[string]bool{}, since: map[string]int64{},
+		probes: map[string]string{}, ejections: map[string]*ejection{},
+	}
+	// wake fires when a slow start needs its next step or an ejection ends.
+	wake := time.NewTimer(time.Hour)
+	wake.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			ramp.Stop()
+			wake.Stop()
 			return
 		case apply := <-p.events:
 			apply(st)
-		case <-ramp.C:
+		case s := <-p.failing:
+			if !p.eject(st, s) {
+				continue
+			}
+		case <-wake.C:
 		}
-		if p.publish(st) {
-			ramp.Reset(rampStep)
+		if d := p.publish(st); d > 0 {
+			wake.Reset(d)
+		} else {
+			wake.Stop()
 		}
 	}
-}
-
-// Refresh republishes the snapshot, for example to advance a slow start on
-// an injected clock.
-func (p *Pool) Refresh(ctx context.Context) error {
-	return p.send(ctx, func(*poolState) {})
 }
 
 // send hands a change to the owner. It blocks until the owner takes it or
@@ -166,6 +205,12 @@ func (p *Pool) send(ctx context.Context, apply func(*poolState)) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Refresh republishes the snapshot, for example to advance a slow start on
+// an injected clock.
+func (p *Pool) Refresh(ctx context.Context) error {
+	return p.send(ctx, func(*poolState) {})
 }
 
 // SetMembers replaces the full member set (a registry answer with index).
@@ -187,9 +232,61 @@ func (p *Pool) SetError(ctx context.Context, err error) error {
 	return p.send(ctx, func(st *poolState) { st.consulError = msg })
 }
 
-// publish builds and stores a new snapshot from st. It reports whether an
-// instance is still slow-starting.
-func (p *Pool) publish(st *poolState) (ramping bool) {
+// SetProbe records the verdict of an instance's active probe: ProbePassing,
+// ProbeFailing or ProbeUnknown. Verdicts for unknown instances are dropped.
+func (p *Pool) SetProbe(ctx context.Context, id, state string) error {
+	return p.send(ctx, func(st *poolState) {
+		if _, ok := st.stats[id]; ok {
+			st.probes[id] = state
+		}
+	})
+}
+
+// eject takes the instance of s out of rotation if the passive policy
+// allows; it reports whether anything changed.
+func (p *Pool) eject(st *poolState, s *Stats) bool {
+	pv := p.opts.Passive
+	if pv == nil || st.stats[s.id] != s {
+		return false // an instance that left, or a stale report
+	}
+	// Count afresh from here whatever happens: a report that does not
+	// eject (instance already out, limit reached) must not stop the next.
+	s.consec.Store(0)
+	now := p.opts.Clock()
+	e := st.ejections[s.id]
+	if e == nil {
+		e = &ejection{}
+		st.ejections[s.id] = e
+	}
+	if e.until > now || !st.eligible[s.id] {
+		return false
+	}
+	ejected := 0
+	for _, other := range st.ejections {
+		if other.until > now {
+			ejected++
+		}
+	}
+	if allowed := len(st.members) * pv.MaxEjectionPercent / 100; ejected >= allowed {
+		p.opts.Logger.Warn("instance failing but not ejected: max_ejection_percent reached", "service", p.opts.Service,
+			"instance", s.id, "ejected", ejected, "instances", len(st.members))
+		return false
+	}
+	if e.count > 0 && now-e.released > int64(pv.MaxEjectionTime) {
+		e.count = 0 // healthy for long enough: start the doubling over
+	}
+	d := min(pv.EjectionTime<<min(e.count, 30), pv.MaxEjectionTime)
+	e.count++
+	e.until = now + int64(d)
+	p.opts.Logger.Warn("instance ejected", "service", p.opts.Service, "instance", s.id,
+		"consecutive_failures", pv.ConsecutiveFailures, "for", d)
+	return true
+}
+
+// publish builds and stores a new snapshot from st. It returns when the
+// owner must publish again without a change (the next slow-start step or
+// the end of an ejection), or 0.
+func (p *Pool) publish(st *poolState) (wake time.Duration) {
 	now := p.opts.Clock()
 	st.version++
 	snap := &Snapshot{
@@ -200,6 +297,7 @@ func (p *Pool) publish(st *poolState) (ramping bool) {
 		ConsulIndex: st.consulIndex,
 		ConsulError: st.consulError,
 		Members:     make([]MemberStatus, 0, len(st.members)),
+		next:        make(chan struct{}),
 	}
 	seen := make(map[string]bool, len(st.members))
 	for _, m := range st.members {
@@ -207,6 +305,11 @@ func (p *Pool) publish(st *poolState) (ramping bool) {
 		stats := st.stats[m.ID]
 		if stats == nil {
 			stats = newStats(p.opts.Clock)
+			stats.id = m.ID
+			if pv := p.opts.Passive; pv != nil {
+				stats.threshold = int64(pv.ConsecutiveFailures)
+				stats.failing = p.failing
+			}
 			st.stats[m.ID] = stats
 			p.opts.Logger.Info("instance added", "service", p.opts.Service, "instance", m.ID, "address", m.Addr, "consul", m.Consul)
 		}
@@ -214,11 +317,24 @@ func (p *Pool) publish(st *poolState) (ramping bool) {
 			ID: m.ID, Addr: m.Addr, Weight: max(m.Weight, 1), Consul: m.Consul,
 			Probe: ProbeUnknown, Stats: stats,
 		}
+		if v, ok := st.probes[m.ID]; ok {
+			ms.Probe = v
+		}
+		if e := st.ejections[m.ID]; e != nil && e.until != 0 {
+			if e.until > now {
+				ms.Ejected = true
+				wake = minWake(wake, time.Duration(e.until-now))
+			} else {
+				e.until, e.released = 0, now
+				stats.consec.Store(0)
+				p.opts.Logger.Info("instance ejection ended", "service", p.opts.Service, "instance", m.ID)
+			}
+		}
 		ms.Eligible = (ms.Consul == ConsulPassing || ms.Consul == ConsulWarning) && ms.Probe != ProbeFailing && !ms.Ejected
 		if was, known := st.eligible[m.ID]; !known || was != ms.Eligible {
 			if known || !ms.Eligible {
 				p.opts.Logger.Info("instance eligibility changed", "service", p.opts.Service, "instance", m.ID,
-					"eligible", ms.Eligible, "consul", ms.Consul, "probe", ms.Probe, "ejected", ms.Ejected)
+					"eligible", ms.Eligible, "reason", reason(ms), "consul", ms.Consul, "probe", ms.Probe, "ejected", ms.Ejected)
 			}
 			if ms.Eligible && st.warm && p.opts.SlowStart > 0 {
 				st.since[m.ID] = now
@@ -230,24 +346,51 @@ func (p *Pool) publish(st *poolState) (ramping bool) {
 			snap.Eligible = append(snap.Eligible, &Endpoint{ID: ms.ID, Addr: ms.Addr, Weight: ms.Weight, Stats: stats})
 		}
 	}
-	ramping = p.applySlowStart(st, snap.Eligible, now)
+	if p.applySlowStart(st, snap.Eligible, now) {
+		wake = minWake(wake, max(p.opts.SlowStart/100, 100*time.Millisecond))
+	}
 	for id := range st.stats {
 		if !seen[id] {
 			delete(st.stats, id)
 			delete(st.eligible, id)
 			delete(st.since, id)
+			delete(st.probes, id)
+			delete(st.ejections, id)
 			p.opts.Logger.Info("instance removed", "service", p.opts.Service, "instance", id)
 		}
 	}
 	snap.Picker = p.opts.Builder(snap.Eligible, &p.shared)
-	p.snap.Store(snap)
+	prev := p.snap.Swap(snap)
+	close(prev.next)
 	st.warm = st.warm || st.synced
-	return ramping
+	return wake
+}
+
+// reason names what makes a member eligible or not, first cause first.
+func reason(ms MemberStatus) string {
+	switch {
+	case ms.Eligible:
+		return "eligible"
+	case ms.Consul != ConsulPassing && ms.Consul != ConsulWarning:
+		return "consul " + ms.Consul
+	case ms.Probe == ProbeFailing:
+		return "probe failing"
+	default:
+		return "ejected"
+	}
+}
+
+func minWake(a, b time.Duration) time.Duration {
+	if a <= 0 {
+		return max(b, 1)
+	}
+	return max(min(a, b), 1)
 }
 
 // applySlowStart sets the effective weights of eps: while any instance is
 // within SlowStart of becoming eligible, every weight is multiplied by
 // slowStartScale and a ramping one by 10%..100% of that, linear in time.
+// It reports whether an instance is still ramping.
 func (p *Pool) applySlowStart(st *poolState, eps []*Endpoint, now int64) (ramping bool) {
 	if p.opts.SlowStart <= 0 || len(st.since) == 0 {
 		return false

@@ -1,0 +1,183 @@
+package balance
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+var errBoom = errors.New("boom")
+
+// waitFor polls cond until it holds, failing the test after 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func status(p *Pool, id string) MemberStatus {
+	for _, m := range p.Load().Members {
+		if m.ID == id {
+			return m
+		}
+	}
+	return MemberStatus{}
+}
+
+// failN picks id n times (excluding the others) and ends each pick with err.
+func failN(t *testing.T, p *Pool, id string, n int, err error) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		var info PickInfo
+		for _, ep := range p.Load().Eligible {
+			if ep.ID != id {
+				info.Tried.Add(ep)
+			}
+		}
+		res, perr := p.Load().Picker.Pick(info)
+		if perr != nil || res.Endpoint.ID != id {
+			t.Fatalf("pick %d of %s: %v %v", i, id, res.Endpoint, perr)
+		}
+		res.Done(err)
+	}
+}
+
+func runPassivePool(t *testing.T, clock *fakeClock, pv PassiveOptions, ids ...string) *Pool {
+	t.Helper()
+	build, _ := Lookup("round_robin")
+	p := NewPool(PoolOptions{Service: "web", Builder: build, Passive: &pv, Clock: clock.now})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	var ms []Member
+	for _, id := range ids {
+		ms = append(ms, member(id, 1, ConsulPassing))
+	}
+	setMembers(t, p, 1, ms...)
+	return p
+}
+
+func TestPassiveEjection(t *testing.T) {
+	clock := newFakeClock()
+	p := runPassivePool(t, clock, PassiveOptions{ConsecutiveFailures: 3, EjectionTime: 10 * time.Second, MaxEjectionPercent: 50}, "a", "b", "c", "d")
+
+	// Two failures, a success, two failures: the count restarts, no ejection.
+	failN(t, p, "a", 2, errBoom)
+	failN(t, p, "a", 1, nil)
+	failN(t, p, "a", 2, errBoom)
+	if status(p, "a").Ejected {
+		t.Fatal("ejected although a success reset the count")
+	}
+	// The third in a row ejects it, and the very next snapshot leaves it out.
+	failN(t, p, "a", 1, errBoom)
+	waitFor(t, "a ejected", func() bool { m := status(p, "a"); return m.Ejected && !m.Eligible })
+	for _, ep := range p.Load().Eligible {
+		if ep.ID == "a" {
+			t.Fatal("ejected instance still eligible")
+		}
+	}
+	// At most 50% of 4: b is ejected too, c is not.
+	failN(t, p, "b", 3, errBoom)
+	waitFor(t, "b ejected", func() bool { return status(p, "b").Ejected })
+	failN(t, p, "c", 3, errBoom)
+	before := p.Load().Version
+	p.Refresh(context.Background())
+	waitVersion(t, p, before)
+	if status(p, "c").Ejected {
+		t.Fatal("more than max_ejection_percent ejected")
+	}
+
+	// The ejection ends after 10 s; the next one of a lasts 20 s.
+	clock.advance(10 * time.Second)
+	before = p.Load().Version
+	p.Refresh(context.Background())
+	waitVersion(t, p, before)
+	if status(p, "a").Ejected || !status(p, "a").Eligible {
+		t.Fatal("a still ejected after ejection_time")
+	}
+	failN(t, p, "a", 3, errBoom)
+	waitFor(t, "a ejected again", func() bool { return status(p, "a").Ejected })
+	clock.advance(15 * time.Second)
+	p.Refresh(context.Background())
+	before = p.Load().Version
+	p.Refresh(context.Background())
+	waitVersion(t, p, before)
+	if !status(p, "a").Ejected {
+		t.Fatal("second ejection did not double")
+	}
+	clock.advance(5 * time.Second)
+	before = p.Load().Version
+	p.Refresh(context.Background())
+	waitVersion(t, p, before)
+	if status(p, "a").Ejected {
+		t.Fatal("second ejection outlasted 20 s")
+	}
+}
+
+func TestPassiveCancelIsNeutral(t *testing.T) {
+	clock := newFakeClock()
+	p := runPassivePool(t, clock, PassiveOptions{ConsecutiveFailures: 2, EjectionTime: time.Second, MaxEjectionPercent: 100}, "a", "b")
+	failN(t, p, "a", 1, errBoom)
+	res, _ := p.Load().Picker.Pick(PickInfo{})
+	res.Cancel()
+	if have := res.Endpoint.Stats.Inflight(); have != 0 {
+		t.Fatalf("Cancel left %d in flight", have)
+	}
+	if have := status(p, "a").Stats.consec.Load(); have != 1 {
+		t.Fatalf("Cancel changed the failure count: %d", have)
+	}
+}
+
+func TestProbeVerdicts(t *testing.T) {
+	p := runPool(t, "round_robin")
+	setMembers(t, p, 1, member("a", 1, ConsulPassing), member("b", 1, ConsulCritical))
+	ctx := context.Background()
+	for _, tc := range []struct {
+		id, probe    string
+		wantEligible bool
+	}{
+		{"a", ProbeFailing, false}, // probe failing while Consul passes
+		{"a", ProbePassing, true},
+		{"b", ProbePassing, false}, // Consul critical while the probe passes
+		{"zz", ProbePassing, false},
+	} {
+		before := p.Load().Version
+		if err := p.SetProbe(ctx, tc.id, tc.probe); err != nil {
+			t.Fatal(err)
+		}
+		waitVersion(t, p, before)
+		m := status(p, tc.id)
+		if tc.id == "zz" {
+			if m.ID != "" {
+				t.Fatal("verdict for an unknown instance created it")
+			}
+			continue
+		}
+		if m.Probe != tc.probe || m.Eligible != tc.wantEligible {
+			t.Errorf("%s probe %s: want eligible %v, have %+v", tc.id, tc.probe, tc.wantEligible, m)
+		}
+	}
+}
+
+func TestSnapshotNext(t *testing.T) {
+	p := runPool(t, "round_robin")
+	first := p.Load()
+	select {
+	case <-first.Next():
+		t.Fatal("Next closed before a newer snapshot")
+	default:
+	}
+	setMembers(t, p, 1, member("a", 1, ConsulPassing))
+	select {
+	case <-first.Next():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Next not closed after a publication")
+	}
+}
