@@ -4,8 +4,11 @@
 package proxy
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -33,9 +36,12 @@ type ServiceOptions struct {
 	Name string
 	Pool *balance.Pool
 	// Attempts is the number of instances a request may try, the first
-	// included; default 2, at most balance.MaxTries. A further instance is
-	// tried only after a connection failure that sent nothing upstream.
+	// included; default 2, at most balance.MaxTries. See RoundTrip for
+	// which failures are retried.
 	Attempts int
+	// PerTryTimeout bounds each try until the response headers arrive; a
+	// try that runs out counts as a failure of the instance. 0: none.
+	PerTryTimeout time.Duration
 	// StickyCookie or StickyHeader names where the affinity key of a
 	// sticky service is read (at most one is set; see balance.StickyOptions).
 	StickyCookie string
@@ -44,27 +50,45 @@ type ServiceOptions struct {
 
 // HTTPOptions configure an HTTP handler.
 type HTTPOptions struct {
-	Routes []Route
+	Listener string // listener name, for the access log
+	Routes   []Route
 	// Transport carries requests upstream; default NewTransport().
 	Transport http.RoundTripper
+	// MaxReplayBody is the largest request body (by Content-Length) that
+	// is buffered so that an idempotent request can be retried after it
+	// was sent; default 64 KiB. Larger or chunked bodies are streamed and
+	// retried only when the connection failed before any was sent.
+	MaxReplayBody int64
+	// AccessLog, when set, gets one line per request.
+	AccessLog *AccessLog
 	// Logger receives upstream errors at Debug; nothing is logged per
 	// request at the default Info level.
 	Logger hclog.Logger
 }
 
+// Defaults of the upstream transport.
+const (
+	DefaultDialTimeout           = 5 * time.Second
+	DefaultResponseHeaderTimeout = 60 * time.Second
+	DefaultMaxReplayBody         = 64 << 10
+)
+
 // NewTransport returns the upstream transport sluice uses by default:
-// keep-alive pools of up to 256 idle connections per instance, 5s dial
-// timeout, 90s idle timeout, no proxy from the environment and no
-// transparent compression (bodies pass through as the backend sent them).
+// keep-alive pools of up to 256 idle connections per instance (4096 in
+// all), a 5 s dial timeout, 60 s to the response headers, 90 s idle
+// timeout, 1 MiB of response headers, no proxy from the environment and
+// no transparent compression (bodies pass through as the backend sent them).
 func NewTransport() *http.Transport {
 	return &http.Transport{
-		Proxy:                 nil,
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          4096,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true,
+		Proxy:                  nil,
+		DialContext:            (&net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:           4096,
+		MaxIdleConnsPerHost:    256,
+		IdleConnTimeout:        90 * time.Second,
+		ResponseHeaderTimeout:  DefaultResponseHeaderTimeout,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 1 << 20,
+		DisableCompression:     true,
 	}
 }
 
@@ -72,7 +96,7 @@ func NewTransport() *http.Transport {
 // prefix (longest prefix wins; at equal length a route naming the host wins
 // over one for any host) and forwards it to an instance of the route's
 // service. Unrouted requests get 404, a service with no eligible instance
-// 503, and a request whose every attempt failed 502, each with a JSON body.
+// 503, and a request whose every try failed 502, each with a JSON body.
 func NewHTTPHandler(opts HTTPOptions) http.Handler {
 	if opts.Transport == nil {
 		opts.Transport = NewTransport()
@@ -80,14 +104,17 @@ func NewHTTPHandler(opts HTTPOptions) http.Handler {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
+	if opts.MaxReplayBody <= 0 {
+		opts.MaxReplayBody = DefaultMaxReplayBody
+	}
 	errLog := opts.Logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug})
 	buffers := &bufferPool{}
 	bySvc := map[string]*serviceProxy{}
-	h := &router{}
+	h := &router{listener: opts.Listener, log: opts.AccessLog}
 	for _, r := range opts.Routes {
 		sp := bySvc[r.Service.Name]
 		if sp == nil {
-			sp = newServiceProxy(r.Service, opts.Transport, buffers, errLog, opts.Logger)
+			sp = newServiceProxy(r.Service, &opts, buffers, errLog)
 			bySvc[r.Service.Name] = sp
 		}
 		h.routes = append(h.routes, route{host: strings.ToLower(r.Host), prefix: r.PathPrefix, svc: sp})
@@ -111,7 +138,9 @@ type route struct {
 // router is immutable after NewHTTPHandler; routes are sorted so that the
 // first match is the best.
 type router struct {
-	routes []route
+	listener string
+	routes   []route
+	log      *AccessLog
 }
 
 func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -124,6 +153,10 @@ func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSONError(w, http.StatusNotFound, "no route", "")
+	if h.log != nil {
+		h.log.write(&logEntry{listener: h.listener, client: r.RemoteAddr, method: r.Method, path: r.URL.Path,
+			status: http.StatusNotFound, start: time.Now()})
+	}
 }
 
 // requestHost strips the port from a Host header without allocating.
@@ -141,15 +174,19 @@ type serviceProxy struct {
 	rp   *httputil.ReverseProxy
 }
 
-func newServiceProxy(svc ServiceOptions, base http.RoundTripper, buffers *bufferPool, errLog *log.Logger, logger hclog.Logger) *serviceProxy {
+func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger) *serviceProxy {
 	attempts := svc.Attempts
 	if attempts <= 0 {
 		attempts = 2
 	}
 	attempts = min(attempts, balance.MaxTries)
-	bt := &balancingTransport{service: svc.Name, pool: svc.Pool, base: base, attempts: attempts,
-		cookie: svc.StickyCookie, header: http.CanonicalHeaderKey(svc.StickyHeader)}
+	bt := &balancingTransport{
+		listener: opts.Listener, service: svc.Name, pool: svc.Pool, base: opts.Transport,
+		attempts: attempts, perTry: svc.PerTryTimeout, maxReplay: opts.MaxReplayBody,
+		cookie: svc.StickyCookie, header: http.CanonicalHeaderKey(svc.StickyHeader), log: opts.AccessLog,
+	}
 	bt.bodies.New = func() any { return &doneBody{} }
+	logger := opts.Logger
 	sp := &serviceProxy{name: svc.Name}
 	sp.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -164,36 +201,78 @@ func newServiceProxy(svc ServiceOptions, base http.RoundTripper, buffers *buffer
 		BufferPool: buffers,
 		ErrorLog:   errLog,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if errors.Is(err, balance.ErrNoEndpoint) {
-				writeJSONError(w, http.StatusServiceUnavailable, "no eligible instance", svc.Name)
-				return
-			}
-			if r.Context().Err() != nil {
+			status := http.StatusBadGateway
+			switch {
+			case errors.Is(err, balance.ErrNoEndpoint):
+				status = http.StatusServiceUnavailable
+				writeJSONError(w, status, "no eligible instance", svc.Name)
+			case r.Context().Err() != nil:
 				// The client went away; nobody reads an answer.
-				w.WriteHeader(499)
-				return
+				status = 499
+				w.WriteHeader(status)
+			default:
+				logger.Debug("upstream failed", "service", svc.Name, "error", err)
+				writeJSONError(w, status, "upstream failed", svc.Name)
 			}
-			logger.Debug("upstream failed", "service", svc.Name, "error", err)
-			writeJSONError(w, http.StatusBadGateway, "upstream failed", svc.Name)
+			if bt.log != nil {
+				e := logEntry{listener: bt.listener, service: svc.Name, client: r.RemoteAddr, method: r.Method,
+					path: r.URL.Path, status: status, start: time.Now()}
+				var ue *upstreamError
+				if errors.As(err, &ue) {
+					e.instance, e.attempts, e.start = ue.instance, ue.attempts, ue.start
+				}
+				bt.log.write(&e)
+			}
 		},
 	}
 	return sp
 }
 
-// balancingTransport picks an instance for each outgoing request and, when
-// the connection to it fails before anything was sent, tries another
-// instance not yet tried, up to attempts in all.
+// balancingTransport picks an instance for each outgoing request and fails
+// over to instances not yet tried, up to attempts in all:
+//   - a connection that could not be made (nothing was sent) is always
+//     retried;
+//   - an error after the request may have been sent, a per-try timeout, or
+//     a 502, 503 or 504 answer is retried only for idempotent methods (GET,
+//     HEAD, OPTIONS, TRACE, PUT, DELETE) whose body can be replayed (none,
+//     or buffered up to maxReplay);
+//   - a client that cancels ends the request without judging the instance.
+//
+// Connection failures and 5xx answers are failures for passive ejection.
 type balancingTransport struct {
-	service  string
-	pool     *balance.Pool
-	base     http.RoundTripper
-	attempts int
-	cookie   string    // sticky cookie name, or ""
-	header   string    // canonical sticky header name, or ""
-	bodies   sync.Pool // of *doneBody
+	listener  string
+	service   string
+	pool      *balance.Pool
+	base      http.RoundTripper
+	attempts  int
+	perTry    time.Duration
+	maxReplay int64
+	cookie    string // sticky cookie name, or ""
+	header    string // canonical sticky header name, or ""
+	log       *AccessLog
+	bodies    sync.Pool // of *doneBody
 }
 
+// errStatus marks a 5xx answer as a failure of the instance.
+var errStatus = errors.New("upstream answered 5xx")
+
+// errPerTryTimeout is the cause of a try cancelled by the per-try timeout.
+var errPerTryTimeout = errors.New("per-try timeout")
+
+// upstreamError is what RoundTrip returns when it gives up: the last
+// failure with the instance and the number of tries.
+type upstreamError struct {
+	err      error
+	instance string
+	attempts int
+	start    time.Time
+}
+
+func (e *upstreamError) Error() string { return e.err.Error() }
+func (e *upstreamError) Unwrap() error { return e.err }
+
 func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
 	var info balance.PickInfo
 	if ap, err := netip.ParseAddrPort(req.RemoteAddr); err == nil {
 		info.Client = ap.Addr().Unmap()
@@ -206,54 +285,137 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			info.Key = v[0]
 		}
 	}
-	var body *replayGuard
-	if req.Body != nil && req.Body != http.NoBody {
-		// The transport closes the body when a dial fails; the guard keeps
-		// it open for the next attempt and tells whether any of it was read.
-		body = &replayGuard{ReadCloser: req.Body}
-		req.Body = body
+	idempotent := isIdempotent(req.Method)
+	replayable := req.Body == nil || req.Body == http.NoBody
+	var guard *replayGuard
+	var body []byte
+	if !replayable {
+		if idempotent && req.ContentLength > 0 && req.ContentLength <= t.maxReplay {
+			body = make([]byte, req.ContentLength)
+			if _, err := io.ReadFull(req.Body, body); err != nil {
+				return nil, &upstreamError{err: fmt.Errorf("reading request body: %w", err), start: start}
+			}
+			replayable = true
+		} else {
+			// The transport closes the body when a dial fails; the guard
+			// keeps it open for the next try and tells whether any of it
+			// was read.
+			guard = &replayGuard{ReadCloser: req.Body}
+			req.Body = guard
+		}
 	}
-	var lastErr error
-	for attempt := 0; attempt < t.attempts; attempt++ {
+	var last *upstreamError
+	for attempt := 1; ; attempt++ {
 		res, err := t.pool.Load().Picker.Pick(info)
 		if err != nil {
-			if lastErr != nil {
-				return nil, lastErr
+			if last != nil {
+				return nil, last
 			}
-			return nil, err
+			return nil, &upstreamError{err: err, attempts: attempt - 1, start: start}
 		}
-		req.URL.Host = res.Endpoint.Addr
-		resp, err := t.base.RoundTrip(req)
-		if err == nil {
-			if res.SetCookie != nil {
-				if prev := resp.Header["Set-Cookie"]; prev == nil {
-					resp.Header["Set-Cookie"] = res.SetCookie // shared, len == cap: an append copies
-				} else {
-					resp.Header["Set-Cookie"] = append(prev, res.SetCookie[0])
+		ep := res.Endpoint
+		req.URL.Host = ep.Addr
+		if body != nil {
+			req.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		out, cancel := req, context.CancelCauseFunc(nil)
+		var timer *time.Timer
+		if t.perTry > 0 {
+			// The timer bounds the try until the headers arrive; the
+			// context lives until the body is closed.
+			var ctx context.Context
+			ctx, cancel = context.WithCancelCause(req.Context())
+			timer = time.AfterFunc(t.perTry, func() { cancel(errPerTryTimeout) })
+			out = req.WithContext(ctx)
+		}
+		resp, err := t.base.RoundTrip(out)
+		if timer != nil && !timer.Stop() && err == nil {
+			// Timed out just as the headers came: the body is lost.
+			resp.Body.Close()
+			resp, err = nil, errPerTryTimeout
+		}
+		if cancel != nil && err != nil {
+			if context.Cause(out.Context()) == errPerTryTimeout {
+				err = fmt.Errorf("%w after %v: %w", errPerTryTimeout, t.perTry, err)
+			}
+			cancel(nil)
+		}
+		if err != nil {
+			if req.Context().Err() != nil {
+				res.Cancel() // the client cancelled: not the instance's fault
+				return nil, err
+			}
+			res.Done(err)
+			last = &upstreamError{err: err, instance: ep.ID, attempts: attempt, start: start}
+			dialed := !isDialError(err) || (guard != nil && guard.read)
+			if attempt >= t.attempts || (dialed && !(idempotent && replayable)) {
+				return nil, last
+			}
+			info.Tried.Add(ep)
+			continue
+		}
+		failed := resp.StatusCode >= 500
+		if retryStatus(resp.StatusCode) && idempotent && replayable && attempt < t.attempts {
+			info.Tried.Add(ep)
+			if hasUntried(t.pool.Load().Eligible, &info.Tried) {
+				// Another instance is there to try: drop this answer.
+				io.CopyN(io.Discard, resp.Body, 64<<10)
+				resp.Body.Close()
+				if cancel != nil {
+					cancel(nil)
 				}
+				res.Done(errStatus)
+				last = &upstreamError{err: fmt.Errorf("status %d", resp.StatusCode), instance: ep.ID, attempts: attempt, start: start}
+				continue
 			}
-			if resp.StatusCode == http.StatusSwitchingProtocols {
-				// The upgraded connection is not counted as in flight.
-				res.Done(nil)
-				return resp, nil
+		}
+		if res.SetCookie != nil {
+			if prev := resp.Header["Set-Cookie"]; prev == nil {
+				resp.Header["Set-Cookie"] = res.SetCookie // shared, len == cap: an append copies
+			} else {
+				resp.Header["Set-Cookie"] = append(prev, res.SetCookie[0])
 			}
-			db := t.bodies.Get().(*doneBody)
-			db.ReadCloser, db.res, db.owner = resp.Body, res, t
-			resp.Body = db
+		}
+		entry := logEntry{listener: t.listener, service: t.service, instance: ep.ID, client: req.RemoteAddr,
+			method: req.Method, path: req.URL.Path, status: resp.StatusCode, start: start, attempts: attempt}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			// The upgraded connection is not counted as in flight.
+			res.Done(nil)
+			if t.log != nil {
+				t.log.write(&entry)
+			}
 			return resp, nil
 		}
-		if req.Context().Err() != nil {
-			res.Done(nil) // the client cancelled: not the instance's fault
-			return nil, err
-		}
-		res.Done(err)
-		lastErr = err
-		if !isDialError(err) || (body != nil && body.read) {
-			return nil, err
-		}
-		info.Tried.Add(res.Endpoint)
+		db := t.bodies.Get().(*doneBody)
+		db.ReadCloser, db.res, db.failed, db.cancel, db.owner = resp.Body, res, failed, cancel, t
+		db.entry = entry
+		resp.Body = db
+		return resp, nil
 	}
-	return nil, lastErr
+}
+
+// hasUntried reports whether eps holds an instance not in tried.
+func hasUntried(eps []*balance.Endpoint, tried *balance.Tried) bool {
+	for _, ep := range eps {
+		if !tried.Has(ep) {
+			return true
+		}
+	}
+	return false
+}
+
+// isIdempotent reports whether a request with method may be sent twice.
+func isIdempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// retryStatus reports whether an answer is worth another instance.
+func retryStatus(code int) bool {
+	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout
 }
 
 // cookieValue returns the value of the first cookie called name in Cookie
@@ -294,17 +456,37 @@ func (g *replayGuard) Read(p []byte) (int, error) {
 func (g *replayGuard) Close() error { return nil }
 
 // doneBody ends the pick when ReverseProxy closes the response body, which
-// it always does. It is recycled through the transport's pool.
+// it does exactly once, and writes the access log line. It is recycled
+// through the transport's pool.
 type doneBody struct {
 	io.ReadCloser
-	res   balance.PickResult
-	owner *balancingTransport
+	res    balance.PickResult
+	failed bool                    // a 5xx answer: a failure for passive ejection
+	cancel context.CancelCauseFunc // ends the per-try context, or nil
+	owner  *balancingTransport
+	entry  logEntry
+}
+
+func (b *doneBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.entry.bytes += int64(n)
+	return n, err
 }
 
 func (b *doneBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.res.Done(nil)
+	if b.cancel != nil {
+		b.cancel(nil)
+	}
+	if b.failed {
+		b.res.Done(errStatus)
+	} else {
+		b.res.Done(nil)
+	}
 	owner := b.owner
+	if owner.log != nil {
+		owner.log.write(&b.entry)
+	}
 	*b = doneBody{}
 	owner.bodies.Put(b)
 	return err

@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -15,14 +17,21 @@ import (
 
 // TCPOptions configure a TCP proxy for one service.
 type TCPOptions struct {
-	Service ServiceOptions
+	Listener string // listener name, for the access log
+	Service  ServiceOptions
 	// DialTimeout bounds each connection attempt to an instance; default 5s.
 	DialTimeout time.Duration
+	// IdleTimeout closes a connection after this long without a byte in
+	// either direction; default 2m.
+	IdleTimeout time.Duration
+	AccessLog   *AccessLog
 	Logger      hclog.Logger
 }
 
 // TCPProxy forwards each accepted connection to an instance of one service,
-// trying another instance when the dial fails.
+// trying another instance when the dial fails (a failure for passive
+// ejection). Bytes are copied in both directions with the kernel's splice
+// where both ends are TCP, and each direction is half-closed on EOF.
 type TCPProxy struct {
 	opts   TCPOptions
 	dialer net.Dialer
@@ -32,7 +41,10 @@ type TCPProxy struct {
 // NewTCPProxy returns a proxy; call Serve with a listener.
 func NewTCPProxy(opts TCPOptions) *TCPProxy {
 	if opts.DialTimeout <= 0 {
-		opts.DialTimeout = 5 * time.Second
+		opts.DialTimeout = DefaultDialTimeout
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = 2 * time.Minute
 	}
 	if opts.Service.Attempts <= 0 {
 		opts.Service.Attempts = 2
@@ -41,12 +53,12 @@ func NewTCPProxy(opts TCPOptions) *TCPProxy {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	return &TCPProxy{opts: opts, dialer: net.Dialer{Timeout: opts.DialTimeout}}
+	return &TCPProxy{opts: opts, dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}}
 }
 
 // Serve accepts connections until ln is closed, then waits for the open
-// connections to finish or ctx to end, whichever is first. Closing ln is
-// the caller's way to stop accepting.
+// connections to finish or ctx to end, whichever is first; then it closes
+// them. Closing ln is the caller's way to stop accepting.
 func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) error {
 	connCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -84,62 +96,117 @@ func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) error {
 // closes both sides.
 func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) {
 	defer client.Close()
+	start := time.Now()
 	var info balance.PickInfo
 	if ap, err := netip.ParseAddrPort(client.RemoteAddr().String()); err == nil {
 		info.Client = ap.Addr().Unmap()
 	}
+	svc := &p.opts.Service
 	var upstream net.Conn
 	var res balance.PickResult
-	for attempt := 0; attempt < p.opts.Service.Attempts; attempt++ {
-		r, err := p.opts.Service.Pool.Load().Picker.Pick(info)
+	attempts := 0
+	for attempts < svc.Attempts {
+		r, err := svc.Pool.Load().Picker.Pick(info)
 		if err != nil {
-			p.opts.Logger.Debug("no instance for connection", "service", p.opts.Service.Name, "error", err)
-			return
+			p.opts.Logger.Debug("no instance for connection", "service", svc.Name, "error", err)
+			break
 		}
+		attempts++
 		c, err := p.dialer.DialContext(ctx, "tcp", r.Endpoint.Addr)
 		if err == nil {
 			upstream, res = c, r
 			break
 		}
+		if ctx.Err() != nil {
+			r.Cancel()
+			return
+		}
 		r.Done(err)
 		info.Tried.Add(r.Endpoint)
-		p.opts.Logger.Debug("dial failed", "service", p.opts.Service.Name, "instance", r.Endpoint.ID, "error", err)
+		p.opts.Logger.Debug("dial failed", "service", svc.Name, "instance", r.Endpoint.ID, "error", err)
 	}
+	entry := logEntry{listener: p.opts.Listener, service: svc.Name, client: client.RemoteAddr().String(),
+		tcp: true, start: start, attempts: attempts}
 	if upstream == nil {
+		if p.opts.AccessLog != nil {
+			p.opts.AccessLog.write(&entry)
+		}
 		return
 	}
 	defer res.Done(nil)
 	defer upstream.Close()
+	entry.instance = res.Endpoint.ID
 
 	stop := context.AfterFunc(ctx, func() {
 		client.Close()
 		upstream.Close()
 	})
 	defer stop()
+	// Idle is judged on both directions together: a long download
+	// through one direction keeps the other direction's reads alive.
+	var active atomic.Int64
+	active.Store(time.Now().UnixNano())
+	var in int64
 	done := make(chan struct{})
 	go func() {
-		copyToBackend(upstream, client)
+		in = copyToBackend(upstream, client, p.opts.IdleTimeout, &active)
 		close(done)
 	}()
-	copyToClient(client, upstream)
+	entry.bytes = copyToClient(client, upstream, p.opts.IdleTimeout, &active)
 	<-done
+	entry.bytesIn = in
+	if p.opts.AccessLog != nil {
+		p.opts.AccessLog.write(&entry)
+	}
 }
 
 // copyToBackend copies client bytes upstream, then half-closes upstream.
-func copyToBackend(upstream, client net.Conn) { copyHalf(upstream, client) }
+func copyToBackend(upstream, client net.Conn, idle time.Duration, active *atomic.Int64) int64 {
+	return copyHalf(upstream, client, idle, active)
+}
 
 // copyToClient copies upstream bytes to the client, then half-closes the client.
-func copyToClient(client, upstream net.Conn) { copyHalf(client, upstream) }
+func copyToClient(client, upstream net.Conn, idle time.Duration, active *atomic.Int64) int64 {
+	return copyHalf(client, upstream, idle, active)
+}
 
-// copyHalf copies src to dst (io.Copy between *net.TCPConn uses splice) and
-// then closes dst for writing so the peer sees EOF; a dst that cannot
-// half-close is closed.
-func copyHalf(dst, src net.Conn) {
-	_, err := io.Copy(dst, src)
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok && err == nil {
-		_ = cw.CloseWrite()
-		return
+// spliceChunk is how much one splice call may move before the idle clock
+// is wound again.
+const spliceChunk = 1 << 20
+
+// copyHalf copies src to dst until EOF, an error, or idle time without a
+// byte in either direction; then it closes dst for writing so the peer sees
+// EOF (or closes both on an error). Between *net.TCPConn the copy is
+// (*net.TCPConn).ReadFrom of a limited src, which Go turns into splice(2).
+func copyHalf(dst, src net.Conn, idle time.Duration, active *atomic.Int64) int64 {
+	var total int64
+	lr := &io.LimitedReader{R: src}
+	for {
+		src.SetReadDeadline(time.Now().Add(idle))
+		lr.N = spliceChunk
+		n, err := io.Copy(dst, lr)
+		total += n
+		if n > 0 {
+			active.Store(time.Now().UnixNano())
+		}
+		if err == nil && lr.N > 0 {
+			// EOF from src: pass the half-close on.
+			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+				_ = cw.CloseWrite()
+			} else {
+				dst.Close()
+			}
+			return total
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if time.Since(time.Unix(0, active.Load())) < idle {
+				continue // the other direction is busy
+			}
+		}
+		if err != nil {
+			dst.Close()
+			src.Close()
+			return total
+		}
 	}
-	dst.Close()
-	src.Close()
 }

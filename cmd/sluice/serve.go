@@ -9,6 +9,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"sync"
 	"syscall"
@@ -92,12 +93,26 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 			closeAll(lns)
 			return fmt.Errorf("service %q: %w", name, err)
 		}
-		pool := balance.NewPool(balance.PoolOptions{
+		poolOpts := balance.PoolOptions{
 			Service: name, Strategy: svc.Strategy, Builder: build, SlowStart: svc.SlowStart, Logger: logger.Named("pool"),
-		})
+		}
+		if pv := svc.Passive; pv != nil {
+			poolOpts.Passive = &balance.PassiveOptions{
+				ConsecutiveFailures: pv.ConsecutiveFailures, EjectionTime: pv.EjectionTime, MaxEjectionPercent: pv.MaxEjectionPercent,
+			}
+		}
+		pool := balance.NewPool(poolOpts)
 		pools = append(pools, pool)
 		opts.Pool = pool
+		opts.PerTryTimeout = svc.Retry.PerTryTimeout
 		services[name] = opts
+		if hc := svc.HealthCheck; hc != nil {
+			prober := proxy.NewProber(pool, proxy.ProbeOptions{
+				Type: hc.Type, Path: hc.Path, Interval: hc.Interval, Timeout: hc.Timeout, Rise: hc.Rise, Fall: hc.Fall,
+			}, logger.Named("probe"))
+			bg.Add(1)
+			go func() { defer bg.Done(); prober.Run(poolCtx) }()
+		}
 		w := discovery.NewWatcher(consul.Health(), discovery.Options{
 			Service:    name,
 			Tag:        svc.Tag,
@@ -120,11 +135,22 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 	var tcpWG sync.WaitGroup
 	drainCtx, drainNow := context.WithCancel(context.Background())
 	defer drainNow()
+	transport := proxy.NewTransport()
+	defer transport.CloseIdleConnections()
 	for i, l := range cfg.Listeners {
 		ln := lns[i]
+		accessLog, closeLog, err := openAccessLog(l.AccessLog)
+		if err != nil {
+			closeAll(lns)
+			return fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		defer closeLog()
 		switch l.Protocol {
 		case "tcp":
-			tp := proxy.NewTCPProxy(proxy.TCPOptions{Service: services[l.Service], Logger: logger.Named("tcp")})
+			tp := proxy.NewTCPProxy(proxy.TCPOptions{
+				Listener: l.Name, Service: services[l.Service], IdleTimeout: l.IdleTimeout,
+				AccessLog: accessLog, Logger: logger.Named("tcp"),
+			})
 			tcps = append(tcps, ln)
 			tcpWG.Add(1)
 			go func() {
@@ -138,7 +164,9 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 			for _, r := range l.Routes {
 				routes = append(routes, proxy.Route{Host: r.Host, PathPrefix: r.PathPrefix, Service: services[r.Service]})
 			}
-			srv := newServer(proxy.NewHTTPHandler(proxy.HTTPOptions{Routes: routes, Logger: logger.Named("http")}), errLog)
+			srv := newServer(proxy.NewHTTPHandler(proxy.HTTPOptions{
+				Listener: l.Name, Routes: routes, Transport: transport, AccessLog: accessLog, Logger: logger.Named("http"),
+			}), errLog, l.IdleTimeout)
 			servers = append(servers, srv)
 			go func() {
 				if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -149,7 +177,7 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 		logger.Info("listening", "listener", l.Name, "address", ln.Addr().String(), "protocol", l.Protocol)
 	}
 	adminLn := lns[len(lns)-1]
-	adminSrv := newServer(admin.NewHandler(pools), errLog)
+	adminSrv := newServer(admin.NewHandler(pools), errLog, 2*time.Minute)
 	servers = append(servers, adminSrv)
 	go func() {
 		if err := adminSrv.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
@@ -195,15 +223,38 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 }
 
 // newServer returns the HTTP server of a listener with sluice's client-side
-// limits: 10s to read request headers, 1 MiB of headers, 120s idle keep-alive.
-func newServer(h http.Handler, errLog *log.Logger) *http.Server {
+// limits: 10 s to read request headers, 1 MiB of headers, idle keep-alive
+// connections closed after idle; HTTP/1.1 and HTTP/2 without TLS (h2c).
+func newServer(h http.Handler, errLog *log.Logger, idle time.Duration) *http.Server {
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
 	return &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
+		IdleTimeout:       idle,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          errLog,
+		Protocols:         &protocols,
 	}
+}
+
+// openAccessLog opens a listener's access log: "" is off, "stdout" and
+// "stderr" are the process's, anything else a file opened for appending.
+func openAccessLog(where string) (*proxy.AccessLog, func(), error) {
+	switch where {
+	case "":
+		return nil, func() {}, nil
+	case "stdout":
+		return proxy.NewAccessLog(os.Stdout), func() {}, nil
+	case "stderr":
+		return proxy.NewAccessLog(os.Stderr), func() {}, nil
+	}
+	f, err := os.OpenFile(where, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, nil, fmt.Errorf("access log: %w", err)
+	}
+	return proxy.NewAccessLog(f), func() { f.Close() }, nil
 }
 
 // bindAll listens on every listener address, then the admin address (last).

@@ -1,0 +1,186 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/sluice-lb/sluice/balance"
+)
+
+// ProbeOptions configure sluice's own active health checks of a service's
+// instances, beside Consul's.
+type ProbeOptions struct {
+	Type     string        // "http": GET Path answers 2xx or 3xx; "tcp": a connection opens
+	Path     string        // http probe path
+	Interval time.Duration // between probes of one instance, with ±10% jitter
+	Timeout  time.Duration // per probe
+	Rise     int           // successes in a row that make a failing instance passing
+	Fall     int           // failures in a row that make an instance failing
+}
+
+// Prober runs one probe loop per instance of a pool: a loop starts when an
+// instance appears in a snapshot and stops when it leaves. Verdicts go to
+// the pool (SetProbe), which publishes a new picker at once.
+type Prober struct {
+	pool   *balance.Pool
+	opts   ProbeOptions
+	client *http.Client
+	dialer net.Dialer
+	logger hclog.Logger
+}
+
+// NewProber returns a prober of pool's instances.
+func NewProber(pool *balance.Pool, opts ProbeOptions, logger hclog.Logger) *Prober {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	return &Prober{
+		pool: pool,
+		opts: opts,
+		client: &http.Client{
+			// A fresh connection per probe, as HAProxy does: a probe
+			// must see a backend that stopped accepting.
+			Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true, DisableCompression: true,
+				DialContext: (&net.Dialer{Timeout: opts.Timeout}).DialContext},
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			Timeout:       opts.Timeout,
+		},
+		dialer: net.Dialer{Timeout: opts.Timeout},
+		logger: logger,
+	}
+}
+
+// Run follows the pool's snapshots until ctx is done, starting and stopping
+// probe loops, and waits for them to end.
+func (p *Prober) Run(ctx context.Context) {
+	type loop struct {
+		addr   string
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	loops := map[string]*loop{}
+	defer func() {
+		for _, l := range loops {
+			l.cancel()
+			<-l.done
+		}
+	}()
+	for {
+		snap := p.pool.Load()
+		seen := make(map[string]bool, len(snap.Members))
+		for _, m := range snap.Members {
+			seen[m.ID] = true
+			if l := loops[m.ID]; l != nil && l.addr == m.Addr {
+				continue
+			} else if l != nil {
+				l.cancel() // the instance moved: probe the new address
+				<-l.done
+			}
+			lctx, cancel := context.WithCancel(ctx)
+			l := &loop{addr: m.Addr, cancel: cancel, done: make(chan struct{})}
+			loops[m.ID] = l
+			go func(id, addr string) {
+				defer close(l.done)
+				p.probeLoop(lctx, id, addr)
+			}(m.ID, m.Addr)
+		}
+		for id, l := range loops {
+			if !seen[id] {
+				l.cancel()
+				<-l.done
+				delete(loops, id)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-snap.Next():
+		}
+	}
+}
+
+// probeLoop probes one instance until ctx is done. The verdict starts
+// unknown (eligible as far as probes go); the first success makes it
+// passing, Fall failures in a row make it failing, and Rise successes in a
+// row bring a failing instance back.
+func (p *Prober) probeLoop(ctx context.Context, id, addr string) {
+	state := balance.ProbeUnknown
+	var successes, failures int
+	// The first probe runs within a tenth of an interval, so a new
+	// instance gets a verdict quickly and probes of many instances spread.
+	wait := time.Duration(rand.Int64N(int64(p.opts.Interval)/10 + 1))
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		err := p.probe(ctx, addr)
+		if ctx.Err() != nil {
+			return
+		}
+		next := state
+		if err == nil {
+			successes, failures = successes+1, 0
+			if state == balance.ProbeUnknown || (state == balance.ProbeFailing && successes >= p.opts.Rise) {
+				next = balance.ProbePassing
+			}
+		} else {
+			successes, failures = 0, failures+1
+			if state != balance.ProbeFailing && failures >= p.opts.Fall {
+				next = balance.ProbeFailing
+			}
+		}
+		if next != state {
+			reason := "probe passed"
+			if err != nil {
+				reason = err.Error()
+			}
+			p.logger.Info("probe state changed", "service", p.pool.Service(), "instance", id,
+				"from", state, "to", next, "reason", reason)
+			state = next
+			if p.pool.SetProbe(ctx, id, state) != nil {
+				return
+			}
+		}
+		// ±10% jitter keeps the probes of many instances from aligning.
+		jitter := time.Duration(rand.Int64N(int64(p.opts.Interval)/5+1)) - p.opts.Interval/10
+		timer.Reset(p.opts.Interval + jitter)
+	}
+}
+
+// probe checks one instance once.
+func (p *Prober) probe(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+	defer cancel()
+	if p.opts.Type == "tcp" {
+		c, err := p.dialer.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+p.opts.Path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("User-Agent", "sluice-probe")
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode >= 400 {
+		return fmt.Errorf("probe answered %d", resp.StatusCode)
+	}
+	return nil
+}
