@@ -1,0 +1,92 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluice-lb/sluice/balance"
+)
+
+func probeState(p *balance.Pool, id string) string {
+	for _, m := range p.Load().Members {
+		if m.ID == id {
+			return m.Probe
+		}
+	}
+	return ""
+}
+
+func TestProberRiseFall(t *testing.T) {
+	var fail atomic.Bool
+	var probes atomic.Int64
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		probes.Add(1)
+		if r.URL.Path != "/healthz" || fail.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer b.Close()
+	tcpDead := deadAddr(t)
+	p := pool(t, "round_robin", m("http", hostOf(b), 1), m("tcp-dead", tcpDead, 1))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	pr := NewProber(p, ProbeOptions{Type: "http", Path: "/healthz", Interval: 20 * time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 3, Fall: 2}, nil)
+	go func() { pr.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	wait := func(id, want string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for probeState(p, id) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: want probe %s, have %s", id, want, probeState(p, id))
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	wait("http", balance.ProbePassing)
+	wait("tcp-dead", balance.ProbeFailing) // nothing listens: the http probe fails
+
+	fail.Store(true)
+	wait("http", balance.ProbeFailing)
+	fail.Store(false)
+	before := probes.Load()
+	wait("http", balance.ProbePassing)
+	if n := probes.Load() - before; n < 3 {
+		t.Errorf("back to passing after %d probes, want rise = 3", n)
+	}
+
+	// The probe loop of a removed instance stops.
+	p.SetMembers(context.Background(), 2, []balance.Member{m("tcp-dead", tcpDead, 1)})
+	deadline := time.Now().Add(5 * time.Second)
+	for len(p.Load().Members) != 1 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // let a probe in flight finish
+	settled := probes.Load()
+	time.Sleep(200 * time.Millisecond)
+	if probes.Load() != settled {
+		t.Errorf("removed instance still probed")
+	}
+}
+
+func TestTCPProbe(t *testing.T) {
+	live := echoServer(t)
+	p := pool(t, "round_robin", m("live", live, 1), m("dead", deadAddr(t), 1))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go NewProber(p, ProbeOptions{Type: "tcp", Interval: 20 * time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 1, Fall: 1}, nil).Run(ctx)
+	deadline := time.Now().Add(5 * time.Second)
+	for probeState(p, "live") != balance.ProbePassing || probeState(p, "dead") != balance.ProbeFailing {
+		if time.Now().After(deadline) {
+			t.Fatalf("live %s, dead %s", probeState(p, "live"), probeState(p, "dead"))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
