@@ -24,7 +24,22 @@ service "web" {
   strategy   = "weighted_round_robin"
   weight_key = "weight"
 
+  # sluice's own probe, beside the Consul check the demo registers.
+  health_check {
+    type     = "http"
+    path     = "/health"
+    interval = "1s"
+    timeout  = "500ms"
+    rise     = 2
+    fall     = 2
+  }
+
+  passive {
+    consecutive_failures = 3
+    ejection_time        = "10s"
+  }
+
   retry {
-    attempts = 2
+    attempts = 3
   }
 }
