@@ -8,7 +8,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 CONSUL_BIN ?= $(CURDIR)/bin/consul
 export CONSUL_BIN
 
-.PHONY: all build consul test unit e2e demo bench bench-reaction vet clean
+.PHONY: all build consul test unit e2e demo bench bench-balance bench-reaction vet clean
 
 all: build
 
@@ -57,7 +57,13 @@ bench-reaction: build consul
 bench-balance:
 	$(GO) test -run '^$$' -bench 'Pick|Build' -benchmem ./balance/
 
-bench: bench-balance bench-reaction
+# sluice side by side with HAProxy and nginx (installed from Debian's
+# packages when missing): table, results/bench-*/results.md and chart.png.
+# BENCH_FLAGS passes options, e.g. BENCH_FLAGS="-rounds 5 -d 10s".
+bench: build consul
+	$(GO) build -C e2e/bench -o ../../bin/bench .
+	bin/bench -sluice bin/sluice -consul "$(CONSUL_BIN)" $(BENCH_FLAGS)
+	$(MAKE) --no-print-directory bench-balance
 
 clean:
 	rm -rf bin/ results/

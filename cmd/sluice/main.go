@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/sluice-lb/sluice/balance"
@@ -24,7 +25,7 @@ func main() {
 }
 
 const usage = `usage:
-  sluice run -config FILE [-log-level LEVEL]   run the load balancer
+  sluice run -config FILE [-log-level LEVEL] [-cpuprofile FILE]   run the load balancer
   sluice validate -config FILE                 check a configuration file
   sluice version                               print the version
 `
@@ -57,12 +58,26 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.SetOutput(stderr)
 		path := fs.String("config", "config.hcl", "configuration file")
 		level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
+		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 		if err := fs.Parse(args[1:]); err != nil {
 			return 2
 		}
 		cfg, ok := load(*path, stderr)
 		if !ok {
 			return 1
+		}
+		if *cpuProfile != "" {
+			f, err := os.Create(*cpuProfile)
+			if err != nil {
+				fmt.Fprintf(stderr, "sluice: %v\n", err)
+				return 1
+			}
+			defer f.Close()
+			if err := pprof.StartCPUProfile(f); err != nil {
+				fmt.Fprintf(stderr, "sluice: %v\n", err)
+				return 1
+			}
+			defer pprof.StopCPUProfile()
 		}
 		if err := serve(cfg, *level, stderr); err != nil {
 			fmt.Fprintf(stderr, "sluice: %v\n", err)
