@@ -31,8 +31,10 @@ type Stats struct {
 	// bits), last the clock reading of its last update; see ewma.go.
 	ewma atomic.Uint64
 	last atomic.Int64
-	// consec counts failures in a row for passive ejection.
-	consec atomic.Int64
+	// consec counts failures in a row for passive ejection; reported is
+	// set while a report of this instance waits for the pool owner.
+	consec   atomic.Int64
+	reported atomic.Bool
 	// Set once when the pool creates the Stats: the instance ID, the
 	// pool's clock and, with passive ejection, the failure threshold and
 	// the owner's channel for instances that reach it.
@@ -116,8 +118,10 @@ type PickResult struct {
 	// request carried no valid cookie for an eligible instance.
 	SetCookie []string
 	// start is the clock reading at the pick when the strategy measures
-	// response times (ewma), else 0.
+	// response times (ewma) and the time is not yet recorded, else 0;
+	// timed marks such picks for the failure penalty.
 	start int64
+	timed bool
 }
 
 // Done ends the pick: it decrements the in-flight count, records a failure
@@ -132,6 +136,11 @@ func (r PickResult) Done(err error) {
 	if err != nil {
 		s.failures.Add(1)
 		s.fail()
+		if r.timed {
+			// A failure costs like a very slow answer, so a latency-aware
+			// strategy does not favour an instance that fails fast.
+			s.observe(s.clock(), ewmaFailurePenalty)
+		}
 		return
 	}
 	if s.consec.Load() != 0 {
@@ -143,22 +152,35 @@ func (r PickResult) Done(err error) {
 	}
 }
 
+// Responded records the response time of a latency-aware pick when the
+// answer begins (HTTP response headers, TCP connection established), so a
+// long body or a long-lived stream does not count as a slow answer. Done
+// then records only the outcome. It is a no-op for other strategies.
+func (r *PickResult) Responded() {
+	if r.start != 0 {
+		s := r.Endpoint.Stats
+		now := s.clock()
+		s.observe(now, now-r.start)
+		r.start = 0
+	}
+}
+
 // Cancel ends the pick without judging the instance, for example when the
 // client went away.
 func (r PickResult) Cancel() { r.Endpoint.Stats.inflight.Add(-1) }
 
-// fail counts a failure in a row and, at the threshold exactly, tells the
-// pool owner without blocking (a full channel drops the report; the next
-// failure past the threshold does not report again until a success or the
-// owner resets the count).
+// fail counts a failure in a row and, from the threshold on, tells the pool
+// owner without blocking: at most one report waits at a time, and a report
+// that finds the channel full is retried by the next failure.
 func (s *Stats) fail() {
 	if s.threshold <= 0 {
 		return
 	}
-	if s.consec.Add(1) == s.threshold {
+	if s.consec.Add(1) >= s.threshold && s.reported.CompareAndSwap(false, true) {
 		select {
 		case s.failing <- s:
 		default:
+			s.reported.Store(false)
 		}
 	}
 }

@@ -223,6 +223,9 @@ func firstUntried(eps []*Endpoint, tried *Tried, start int) (PickResult, error) 
 // every 10 s, so an instance that was slow is tried again.
 const ewmaTau = 10e9 // ns
 
+// ewmaFailurePenalty is the response time a failed pick counts as (1 s).
+const ewmaFailurePenalty = int64(1e9)
+
 // ewmaPenalty is the cost of an instance with requests in flight and no
 // response time yet, so a new instance is not flooded before it answers.
 const ewmaPenalty = 1e12 // ns
@@ -256,7 +259,7 @@ func (p *peakEWMA) Pick(info PickInfo) (PickResult, error) {
 		}
 	}
 	res, err := picked(a)
-	res.start = max(now, 1)
+	res.start, res.timed = max(now, 1), true
 	return res, err
 }
 

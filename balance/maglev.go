@@ -82,9 +82,6 @@ func (mg *maglev) lookup(key uint64, tried *Tried) (PickResult, error) {
 	if tried.Len() == 0 || !tried.Has(ep) {
 		return picked(ep)
 	}
-	if tried.Len() >= len(mg.eps) {
-		return PickResult{}, ErrNoEndpoint
-	}
 	for k := uint64(1); k < m; k++ {
 		if ep := mg.eps[mg.table[(slot+k)%m]]; !tried.Has(ep) {
 			return picked(ep)

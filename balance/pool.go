@@ -247,11 +247,13 @@ func (p *Pool) SetProbe(ctx context.Context, id, state string) error {
 func (p *Pool) eject(st *poolState, s *Stats) bool {
 	pv := p.opts.Passive
 	if pv == nil || st.stats[s.id] != s {
+		s.reported.Store(false)
 		return false // an instance that left, or a stale report
 	}
 	// Count afresh from here whatever happens: a report that does not
 	// eject (instance already out, limit reached) must not stop the next.
 	s.consec.Store(0)
+	s.reported.Store(false)
 	now := p.opts.Clock()
 	e := st.ejections[s.id]
 	if e == nil {
@@ -275,7 +277,11 @@ func (p *Pool) eject(st *poolState, s *Stats) bool {
 	if e.count > 0 && now-e.released > int64(pv.MaxEjectionTime) {
 		e.count = 0 // healthy for long enough: start the doubling over
 	}
-	d := min(pv.EjectionTime<<min(e.count, 30), pv.MaxEjectionTime)
+	d := pv.EjectionTime
+	for i := 0; i < e.count && d < pv.MaxEjectionTime; i++ {
+		d *= 2
+	}
+	d = min(d, pv.MaxEjectionTime)
 	e.count++
 	e.until = now + int64(d)
 	p.opts.Logger.Warn("instance ejected", "service", p.opts.Service, "instance", s.id,

@@ -354,12 +354,16 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			info.Tried.Add(ep)
 			continue
 		}
+		res.Responded()
 		failed := resp.StatusCode >= 500
 		if retryStatus(resp.StatusCode) && idempotent && replayable && attempt < t.attempts {
 			info.Tried.Add(ep)
-			if hasUntried(t.pool.Load().Eligible, &info.Tried) {
-				// Another instance is there to try: drop this answer.
-				io.CopyN(io.Discard, resp.Body, 64<<10)
+			if hasUntried(t.pool.Load().Eligible, &info.Tried) && req.Context().Err() == nil {
+				// Another instance is there to try: drop this answer,
+				// draining a short body so the connection can be reused.
+				if resp.ContentLength >= 0 && resp.ContentLength <= 4<<10 {
+					io.Copy(io.Discard, resp.Body)
+				}
 				resp.Body.Close()
 				if cancel != nil {
 					cancel(nil)

@@ -61,6 +61,7 @@ func NewProber(pool *balance.Pool, opts ProbeOptions, logger hclog.Logger) *Prob
 func (p *Prober) Run(ctx context.Context) {
 	type loop struct {
 		addr   string
+		stats  *balance.Stats // identifies one life of the instance in the pool
 		cancel context.CancelFunc
 		done   chan struct{}
 	}
@@ -76,14 +77,16 @@ func (p *Prober) Run(ctx context.Context) {
 		seen := make(map[string]bool, len(snap.Members))
 		for _, m := range snap.Members {
 			seen[m.ID] = true
-			if l := loops[m.ID]; l != nil && l.addr == m.Addr {
+			if l := loops[m.ID]; l != nil && l.addr == m.Addr && l.stats == m.Stats {
 				continue
 			} else if l != nil {
-				l.cancel() // the instance moved: probe the new address
+				// The instance moved, or left and came back with a fresh
+				// verdict in the pool: probe it from scratch.
+				l.cancel()
 				<-l.done
 			}
 			lctx, cancel := context.WithCancel(ctx)
-			l := &loop{addr: m.Addr, cancel: cancel, done: make(chan struct{})}
+			l := &loop{addr: m.Addr, stats: m.Stats, cancel: cancel, done: make(chan struct{})}
 			loops[m.ID] = l
 			go func(id, addr string) {
 				defer close(l.done)
