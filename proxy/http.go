@@ -52,7 +52,7 @@ type ServiceOptions struct {
 type HTTPOptions struct {
 	Listener string // listener name, for the access log
 	Routes   []Route
-	// Transport carries requests upstream; default NewTransport().
+	// Transport carries requests upstream; default NewUpstream().
 	Transport http.RoundTripper
 	// MaxReplayBody is the largest request body (by Content-Length) that
 	// is buffered so that an idempotent request can be retried after it
@@ -73,7 +73,8 @@ const (
 	DefaultMaxReplayBody         = 64 << 10
 )
 
-// NewTransport returns the upstream transport sluice uses by default:
+// NewTransport returns a standard-library transport with the same limits as
+// NewUpstream, for upstreams Upstream does not serve (and for comparison):
 // keep-alive pools of up to 256 idle connections per instance (4096 in
 // all), a 5 s dial timeout, 60 s to the response headers, 90 s idle
 // timeout, 1 MiB of response headers, no proxy from the environment and
@@ -99,7 +100,7 @@ func NewTransport() *http.Transport {
 // 503, and a request whose every try failed 502, each with a JSON body.
 func NewHTTPHandler(opts HTTPOptions) http.Handler {
 	if opts.Transport == nil {
-		opts.Transport = NewTransport()
+		opts.Transport = NewUpstream()
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()

@@ -135,7 +135,7 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 	var tcpWG sync.WaitGroup
 	drainCtx, drainNow := context.WithCancel(context.Background())
 	defer drainNow()
-	transport := proxy.NewTransport()
+	transport := proxy.NewUpstream()
 	defer transport.CloseIdleConnections()
 	for i, l := range cfg.Listeners {
 		ln := lns[i]
