@@ -33,6 +33,8 @@ func main() {
 			err = runBackend(os.Args[2:])
 		case "tcpload":
 			err = runTCPLoad(os.Args[2:])
+		case "httprate":
+			err = runHTTPRate(os.Args[2:])
 		default:
 			err = run(os.Args[1:])
 		}
@@ -412,6 +414,7 @@ func workloads() []workload {
 		{name: "http small keep-alive", unit: "req/s", run: wrkRun("/", false)},
 		{name: "http 64KiB", unit: "req/s", run: wrkRun("/64k", false)},
 		{name: "http new conn", unit: "req/s", run: wrkRun("/", true)},
+		{name: "http 5k req/s fixed", unit: "req/s", run: rateRun(5000)},
 		{name: "tcp bulk", unit: "MB/s", tcp: true, run: tcpRun("bulk", 4)},
 		{name: "tcp conn rate", unit: "conn/s", tcp: true, run: tcpRun("connrate", 32)},
 	}
@@ -499,6 +502,30 @@ func tcpRun(mode string, conns int) func(*options, *env, *contender) (sample, er
 		s.throughput = s.units / r.Seconds
 		if c.proc != nil && s.units > 0 {
 			s.cpuUsPerUnit = float64(ticks) * 1e6 / clockTick / s.units
+		}
+		return s, nil
+	}
+}
+
+// rateRun offers the same fixed load to every contender, so latency and
+// CPU per request compare at equal work rather than at each one's maximum.
+func rateRun(rate int) func(*options, *env, *contender) (sample, error) {
+	return func(o *options, e *env, c *contender) (sample, error) {
+		before := procTicks(c)
+		out, err := exec.Command("taskset", "-c", "1", e.self, "httprate", "-url", "http://"+c.httpAddr+"/",
+			"-rate", strconv.Itoa(rate), "-c", "32", "-d", o.duration.String()).Output()
+		if err != nil {
+			return sample{}, fmt.Errorf("httprate %s: %w", c.name, err)
+		}
+		ticks := procTicks(c) - before
+		var r tcpResult
+		if err := json.Unmarshal(out, &r); err != nil {
+			return sample{}, fmt.Errorf("httprate output %q", out)
+		}
+		s := sample{units: float64(r.Count), throughput: float64(r.Count) / r.Seconds,
+			p50: r.P50ms, p99: r.P99ms, p999: r.P999ms, errors: r.Errors, firstErr: r.FirstErr}
+		if c.proc != nil && r.Count > 0 {
+			s.cpuUsPerUnit = float64(ticks) * 1e6 / clockTick / float64(r.Count)
 		}
 		return s, nil
 	}
@@ -756,8 +783,8 @@ func report(o *options, rows []Row, react reactionResult, kills []killResult) er
 	var b strings.Builder
 	fmt.Fprintf(&b, "Measured %s on %s, with `make bench` (%d rounds of %v per workload and contender, medians; proxy pinned to CPU 0, wrk and backends to CPU 1).\n\n",
 		time.Now().UTC().Format("2006-01-02"), machine(), o.rounds, o.duration)
-	b.WriteString("| workload | contender | throughput | spread | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/unit | errors | CPU vs HAProxy | CPU vs nginx | p99 vs HAProxy |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| workload | contender | throughput | spread | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/unit | errors | throughput vs HAProxy | CPU vs HAProxy | CPU vs nginx | p99 vs HAProxy |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	ratio := func(a, b float64) string {
 		if a == 0 || b == 0 {
 			return ""
@@ -769,15 +796,18 @@ func report(o *options, rows []Row, react reactionResult, kills []killResult) er
 		if r.Contender == "direct" {
 			cpu = "–"
 		}
-		var vsH, vsN, p99H string
+		var tH, vsH, vsN, p99H string
 		if r.Contender == "sluice" {
 			h, n := by[r.Workload]["haproxy"], by[r.Workload]["nginx"]
+			tH = ratio(r.Throughput, h.Throughput)
 			vsH, vsN, p99H = ratio(r.CPUusPerReq, h.CPUusPerReq), ratio(r.CPUusPerReq, n.CPUusPerReq), ratio(r.P99ms, h.P99ms)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f %s | %.0f%% | %.2f | %.2f | %.2f | %s | %d | %s | %s | %s |\n",
-			r.Workload, r.Contender, r.Throughput, r.Unit, r.Spread*100, r.P50ms, r.P99ms, r.P999ms, cpu, r.Errors, vsH, vsN, p99H)
+		fmt.Fprintf(&b, "| %s | %s | %.0f %s | %.0f%% | %.2f | %.2f | %.2f | %s | %d | %s | %s | %s | %s |\n",
+			r.Workload, r.Contender, r.Throughput, r.Unit, r.Spread*100, r.P50ms, r.P99ms, r.P999ms, cpu, r.Errors, tH, vsH, vsN, p99H)
 	}
-	b.WriteString("\nCPU per unit: per request (http), per MB (tcp bulk), per connection (tcp conn rate). nginx-light has no stream module, so nginx is not in the tcp rows.\n")
+	b.WriteString("\nCPU per unit: per request (http), per MB (tcp bulk), per connection (tcp conn rate). Spread: (max − min) / median of throughput over the rounds, the machine's noise. " +
+		"The closed-loop rows (wrk, 32 connections) run each contender at its own maximum; \"http 5k req/s fixed\" offers every contender the same open-loop load, with latency counted from each request's scheduled time. " +
+		"nginx-light has no stream module, so nginx is not in the tcp rows.\n")
 	if len(react) > 0 {
 		b.WriteString("\nReaction through sluice under load (time from the Consul write to the last request that reached the instance):\n\n| Consul write | changes | p50 | p99 | max |\n|---|---|---|---|---|\n")
 		for _, kind := range []string{"check critical", "deregister"} {

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"sync"
+	"time"
+)
+
+// runHTTPRate is `bench httprate -url U -rate R -c N -d D`: an open-loop
+// load of R requests per second over N keep-alive connections for D. Each
+// request has a scheduled send time; its latency counts from that time, so
+// a proxy that stalls is charged for the requests queued behind the stall
+// (no coordinated omission). Prints a tcpResult as JSON (Count = requests).
+func runHTTPRate(args []string) error {
+	fs := flag.NewFlagSet("httprate", flag.ExitOnError)
+	url := fs.String("url", "", "URL")
+	rate := fs.Float64("rate", 10000, "requests per second")
+	conns := fs.Int("c", 32, "connections")
+	dur := fs.Duration("d", 5*time.Second, "duration")
+	fs.Parse(args)
+
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		MaxIdleConnsPerHost: *conns, MaxConnsPerHost: *conns, DisableCompression: true,
+	}}
+	interval := time.Duration(float64(time.Second) * float64(*conns) / *rate)
+	start := time.Now().Add(50 * time.Millisecond)
+	end := start.Add(*dur)
+	var mu sync.Mutex
+	var lat []time.Duration
+	var res tcpResult
+	var wg sync.WaitGroup
+	for w := 0; w < *conns; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mine := make([]time.Duration, 0, int(float64(*dur)/float64(interval))+1)
+			var errs int64
+			var first string
+			next := start.Add(time.Duration(w) * interval / time.Duration(*conns))
+			for next.Before(end) {
+				if d := time.Until(next); d > 0 {
+					time.Sleep(d)
+				}
+				resp, err := client.Get(*url)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						errs++
+					}
+				} else {
+					errs++
+					if first == "" {
+						first = err.Error()
+					}
+				}
+				mine = append(mine, time.Since(next))
+				next = next.Add(interval)
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			res.Errors += errs
+			if res.FirstErr == "" {
+				res.FirstErr = first
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	res.Seconds = dur.Seconds()
+	res.Count = int64(len(lat))
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		pct := func(p float64) float64 {
+			return float64(lat[min(len(lat)-1, int(float64(len(lat))*p))].Microseconds()) / 1000
+		}
+		res.P50ms, res.P99ms, res.P999ms = pct(0.5), pct(0.99), pct(0.999)
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
