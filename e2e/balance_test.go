@@ -81,14 +81,9 @@ func (c *cookieClient) get() (backend, setCookie string) {
 	return resp.Header.Get("X-Backend"), setCookie
 }
 
-func TestStickyCookieFollowsConsul(t *testing.T) {
-	consul := startConsul(t)
-	backends := map[string]*backend{}
-	for _, name := range []string{"a", "b", "c"} {
-		backends[name] = startBackend(t, name)
-		consul.register("web", "web-"+name, backends[name].addr(), nil)
-	}
-	s := startSluice(t, consul.Addr, "web", `
+// stickyWeb is the service block of the sticky tests: two sluice processes
+// with it share the cookie secret.
+const stickyWeb = `
 service "web" {
   strategy = "round_robin"
   sticky {
@@ -97,7 +92,16 @@ service "web" {
     secret = "e2e-shared-secret"
   }
 }
-`)
+`
+
+func TestStickyCookieFollowsConsul(t *testing.T) {
+	consul := startConsul(t)
+	backends := map[string]*backend{}
+	for _, name := range []string{"a", "b", "c"} {
+		backends[name] = startBackend(t, name)
+		consul.register("web", "web-"+name, backends[name].addr(), nil)
+	}
+	s := startSluice(t, consul.Addr, "web", stickyWeb)
 	waitFor(t, 10*time.Second, "three instances", func() bool { return len(s.service("web").Instances) == 3 })
 	c := &cookieClient{t: t, s: s}
 	pinned, set := c.get()
@@ -131,16 +135,7 @@ service "web" {
 	}
 
 	// A second sluice with the same secret honours the cookie.
-	s2 := startSluice(t, consul.Addr, "web", `
-service "web" {
-  strategy = "round_robin"
-  sticky {
-    mode   = "cookie"
-    cookie = "sluice_web"
-    secret = "e2e-shared-secret"
-  }
-}
-`)
+	s2 := startSluice(t, consul.Addr, "web", stickyWeb)
 	waitFor(t, 10*time.Second, "three instances in the second sluice", func() bool { return len(s2.service("web").Instances) == 3 })
 	c2 := &cookieClient{t: t, s: s2, cookie: c.cookie}
 	for i := 0; i < 10; i++ {
