@@ -73,8 +73,8 @@ const (
 	DefaultMaxReplayBody         = 64 << 10
 )
 
-// NewTransport returns a standard-library transport with the same limits as
-// NewUpstream, for upstreams Upstream does not serve (and for comparison):
+// NewTransport returns a standard-library transport with the limits of
+// NewUpstream, for comparison and for upstreams Upstream does not serve:
 // keep-alive pools of up to 256 idle connections per instance (4096 in
 // all), a 5 s dial timeout, 60 s to the response headers, 90 s idle
 // timeout, 1 MiB of response headers, no proxy from the environment and

@@ -59,9 +59,39 @@ type hostPool struct {
 // upConn is one keep-alive connection.
 type upConn struct {
 	net.Conn
-	br     *bufio.Reader
+	br     *bufio.Reader // reads through headerLimiter
 	bw     *bufio.Writer
 	idleAt time.Time
+	// budget is what may still be read while response headers are read;
+	// negative: no limit (bodies).
+	budget int64
+}
+
+// maxResponseHeader bounds the bytes read from an instance while its
+// response headers are read (1 MiB).
+const maxResponseHeader = 1 << 20
+
+// errHeaderTooLarge is returned for an answer whose headers exceed maxResponseHeader.
+var errHeaderTooLarge = errors.New("upstream response headers exceed 1 MiB")
+
+// headerLimiter is the reader under an upConn's bufio.Reader: it enforces
+// the header budget.
+type headerLimiter struct{ c *upConn }
+
+func (l headerLimiter) Read(p []byte) (int, error) {
+	c := l.c
+	if c.budget < 0 {
+		return c.Conn.Read(p)
+	}
+	if c.budget == 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > c.budget {
+		p = p[:c.budget]
+	}
+	n, err := c.Conn.Read(p)
+	c.budget -= int64(n)
+	return n, err
 }
 
 func (u *Upstream) pool(addr string) *hostPool {
@@ -117,7 +147,9 @@ func (u *Upstream) dial(ctx context.Context, addr string) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &upConn{Conn: nc, br: bufio.NewReaderSize(nc, 4096), bw: bufio.NewWriterSize(nc, 4096)}, nil
+	c := &upConn{Conn: nc, bw: bufio.NewWriterSize(nc, 4096), budget: -1}
+	c.br = bufio.NewReaderSize(headerLimiter{c}, 4096)
+	return c, nil
 }
 
 // alive reports whether an idle connection is still open, with one
@@ -205,6 +237,8 @@ func (u *Upstream) exchange(c *upConn, req *http.Request) (*http.Response, error
 	if err := c.bw.Flush(); err != nil {
 		return nil, u.connErr(ctx, err, true)
 	}
+	c.budget = maxResponseHeader
+	defer func() { c.budget = -1 }()
 	for {
 		resp, err := http.ReadResponse(c.br, req)
 		if err != nil {

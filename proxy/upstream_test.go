@@ -219,3 +219,28 @@ func TestUpstreamCancelAndTimeout(t *testing.T) {
 		t.Fatalf("want a dial error, have %v", err)
 	}
 }
+
+func TestUpstreamHeaderLimit(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+		line := "X-Big: " + strings.Repeat("a", 1000) + "\r\n"
+		for i := 0; i < 2000; i++ { // 2 MB of headers
+			if _, err := io.WriteString(c, line); err != nil {
+				return
+			}
+		}
+	}()
+	u := NewUpstream()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+"/", nil)
+	if _, err := u.RoundTrip(req); !errors.Is(err, errHeaderTooLarge) {
+		t.Fatalf("want errHeaderTooLarge, have %v", err)
+	}
+}
