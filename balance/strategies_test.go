@@ -562,3 +562,33 @@ func BenchmarkPickSticky(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkBuildSticky: building a sticky picker over 10,000 instances,
+// first with new instances (one HMAC each), then as a rebuild (cached).
+func BenchmarkBuildSticky(b *testing.B) {
+	weights := make([]int, 10000)
+	for i := range weights {
+		weights[i] = 1 + i%5
+	}
+	eps := endpoints(weights...)
+	for i, ep := range eps {
+		ep.ID = fmt.Sprintf("web-%05d", i)
+	}
+	for _, mode := range []string{StickyCookie, StickySourceIP} {
+		opts := cookieOpts("secret")
+		opts.Mode = mode
+		b.Run("sticky_"+mode+"/new/10000", func(b *testing.B) {
+			for b.Loop() {
+				build, _ := NewBuilder("web", "weighted_round_robin", &opts)
+				build(eps, testShared(realClock))
+			}
+		})
+		build, _ := NewBuilder("web", "weighted_round_robin", &opts)
+		build(eps, testShared(realClock))
+		b.Run("sticky_"+mode+"/rebuild/10000", func(b *testing.B) {
+			for b.Loop() {
+				build(eps, testShared(realClock))
+			}
+		})
+	}
+}
