@@ -73,26 +73,6 @@ const (
 	DefaultMaxReplayBody         = 64 << 10
 )
 
-// NewTransport returns a standard-library transport with the limits of
-// NewUpstream, for comparison and for upstreams Upstream does not serve:
-// keep-alive pools of up to 256 idle connections per instance (4096 in
-// all), a 5 s dial timeout, 60 s to the response headers, 90 s idle
-// timeout, 1 MiB of response headers, no proxy from the environment and
-// no transparent compression (bodies pass through as the backend sent them).
-func NewTransport() *http.Transport {
-	return &http.Transport{
-		Proxy:                  nil,
-		DialContext:            (&net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:           4096,
-		MaxIdleConnsPerHost:    256,
-		IdleConnTimeout:        90 * time.Second,
-		ResponseHeaderTimeout:  DefaultResponseHeaderTimeout,
-		ExpectContinueTimeout:  time.Second,
-		MaxResponseHeaderBytes: 1 << 20,
-		DisableCompression:     true,
-	}
-}
-
 // NewHTTPHandler returns a handler that routes each request by host and path
 // prefix (longest prefix wins; at equal length a route naming the host wins
 // over one for any host) and forwards it to an instance of the route's
@@ -273,7 +253,10 @@ func (e *upstreamError) Error() string { return e.err.Error() }
 func (e *upstreamError) Unwrap() error { return e.err }
 
 func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	start := time.Now()
+	var start time.Time // only the access log needs it
+	if t.log != nil {
+		start = time.Now()
+	}
 	var info balance.PickInfo
 	if ap, err := netip.ParseAddrPort(req.RemoteAddr); err == nil {
 		info.Client = ap.Addr().Unmap()

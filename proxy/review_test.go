@@ -27,26 +27,36 @@ func startTCPProxy(t *testing.T, idle time.Duration, addr string) (string, *TCPP
 	return ln.Addr().String(), tp
 }
 
-// TestTCPSlowStreamNotCut: a one-way stream slower than a byte per idle
-// period in the other direction keeps flowing.
-func TestTCPSlowStreamNotCut(t *testing.T) {
+// serveOneConn listens on loopback, hands the first connection to serve and
+// closes it afterwards; it returns the address.
+func serveOneConn(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
 		defer c.Close()
+		serve(c)
+	}()
+	return ln.Addr().String()
+}
+
+// TestTCPSlowStreamNotCut: a one-way stream slower than a byte per idle
+// period in the other direction keeps flowing.
+func TestTCPSlowStreamNotCut(t *testing.T) {
+	backend := serveOneConn(t, func(c net.Conn) {
 		for i := 0; i < 30; i++ {
 			c.Write([]byte{'x'})
 			time.Sleep(50 * time.Millisecond)
 		}
-	}()
-	addr, _ := startTCPProxy(t, 300*time.Millisecond, ln.Addr().String())
+	})
+	addr, _ := startTCPProxy(t, 300*time.Millisecond, backend)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -62,25 +72,15 @@ func TestTCPSlowStreamNotCut(t *testing.T) {
 // TestTCPIdleClosesStuckConnection: a client that half-closes and stops
 // reading does not hold the connection past the idle timeout.
 func TestTCPIdleClosesStuckConnection(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	backend := serveOneConn(t, func(c net.Conn) {
 		buf := make([]byte, 64<<10)
 		for { // floods the client, which never reads
 			if _, err := c.Write(buf); err != nil {
 				return
 			}
 		}
-	}()
-	addr, tp := startTCPProxy(t, 300*time.Millisecond, ln.Addr().String())
+	})
+	addr, tp := startTCPProxy(t, 300*time.Millisecond, backend)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

@@ -59,8 +59,8 @@ func NewTCPProxy(opts TCPOptions) *TCPProxy {
 // Serve accepts connections until ln is closed, then waits for the open
 // connections to finish or ctx to end, whichever is first; then it closes
 // them. Closing ln is the caller's way to stop accepting. Accept errors are
-// logged and retried with a backoff up to 1 s; Serve returns nil.
-func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) error {
+// logged and retried with a backoff up to 1 s.
+func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) {
 	connCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var delay time.Duration
@@ -92,7 +92,6 @@ func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) error {
 		cancel()
 		<-done
 	}
-	return nil
 }
 
 // HandleConn proxies one client connection and closes it. Cancelling ctx

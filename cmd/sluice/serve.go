@@ -137,14 +137,20 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 	defer drainNow()
 	transport := proxy.NewUpstream()
 	defer transport.CloseIdleConnections()
+	// Access logs open before any listener serves, so a bad path stops
+	// the start with nothing running.
+	accessLogs := make([]*proxy.AccessLog, len(cfg.Listeners))
 	for i, l := range cfg.Listeners {
-		ln := lns[i]
-		accessLog, closeLog, err := openAccessLog(l.AccessLog)
+		al, closeLog, err := openAccessLog(l.AccessLog)
 		if err != nil {
 			closeAll(lns)
 			return fmt.Errorf("listener %q: %w", l.Name, err)
 		}
 		defer closeLog()
+		accessLogs[i] = al
+	}
+	for i, l := range cfg.Listeners {
+		ln, accessLog := lns[i], accessLogs[i]
 		switch l.Protocol {
 		case "tcp":
 			tp := proxy.NewTCPProxy(proxy.TCPOptions{
@@ -155,9 +161,7 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 			tcpWG.Add(1)
 			go func() {
 				defer tcpWG.Done()
-				if err := tp.Serve(drainCtx, ln); err != nil {
-					serveErr <- fmt.Errorf("listener %q: %w", l.Name, err)
-				}
+				tp.Serve(drainCtx, ln)
 			}()
 		default:
 			routes := make([]proxy.Route, 0, len(l.Routes))

@@ -766,7 +766,7 @@ func killRuns(o *options, e *env) ([]killResult, error) {
 	return out, nil
 }
 
-// Row.Spread and Row.Errors extend the chart's Row for the report.
+// errNoRows: no workload produced a figure.
 var errNoRows = errors.New("no results")
 
 func report(o *options, rows []Row, react reactionResult, kills []killResult) error {
