@@ -16,12 +16,14 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/sluice-lb/sluice/balance"
+	"github.com/sluice-lb/sluice/proxy/h1"
 )
 
 // Route sends requests whose host and path match to a service's pool.
@@ -39,9 +41,20 @@ type ServiceOptions struct {
 	// included; default 2, at most balance.MaxTries. See RoundTrip for
 	// which failures are retried.
 	Attempts int
-	// PerTryTimeout bounds each try until the response headers arrive; a
-	// try that runs out counts as a failure of the instance. 0: none.
+	// PerTryTimeout bounds each try from the moment the request, its body
+	// included, has been sent until the response headers arrive; a try
+	// that runs out counts as a failure of the instance and is retried by
+	// the failover rules. 0: none (ResponseHeaderTimeout still applies).
 	PerTryTimeout time.Duration
+	// ResponseHeaderTimeout is the same bound as PerTryTimeout for every
+	// try (the shorter of the two applies), and the longest a write of the
+	// request to the instance may block. 0: DefaultResponseHeaderTimeout.
+	ResponseHeaderTimeout time.Duration
+	// ResponseBodyTimeout is the longest wait for a byte of an answer's
+	// body; a stall aborts the answer (the client connection is closed)
+	// and counts as a failure of the instance. A stream that keeps sending
+	// is never cut. 0: DefaultResponseBodyTimeout.
+	ResponseBodyTimeout time.Duration
 	// StickyCookie or StickyHeader names where the affinity key of a
 	// sticky service is read (at most one is set; see balance.StickyOptions).
 	StickyCookie string
@@ -53,7 +66,11 @@ type HTTPOptions struct {
 	Listener string // listener name, for the access log
 	Routes   []Route
 	// Transport carries requests upstream; default NewUpstream().
-	Transport http.RoundTripper
+	Transport *Upstream
+	// TrustedProxies are the peers whose X-Forwarded-* headers are kept
+	// (appended to); from any other peer they are replaced. See
+	// forwarding.
+	TrustedProxies []netip.Prefix
 	// MaxReplayBody is the largest request body (by Content-Length) that
 	// is buffered so that an idempotent request can be retried after it
 	// was sent; default 64 KiB. Larger or chunked bodies are streamed and
@@ -70,6 +87,7 @@ type HTTPOptions struct {
 const (
 	DefaultDialTimeout           = 5 * time.Second
 	DefaultResponseHeaderTimeout = 60 * time.Second
+	DefaultResponseBodyTimeout   = 60 * time.Second
 	DefaultMaxReplayBody         = 64 << 10
 )
 
@@ -92,10 +110,11 @@ func NewHTTPHandler(opts HTTPOptions) http.Handler {
 	buffers := &bufferPool{}
 	bySvc := map[string]*serviceProxy{}
 	h := &router{listener: opts.Listener, log: opts.AccessLog}
+	fwd := &forwarding{trusted: opts.TrustedProxies}
 	for _, r := range opts.Routes {
 		sp := bySvc[r.Service.Name]
 		if sp == nil {
-			sp = newServiceProxy(r.Service, &opts, buffers, errLog)
+			sp = newServiceProxy(r.Service, &opts, buffers, errLog, fwd)
 			bySvc[r.Service.Name] = sp
 		}
 		h.routes = append(h.routes, route{host: strings.ToLower(r.Host), prefix: r.PathPrefix, svc: sp})
@@ -155,15 +174,19 @@ type serviceProxy struct {
 	rp   *httputil.ReverseProxy
 }
 
-func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger) *serviceProxy {
+func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger, fwd *forwarding) *serviceProxy {
 	attempts := svc.Attempts
 	if attempts <= 0 {
 		attempts = 2
 	}
 	attempts = min(attempts, balance.MaxTries)
+	limits := TryLimits{Header: svc.ResponseHeaderTimeout, Body: svc.ResponseBodyTimeout}
+	if svc.PerTryTimeout > 0 && svc.PerTryTimeout < limits.header() {
+		limits.Header = svc.PerTryTimeout
+	}
 	bt := &balancingTransport{
-		listener: opts.Listener, service: svc.Name, pool: svc.Pool, base: opts.Transport,
-		attempts: attempts, perTry: svc.PerTryTimeout, maxReplay: opts.MaxReplayBody,
+		listener: opts.Listener, service: svc.Name, pool: svc.Pool, up: opts.Transport,
+		attempts: attempts, limits: limits, maxReplay: opts.MaxReplayBody, fwd: fwd,
 		cookie: svc.StickyCookie, header: http.CanonicalHeaderKey(svc.StickyHeader), log: opts.AccessLog,
 	}
 	bt.bodies.New = func() any { return &doneBody{} }
@@ -176,21 +199,27 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = svc.Name
 			pr.Out.Host = pr.In.Host
-			pr.SetXForwarded()
+			fwd.set(pr)
 		},
 		Transport:  bt,
 		BufferPool: buffers,
 		ErrorLog:   errLog,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			status := http.StatusBadGateway
+			abort := false
+			var ce *clientError
 			switch {
 			case errors.Is(err, balance.ErrNoEndpoint):
 				status = http.StatusServiceUnavailable
 				writeJSONError(w, status, "no eligible instance", svc.Name)
 			case r.Context().Err() != nil:
-				// The client went away; nobody reads an answer.
-				status = 499
-				w.WriteHeader(status)
+				// The client went away: nobody reads an answer. 499 is
+				// for the access log only.
+				status, abort = 499, true
+			case errors.As(err, &ce):
+				status = ce.status()
+				w.Header().Set("Connection", "close")
+				writeJSONError(w, status, ce.reason(), svc.Name)
 			default:
 				logger.Debug("upstream failed", "service", svc.Name, "error", err)
 				writeJSONError(w, status, "upstream failed", svc.Name)
@@ -204,30 +233,37 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 				}
 				bt.log.write(&e)
 			}
+			if abort {
+				// Drops the connection (HTTP/1.1) or resets the stream (h2).
+				panic(http.ErrAbortHandler)
+			}
 		},
 	}
 	return sp
 }
 
 // balancingTransport picks an instance for each outgoing request and fails
-// over to instances not yet tried, up to attempts in all:
-//   - a connection that could not be made (nothing was sent) is always
-//     retried;
-//   - an error after the request may have been sent, a per-try timeout, or
-//     a 502, 503 or 504 answer is retried only for idempotent methods (GET,
-//     HEAD, OPTIONS, TRACE, PUT, DELETE) whose body can be replayed (none,
-//     or buffered up to maxReplay);
-//   - a client that cancels ends the request without judging the instance.
-//
-// Connection failures and 5xx answers are failures for passive ejection.
+// over to instances not yet tried, up to attempts in all. Every failure is
+// blamed on one side:
+//   - the client's: its request body is malformed, incomplete or stalls
+//     (400 or 408), or it went away (nothing is written). The instance is
+//     not judged and nothing is retried.
+//   - the instance's: a connection that could not be made (nothing was
+//     sent) is always retried; an error after the request may have been
+//     sent, a timeout awaiting the headers, or a 502, 503 or 504 answer is
+//     retried only for idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT,
+//     DELETE) whose body can be replayed (none, or buffered up to
+//     maxReplay); an answer whose body breaks or stalls is aborted. All of
+//     these, and 5xx answers, are failures for passive ejection.
 type balancingTransport struct {
 	listener  string
 	service   string
 	pool      *balance.Pool
-	base      http.RoundTripper
+	up        *Upstream
 	attempts  int
-	perTry    time.Duration
+	limits    TryLimits
 	maxReplay int64
+	fwd       *forwarding
 	cookie    string // sticky cookie name, or ""
 	header    string // canonical sticky header name, or ""
 	log       *AccessLog
@@ -237,8 +273,32 @@ type balancingTransport struct {
 // errStatus marks a 5xx answer as a failure of the instance.
 var errStatus = errors.New("upstream answered 5xx")
 
-// errPerTryTimeout is the cause of a try cancelled by the per-try timeout.
-var errPerTryTimeout = errors.New("per-try timeout")
+// clientError is a request that failed on the client's account: its body
+// could not be read.
+type clientError struct {
+	err   error
+	start time.Time
+}
+
+func (e *clientError) Error() string { return "client request body: " + e.err.Error() }
+func (e *clientError) Unwrap() error { return e.err }
+
+// status is the answer to the client: the h1 server's (400, 408), else 400.
+func (e *clientError) status() int {
+	var he *h1.Error
+	if errors.As(e.err, &he) {
+		return he.Status
+	}
+	return http.StatusBadRequest
+}
+
+func (e *clientError) reason() string {
+	var he *h1.Error
+	if errors.As(e.err, &he) {
+		return he.Reason
+	}
+	return "malformed request body"
+}
 
 // upstreamError is what RoundTrip returns when it gives up: the last
 // failure with the instance and the number of tries.
@@ -258,9 +318,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 		start = time.Now()
 	}
 	var info balance.PickInfo
-	if ap, err := netip.ParseAddrPort(req.RemoteAddr); err == nil {
-		info.Client = ap.Addr().Unmap()
-	}
+	info.Client = t.fwd.client(req)
 	switch {
 	case t.cookie != "":
 		info.Key = cookieValue(req.Header["Cookie"], t.cookie)
@@ -271,21 +329,21 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 	}
 	idempotent := isIdempotent(req.Method)
 	replayable := req.Body == nil || req.Body == http.NoBody
-	var guard *replayGuard
+	var cb *clientBody
 	var body []byte
 	if !replayable {
 		if idempotent && req.ContentLength > 0 && req.ContentLength <= t.maxReplay {
 			body = make([]byte, req.ContentLength)
 			if _, err := io.ReadFull(req.Body, body); err != nil {
-				return nil, &upstreamError{err: fmt.Errorf("reading request body: %w", err), start: start}
+				return nil, &clientError{err: err, start: start}
 			}
 			replayable = true
 		} else {
-			// The transport closes the body when a dial fails; the guard
-			// keeps it open for the next try and tells whether any of it
-			// was read.
-			guard = &replayGuard{ReadCloser: req.Body}
-			req.Body = guard
+			// The transport closes the body when a dial fails; clientBody
+			// keeps it open for the next try, tells whether any of it was
+			// read and keeps the client's read error for the blame.
+			cb = &clientBody{ReadCloser: req.Body}
+			req.Body = cb
 		}
 	}
 	var last *upstreamError
@@ -302,36 +360,19 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 		if body != nil {
 			req.Body = io.NopCloser(bytes.NewReader(body))
 		}
-		out, cancel := req, context.CancelCauseFunc(nil)
-		var timer *time.Timer
-		if t.perTry > 0 {
-			// The timer bounds the try until the headers arrive; the
-			// context lives until the body is closed.
-			var ctx context.Context
-			ctx, cancel = context.WithCancelCause(req.Context())
-			timer = time.AfterFunc(t.perTry, func() { cancel(errPerTryTimeout) })
-			out = req.WithContext(ctx)
-		}
-		resp, err := t.base.RoundTrip(out)
-		if timer != nil && !timer.Stop() && err == nil {
-			// Timed out just as the headers came: the body is lost.
-			resp.Body.Close()
-			resp, err = nil, errPerTryTimeout
-		}
-		if cancel != nil && err != nil {
-			if context.Cause(out.Context()) == errPerTryTimeout {
-				err = fmt.Errorf("%w after %v: %w", errPerTryTimeout, t.perTry, err)
-			}
-			cancel(nil)
-		}
+		resp, err := t.up.Try(req, t.limits)
 		if err != nil {
+			if cb != nil && cb.err != nil {
+				res.Cancel() // the client's body failed: not the instance's fault
+				return nil, &clientError{err: cb.err, start: start}
+			}
 			if req.Context().Err() != nil {
-				res.Cancel() // the client cancelled: not the instance's fault
+				res.Cancel() // the client went away
 				return nil, err
 			}
 			res.Done(err)
 			last = &upstreamError{err: err, instance: ep.ID, attempts: attempt, start: start}
-			dialed := !isDialError(err) || (guard != nil && guard.read)
+			dialed := !isDialError(err) || (cb != nil && cb.read)
 			if attempt >= t.attempts || (dialed && !(idempotent && replayable)) {
 				return nil, last
 			}
@@ -349,9 +390,6 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 					io.Copy(io.Discard, resp.Body)
 				}
 				resp.Body.Close()
-				if cancel != nil {
-					cancel(nil)
-				}
 				res.Done(errStatus)
 				last = &upstreamError{err: fmt.Errorf("status %d", resp.StatusCode), instance: ep.ID, attempts: attempt, start: start}
 				continue
@@ -375,7 +413,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			return resp, nil
 		}
 		db := t.bodies.Get().(*doneBody)
-		db.ReadCloser, db.res, db.failed, db.cancel, db.owner = resp.Body, res, failed, cancel, t
+		db.ReadCloser, db.res, db.failed, db.ctx, db.owner = resp.Body, res, failed, req.Context(), t
 		db.entry = entry
 		resp.Body = db
 		return resp, nil
@@ -429,46 +467,60 @@ func isDialError(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-// replayGuard lets a request body survive a failed dial. Close is a no-op:
-// the server closes the inbound body when the handler returns.
-type replayGuard struct {
+// clientBody lets a request body survive a failed dial (Close is a no-op:
+// the server closes the inbound body when the handler returns), records
+// whether any of it was read, and keeps the first read error: a failure of
+// the client, not of the instance.
+type clientBody struct {
 	io.ReadCloser
 	read bool
+	err  error
 }
 
-func (g *replayGuard) Read(p []byte) (int, error) {
+func (g *clientBody) Read(p []byte) (int, error) {
 	g.read = true
-	return g.ReadCloser.Read(p)
+	n, err := g.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && g.err == nil {
+		g.err = err
+	}
+	return n, err
 }
 
-func (g *replayGuard) Close() error { return nil }
+func (g *clientBody) Close() error { return nil }
 
 // doneBody ends the pick when ReverseProxy closes the response body, which
-// it does exactly once, and writes the access log line. It is recycled
-// through the transport's pool.
+// it does exactly once, and writes the access log line. A read error (the
+// answer broke or stalled) is the instance's failure unless the client had
+// gone. It is recycled through the transport's pool.
 type doneBody struct {
 	io.ReadCloser
-	res    balance.PickResult
-	failed bool                    // a 5xx answer: a failure for passive ejection
-	cancel context.CancelCauseFunc // ends the per-try context, or nil
-	owner  *balancingTransport
-	entry  logEntry
+	res     balance.PickResult
+	failed  bool            // a 5xx answer: a failure for passive ejection
+	readErr error           // the first error reading the answer's body
+	ctx     context.Context // the request's
+	owner   *balancingTransport
+	entry   logEntry
 }
 
 func (b *doneBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.entry.bytes += int64(n)
+	if err != nil && err != io.EOF && b.readErr == nil {
+		b.readErr = err
+	}
 	return n, err
 }
 
 func (b *doneBody) Close() error {
 	err := b.ReadCloser.Close()
-	if b.cancel != nil {
-		b.cancel(nil)
-	}
-	if b.failed {
+	switch {
+	case b.readErr != nil && b.ctx.Err() != nil:
+		b.res.Cancel() // the client went away mid-answer
+	case b.readErr != nil:
+		b.res.Done(b.readErr)
+	case b.failed:
 		b.res.Done(errStatus)
-	} else {
+	default:
 		b.res.Done(nil)
 	}
 	owner := b.owner
@@ -492,14 +544,17 @@ func (b *bufferPool) Get() []byte {
 
 func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
 
-// writeJSONError writes {"error": msg, "service": service}.
+// writeJSONError writes {"error": msg, "service": service} with its length.
 func writeJSONError(w http.ResponseWriter, code int, msg, service string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(code)
-	body := struct {
+	body, _ := json.Marshal(struct {
 		Error   string `json:"error"`
 		Service string `json:"service,omitempty"`
-	}{msg, service}
-	_ = json.NewEncoder(w).Encode(body)
+	}{msg, service})
+	body = append(body, '\n')
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(code)
+	w.Write(body)
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"os"
 	"sync"
 	"syscall"
@@ -20,9 +22,19 @@ import (
 // standard library's (Request.Write, http.ReadResponse); what it leaves
 // out of http.Transport is the two goroutines per connection and the
 // read-ahead that detects closed idle connections, which cost about a fifth
-// of sluice's CPU per request in the bench profile. A reused connection
-// that turns out to be closed is replaced transparently when the request
-// has no body, and checked before use when it has one.
+// of sluice's CPU per request in the bench profile.
+//
+// Connection integrity (the invariant that keeps one client's answer from
+// reaching another): a connection goes back to the pool only when its
+// answer ended exactly at the message boundary that its framing declared
+// (Content-Length or the last chunk; no body for HEAD, 1xx, 204 and 304)
+// with nothing more buffered, and a reused connection is written to only
+// after a non-blocking read just before the write finds nothing. Anything
+// else (bytes after the answer, a body on a bodiless answer, a short or
+// malformed body, an answer cut by a timeout) closes the connection. The
+// window that remains: bytes that an instance sends after that last check,
+// while the next request is being written or answered, are read as the
+// start of the next answer; an instance must never send unsolicited bytes.
 //
 // Only plain http:// upstreams are supported. The zero value is not
 // usable; use NewUpstream.
@@ -30,20 +42,45 @@ type Upstream struct {
 	dialer      net.Dialer
 	maxIdle     int           // idle connections kept per instance
 	idleTimeout time.Duration // an idle connection older than this is closed
-	headerWait  time.Duration // to the response headers; 0: none
+	defaults    TryLimits     // for RoundTrip
 	hosts       sync.Map      // addr -> *hostPool
 	bufs        sync.Pool     // *upConn buffers are per connection; this pools upBody
 }
 
-// NewUpstream returns the default upstream client: 5 s to connect, 60 s to
-// the response headers, up to 256 idle connections per instance closed
-// after 90 s idle.
+// TryLimits bound one exchange with an instance. A limit that runs out is
+// the instance's failure.
+type TryLimits struct {
+	// Header is the longest wait for the response headers once the
+	// request (its body included) has been sent, and the longest a write
+	// of the request may block. 0: DefaultResponseHeaderTimeout.
+	Header time.Duration
+	// Body is the longest wait for a byte of the response body. 0:
+	// DefaultResponseBodyTimeout.
+	Body time.Duration
+}
+
+func (l TryLimits) header() time.Duration {
+	if l.Header > 0 {
+		return l.Header
+	}
+	return DefaultResponseHeaderTimeout
+}
+
+func (l TryLimits) body() time.Duration {
+	if l.Body > 0 {
+		return l.Body
+	}
+	return DefaultResponseBodyTimeout
+}
+
+// NewUpstream returns the default upstream client: 5 s to connect, the
+// default TryLimits for RoundTrip, up to 256 idle connections per instance
+// closed after 90 s idle.
 func NewUpstream() *Upstream {
 	u := &Upstream{
 		dialer:      net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second},
 		maxIdle:     256,
 		idleTimeout: 90 * time.Second,
-		headerWait:  DefaultResponseHeaderTimeout,
 	}
 	u.bufs.New = func() any { return &upBody{} }
 	return u
@@ -60,8 +97,10 @@ type hostPool struct {
 type upConn struct {
 	net.Conn
 	br     *bufio.Reader // reads through headerLimiter
-	bw     *bufio.Writer
+	bw     *bufio.Writer // writes through writeLimiter
 	idleAt time.Time
+	// writeWait is the progress deadline of each write (TryLimits.Header).
+	writeWait time.Duration
 	// budget is what may still be read while response headers are read;
 	// negative: no limit (bodies).
 	budget int64
@@ -92,6 +131,15 @@ func (l headerLimiter) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.budget -= int64(n)
 	return n, err
+}
+
+// writeLimiter is the writer under an upConn's bufio.Writer: every write
+// must make progress within writeWait.
+type writeLimiter struct{ c *upConn }
+
+func (w writeLimiter) Write(p []byte) (int, error) {
+	w.c.Conn.SetWriteDeadline(time.Now().Add(w.c.writeWait))
+	return w.c.Conn.Write(p)
 }
 
 func (u *Upstream) pool(addr string) *hostPool {
@@ -147,7 +195,8 @@ func (u *Upstream) dial(ctx context.Context, addr string) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &upConn{Conn: nc, bw: bufio.NewWriterSize(nc, 4096), budget: -1}
+	c := &upConn{Conn: nc, budget: -1}
+	c.bw = bufio.NewWriterSize(writeLimiter{c}, 4096)
 	c.br = bufio.NewReaderSize(headerLimiter{c}, 4096)
 	return c, nil
 }
@@ -180,10 +229,32 @@ func (c *upConn) alive() bool {
 // errStaleConn marks a reused connection that the server had closed.
 var errStaleConn = errors.New("reused connection closed by the server")
 
-// RoundTrip sends req to req.URL.Host and returns its answer. The caller
-// must close the response body; the connection goes back to the pool when
-// the body was read to the end.
+// errHeaderTimeout is an instance that did not answer within TryLimits.Header.
+var errHeaderTimeout = errors.New("timeout awaiting response headers")
+
+// errBodyTimeout is an instance that stalled its answer's body for
+// TryLimits.Body.
+var errBodyTimeout = errors.New("timeout awaiting response body")
+
+// errTooManyInterim is an instance that sent more 1xx answers than allowed.
+var errTooManyInterim = errors.New("too many interim (1xx) answers")
+
+// maxInterim bounds the 1xx answers before a final one.
+const maxInterim = 16
+
+// RoundTrip sends req to req.URL.Host with the default TryLimits. See Try.
 func (u *Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
+	return u.Try(req, u.defaults)
+}
+
+// Try sends req to req.URL.Host and returns its answer's head. The caller
+// must close the response body; the connection goes back to the pool when
+// the body was read to its end (see the integrity rule on Upstream).
+// Cancelling req's context interrupts the exchange at any point, the body
+// included. Interim answers are passed to an httptrace Got1xxResponse hook
+// in the context (but 100 Continue, which sluice answers itself); 101 ends
+// the exchange and the body is the connection.
+func (u *Upstream) Try(req *http.Request, limits TryLimits) (*http.Response, error) {
 	if req.URL.Scheme != "http" {
 		return nil, fmt.Errorf("upstream: unsupported scheme %q", req.URL.Scheme)
 	}
@@ -192,7 +263,7 @@ func (u *Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	for {
 		c := u.get(hp)
 		reused := c != nil
-		if reused && hasBody && !c.alive() {
+		if reused && !c.alive() {
 			c.Close()
 			continue
 		}
@@ -202,13 +273,13 @@ func (u *Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 				return nil, err
 			}
 		}
-		resp, err := u.exchange(c, req)
+		resp, stop, err := u.exchange(c, req, limits)
 		if err == nil {
-			return u.wrap(hp, c, req, resp), nil
+			return u.wrap(hp, c, req, resp, stop, limits), nil
 		}
 		c.Close()
-		if reused && !hasBody && errors.Is(err, errStaleConn) && req.Context().Err() == nil {
-			continue // nothing reached a live server: try a fresh connection
+		if reused && !hasBody && isIdempotent(req.Method) && errors.Is(err, errStaleConn) && req.Context().Err() == nil {
+			continue // the server closed it as the request went out: try a fresh one
 		}
 		if req.Body != nil {
 			req.Body.Close()
@@ -217,49 +288,61 @@ func (u *Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
-// exchange writes req on c and reads the response headers, honouring the
-// request's context and the header timeout.
-func (u *Upstream) exchange(c *upConn, req *http.Request) (*http.Response, error) {
+// exchange writes req on c and reads the response headers. On success the
+// returned stop detaches the context watch; it must be called when the
+// body is done, and reports false when the context ended meanwhile.
+func (u *Upstream) exchange(c *upConn, req *http.Request, limits TryLimits) (*http.Response, func() bool, error) {
 	ctx := req.Context()
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	// Cancelling the request (client gone, per-try timeout) interrupts any
-	// blocked read or write on the connection.
+	// Cancelling the request (client gone) interrupts any blocked read or
+	// write on the connection, until the body is closed.
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	if u.headerWait > 0 {
-		c.SetDeadline(time.Now().Add(u.headerWait))
-	}
+	c.SetReadDeadline(time.Time{})
+	c.writeWait = limits.header()
 	if err := req.Write(c.bw); err != nil {
-		return nil, u.connErr(ctx, err, c.br.Buffered() == 0)
+		stop()
+		return nil, nil, u.connErr(ctx, err, c.br.Buffered() == 0)
 	}
 	if err := c.bw.Flush(); err != nil {
-		return nil, u.connErr(ctx, err, true)
+		stop()
+		return nil, nil, u.connErr(ctx, err, true)
 	}
+	c.SetReadDeadline(time.Now().Add(limits.header()))
 	c.budget = maxResponseHeader
 	defer func() { c.budget = -1 }()
-	for {
+	for interim := 0; ; interim++ {
 		resp, err := http.ReadResponse(c.br, req)
 		if err != nil {
-			return nil, u.connErr(ctx, err, true)
+			stop()
+			// Stale only when not one byte of an answer came back.
+			return nil, nil, u.connErr(ctx, err, interim == 0 && c.budget == maxResponseHeader)
 		}
-		// Skip interim answers (100 Continue, 103 Early Hints), not 101.
+		// Interim answers (100 Continue, 103 Early Hints), not 101.
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			if interim >= maxInterim {
+				stop()
+				return nil, nil, errTooManyInterim
+			}
+			if resp.StatusCode != http.StatusContinue {
+				if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
+					if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+						stop()
+						return nil, nil, err
+					}
+				}
+			}
 			continue
 		}
-		if !stop() {
-			// The context ended as the answer came: the deadline is set.
-			return nil, u.connErr(ctx, ctx.Err(), false)
-		}
-		c.SetDeadline(time.Time{})
-		return resp, nil
+		c.SetReadDeadline(time.Time{})
+		return resp, stop, nil
 	}
 }
 
-// connErr turns a connection error into the error RoundTrip returns: the
-// context's cause when it ended, errStaleConn (wrapping err) for a
-// connection the server had closed before answering.
+// connErr turns a connection error into the error Try returns: the
+// context's cause when it ended, errHeaderTimeout, errStaleConn (wrapping
+// err) for a connection the server had closed before answering.
 func (u *Upstream) connErr(ctx context.Context, err error, mayBeStale bool) error {
 	if ctx.Err() != nil {
 		if cause := context.Cause(ctx); cause != nil {
@@ -268,7 +351,7 @@ func (u *Upstream) connErr(ctx context.Context, err error, mayBeStale bool) erro
 		return ctx.Err()
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("timeout awaiting response headers: %w", err)
+		return fmt.Errorf("%w: %w", errHeaderTimeout, err)
 	}
 	if mayBeStale && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
@@ -279,16 +362,19 @@ func (u *Upstream) connErr(ctx context.Context, err error, mayBeStale bool) erro
 
 // wrap hands the response to the caller with a body that returns c to the
 // pool once read to the end, or closes it.
-func (u *Upstream) wrap(hp *hostPool, c *upConn, req *http.Request, resp *http.Response) *http.Response {
+func (u *Upstream) wrap(hp *hostPool, c *upConn, req *http.Request, resp *http.Response, stop func() bool, limits TryLimits) *http.Response {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The connection now belongs to the upgrade (ReverseProxy needs an
-		// io.ReadWriteCloser body).
+		// io.ReadWriteCloser body); it closes when the request's context
+		// ends, as ReverseProxy arranges.
+		stop()
+		c.SetDeadline(time.Time{})
 		resp.Body = &upgradedConn{upConn: c}
 		return resp
 	}
 	reusable := !resp.Close && !req.Close && resp.ProtoAtLeast(1, 1) && (resp.ContentLength >= 0 || isChunked(resp) || !bodyAllowed(req, resp))
 	b := u.bufs.Get().(*upBody)
-	b.body, b.conn, b.hp, b.up, b.reusable = resp.Body, c, hp, u, reusable
+	b.body, b.conn, b.hp, b.up, b.reusable, b.stop, b.wait = resp.Body, c, hp, u, reusable, stop, limits.body()
 	resp.Body = b
 	return resp
 }
@@ -302,29 +388,46 @@ func bodyAllowed(req *http.Request, resp *http.Response) bool {
 }
 
 // upBody is a response body that recycles its connection: to the pool when
-// read to EOF and reusable, else closed. Close is called exactly once (by
-// ReverseProxy); upBody itself is pooled.
+// read to EOF and reusable, else closed. Each read that must wait on the
+// instance may wait TryLimits.Body; a stall fails with errBodyTimeout.
+// Read errors are kept in err for the caller's blame. upBody itself is
+// pooled: after the first Close it must not be used.
 type upBody struct {
 	body     io.ReadCloser
 	conn     *upConn
 	hp       *hostPool
 	up       *Upstream
+	stop     func() bool // detaches the request context's watch
+	wait     time.Duration
 	reusable bool
 	eof      bool
+	err      error // the first read error other than EOF
 }
 
 func (b *upBody) Read(p []byte) (int, error) {
+	if b.conn.br.Buffered() == 0 {
+		b.conn.SetReadDeadline(time.Now().Add(b.wait))
+	}
 	n, err := b.body.Read(p)
-	if err == io.EOF {
+	switch {
+	case err == io.EOF:
 		b.eof = true
+	case err != nil:
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", errBodyTimeout, err)
+		}
+		if b.err == nil {
+			b.err = err
+		}
 	}
 	return n, err
 }
 
 func (b *upBody) Close() error {
 	var err error
-	if b.eof && b.reusable && b.conn.br.Buffered() == 0 {
+	if b.stop() && b.eof && b.err == nil && b.reusable && b.conn.br.Buffered() == 0 {
 		err = b.body.Close()
+		b.conn.SetReadDeadline(time.Time{})
 		b.up.put(b.hp, b.conn)
 	} else {
 		// Close the connection first: closing an unread body would

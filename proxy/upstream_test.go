@@ -208,7 +208,7 @@ func TestUpstreamCancelAndTimeout(t *testing.T) {
 	if time.Since(start) > 5*time.Second {
 		t.Fatal("cancel did not interrupt the wait")
 	}
-	u.headerWait = 50 * time.Millisecond
+	u.defaults.Header = 50 * time.Millisecond
 	req, _ = http.NewRequest(http.MethodGet, s.URL, nil)
 	if _, err := u.RoundTrip(req); err == nil || !strings.Contains(err.Error(), "timeout awaiting response headers") {
 		t.Fatalf("header timeout: %v", err)

@@ -22,6 +22,7 @@ import (
 	"github.com/sluice-lb/sluice/discovery"
 	"github.com/sluice-lb/sluice/proxy"
 	"github.com/sluice-lb/sluice/proxy/admin"
+	"github.com/sluice-lb/sluice/proxy/h1"
 )
 
 // shutdownGrace bounds how long a stop waits for requests and connections
@@ -129,7 +130,7 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 	}
 
 	errLog := logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug})
-	var servers []*http.Server
+	var servers []server
 	var tcps []net.Listener
 	serveErr := make(chan error, len(lns))
 	var tcpWG sync.WaitGroup
@@ -168,9 +169,13 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 			for _, r := range l.Routes {
 				routes = append(routes, proxy.Route{Host: r.Host, PathPrefix: r.PathPrefix, Service: services[r.Service]})
 			}
-			srv := newServer(proxy.NewHTTPHandler(proxy.HTTPOptions{
-				Listener: l.Name, Routes: routes, Transport: transport, AccessLog: accessLog, Logger: logger.Named("http"),
-			}), errLog, l.IdleTimeout)
+			srv := &h1.Server{
+				Handler: proxy.NewHTTPHandler(proxy.HTTPOptions{
+					Listener: l.Name, Routes: routes, Transport: transport, AccessLog: accessLog, Logger: logger.Named("http"),
+				}),
+				IdleTimeout: l.IdleTimeout,
+				ErrorLog:    errLog,
+			}
 			servers = append(servers, srv)
 			go func() {
 				if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -224,6 +229,12 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 	wg.Wait()
 	logger.Info("stopped")
 	return runErr
+}
+
+// server is an HTTP server that shuts down gracefully.
+type server interface {
+	Shutdown(context.Context) error
+	Close() error
 }
 
 // newServer returns the HTTP server of a listener with sluice's client-side

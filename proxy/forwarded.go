@@ -1,0 +1,117 @@
+package proxy
+
+import (
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"strings"
+)
+
+// forwarding sets the X-Forwarded-* headers of outgoing requests and finds
+// the client address that ip_hash and source_ip stickiness use.
+//
+// From a peer that is not a trusted proxy, X-Forwarded-For is replaced by
+// the peer's address, X-Forwarded-Proto by the listener's scheme and
+// X-Forwarded-Host by the request's Host; what the client sent is dropped.
+// From a trusted peer, the peer's address is appended to X-Forwarded-For
+// and X-Forwarded-Proto and X-Forwarded-Host are kept when present. A
+// Forwarded header (RFC 7239) is always removed.
+//
+// The client address is the peer's, or behind trusted proxies the first
+// address in X-Forwarded-For, reading from the right, that is not a trusted
+// proxy; an entry that does not parse ends the walk at the hop that
+// reported it.
+type forwarding struct {
+	trusted []netip.Prefix
+}
+
+func (f *forwarding) trusts(a netip.Addr) bool {
+	for _, p := range f.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func peerAddr(remote string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(remote); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// set writes the forwarding headers of pr.Out (ReverseProxy has removed
+// the client's from it).
+func (f *forwarding) set(pr *httputil.ProxyRequest) {
+	in, out := pr.In, pr.Out
+	peer := peerAddr(in.RemoteAddr)
+	peerStr := ""
+	if peer.IsValid() {
+		peerStr = peer.String()
+	}
+	proto := "http"
+	if in.TLS != nil {
+		proto = "https"
+	}
+	host := in.Host
+	if peer.IsValid() && len(f.trusted) > 0 && f.trusts(peer) {
+		if prior := in.Header["X-Forwarded-For"]; len(prior) > 0 {
+			peerStr = strings.Join(prior, ", ") + ", " + peerStr
+		}
+		if v := in.Header["X-Forwarded-Proto"]; len(v) > 0 {
+			proto = v[0]
+		}
+		if v := in.Header["X-Forwarded-Host"]; len(v) > 0 {
+			host = v[0]
+		}
+	}
+	if peerStr != "" {
+		out.Header["X-Forwarded-For"] = []string{peerStr}
+	}
+	out.Header["X-Forwarded-Proto"] = []string{proto}
+	if host != "" {
+		out.Header["X-Forwarded-Host"] = []string{host}
+	}
+}
+
+// client returns the client address of an outgoing request whose
+// X-Forwarded-For set has written.
+func (f *forwarding) client(req *http.Request) netip.Addr {
+	peer := peerAddr(req.RemoteAddr)
+	if len(f.trusted) == 0 || !f.trusts(peer) {
+		return peer
+	}
+	client := peer
+	for _, line := range reverseLines(req.Header["X-Forwarded-For"]) {
+		for line != "" {
+			var hop string
+			if i := strings.LastIndexByte(line, ','); i >= 0 {
+				hop, line = line[i+1:], line[:i]
+			} else {
+				hop, line = line, ""
+			}
+			a, err := netip.ParseAddr(strings.TrimSpace(hop))
+			if err != nil {
+				return client
+			}
+			client = a.Unmap()
+			if !f.trusts(client) {
+				return client
+			}
+		}
+	}
+	return client
+}
+
+// reverseLines returns header lines last first; XFF set by set has one.
+func reverseLines(v []string) []string {
+	if len(v) <= 1 {
+		return v
+	}
+	r := make([]string, len(v))
+	for i, s := range v {
+		r[len(v)-1-i] = s
+	}
+	return r
+}

@@ -1,0 +1,550 @@
+// Package h1 is sluice's HTTP/1.1 server for client connections. It reads
+// request heads itself so that framing is strict (RFC 9112) and every phase
+// of a request has a timeout with a defined answer; connections that open
+// with the HTTP/2 preface are handed to net/http's h2c server.
+//
+// Handlers see standard *http.Request and http.ResponseWriter values; the
+// writer supports Flush, Hijack, 1xx answers and http.ResponseController.
+// The request context is cancelled when the client goes away (a read of the
+// idle connection returns EOF or an error) or when the handler returns. It
+// carries http.ServerContextKey, so httputil.ReverseProxy aborts (panics
+// with http.ErrAbortHandler) on a broken copy instead of ending the answer
+// as if it were whole; the server then drops the connection.
+package h1
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of Server's timeouts.
+const (
+	DefaultHeaderTimeout = 10 * time.Second
+	DefaultBodyTimeout   = 60 * time.Second
+	DefaultWriteTimeout  = 60 * time.Second
+	DefaultIdleTimeout   = 2 * time.Minute
+)
+
+// Server serves HTTP/1.1 (and h2c with prior knowledge) on a listener.
+// Fields must not change after Serve is called.
+type Server struct {
+	Handler http.Handler
+	// HeaderTimeout bounds the arrival of a whole request head, from the
+	// connection's accept or the request's first byte; on expiry the client
+	// gets 408 and the connection is closed. Default DefaultHeaderTimeout.
+	HeaderTimeout time.Duration
+	// BodyTimeout is the longest wait for a byte of a request body; on
+	// expiry the request fails with 408 (the client's fault) and the
+	// connection is closed. Default DefaultBodyTimeout.
+	BodyTimeout time.Duration
+	// WriteTimeout is the longest a write to the client may block (a client
+	// that stopped reading); on expiry the connection is closed. Default
+	// DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection that has no new request
+	// for this long, without an answer. Default DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request head (431 beyond it). Default
+	// DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
+	// ErrorLog receives handler panics and accept errors; nil: log's
+	// standard logger.
+	ErrorLog *log.Logger
+	// AcceptGate, when set, is called before each Accept; it may block
+	// while the process cannot serve new connections (out of file
+	// descriptors), leaving clients in the kernel's backlog.
+	AcceptGate func()
+	// AcceptError, when set, is told of every Accept error that is not the
+	// listener closing; the server then backs off (5 ms doubling to 1 s).
+	AcceptError func(error)
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	h2        *http.Server
+	h2ln      *chanListener
+	shutdown  atomic.Bool
+	inShut    chan struct{} // closed when Shutdown or Close starts
+	closeOnce sync.Once
+}
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = http.ErrServerClosed
+
+func (s *Server) headerTimeout() time.Duration {
+	return orDefault(s.HeaderTimeout, DefaultHeaderTimeout)
+}
+func (s *Server) bodyTimeout() time.Duration  { return orDefault(s.BodyTimeout, DefaultBodyTimeout) }
+func (s *Server) writeTimeout() time.Duration { return orDefault(s.WriteTimeout, DefaultWriteTimeout) }
+func (s *Server) idleTimeout() time.Duration  { return orDefault(s.IdleTimeout, DefaultIdleTimeout) }
+func (s *Server) shuttingDown() bool          { return s.shutdown.Load() }
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+func (s *Server) logf(format string, args ...any) {
+	if s.ErrorLog != nil {
+		s.ErrorLog.Printf(format, args...)
+	} else {
+		log.Printf(format, args...)
+	}
+}
+
+func (s *Server) init() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns != nil {
+		return
+	}
+	s.conns = map[*conn]struct{}{}
+	s.listeners = map[net.Listener]struct{}{}
+	s.inShut = make(chan struct{})
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	s.h2ln = newChanListener()
+	s.h2 = &http.Server{
+		Handler:           s.Handler,
+		ReadHeaderTimeout: s.headerTimeout(),
+		IdleTimeout:       s.idleTimeout(),
+		MaxHeaderBytes:    orInt(s.MaxHeaderBytes, DefaultMaxHeaderBytes),
+		ErrorLog:          s.ErrorLog,
+		Protocols:         &protocols,
+	}
+	go s.h2.Serve(s.h2ln)
+}
+
+func orInt(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+// Serve accepts connections on ln until it is closed or the server shuts
+// down, and returns ErrServerClosed after Shutdown or Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.init()
+	s.mu.Lock()
+	if s.shuttingDown() {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var delay time.Duration
+	for {
+		if s.AcceptGate != nil {
+			s.AcceptGate()
+		}
+		rwc, err := ln.Accept()
+		if err != nil {
+			if s.shuttingDown() {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			if s.AcceptError != nil {
+				s.AcceptError(err)
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.logf("h1: accept error: %v; retrying in %v", err, delay)
+			select {
+			case <-time.After(delay):
+			case <-s.inShut:
+			}
+			continue
+		}
+		delay = 0
+		c := s.newConn(rwc)
+		if c == nil {
+			rwc.Close()
+			continue
+		}
+		go c.serve()
+	}
+}
+
+func (s *Server) newConn(rwc net.Conn) *conn {
+	c := &conn{srv: s, rwc: rwc}
+	c.r = &connReader{c: c}
+	c.br = bufio.NewReaderSize(c.r, 4096)
+	c.bw = bufio.NewWriterSize(deadlineWriter{c}, 4096)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shuttingDown() {
+		return nil
+	}
+	s.conns[c] = struct{}{}
+	return c
+}
+
+// Shutdown stops accepting, closes idle connections, lets every request in
+// flight finish (its answer says Connection: close) and returns when all
+// connections are closed or ctx ends (then with ctx's error; the caller may
+// Close). h2c connections are shut down by net/http.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	s.beginShutdown()
+	h2err := make(chan error, 1)
+	go func() { h2err <- s.h2.Shutdown(ctx) }()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if s.closeIdle() == 0 {
+			return <-h2err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// Close closes the listeners and every connection at once.
+func (s *Server) Close() error {
+	s.init()
+	s.beginShutdown()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.rwc.Close()
+	}
+	s.mu.Unlock()
+	return s.h2.Close()
+}
+
+func (s *Server) beginShutdown() {
+	s.mu.Lock()
+	s.shutdown.Store(true)
+	s.closeOnce.Do(func() { close(s.inShut) })
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	s.h2ln.Close()
+}
+
+// closeIdle closes the connections waiting for a request and returns how
+// many connections remain.
+func (s *Server) closeIdle() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.idle.Load() {
+			c.rwc.Close()
+		}
+	}
+	return len(s.conns)
+}
+
+func (s *Server) forget(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// conn is one client connection. Its fields are used by the connection's
+// goroutine (and the handler it runs) only, except idle and the background
+// read in connReader.
+type conn struct {
+	srv      *Server
+	rwc      net.Conn
+	r        *connReader
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	w        *response // the answer in progress
+	idle     atomic.Bool
+	broken   bool // framing or a write failed: close after this request
+	hijacked bool
+}
+
+// deadlineWriter gives every write to the client WriteTimeout to make
+// progress.
+type deadlineWriter struct{ c *conn }
+
+func (d deadlineWriter) Write(p []byte) (int, error) {
+	d.c.rwc.SetWriteDeadline(time.Now().Add(d.c.srv.writeTimeout()))
+	return d.c.rwc.Write(p)
+}
+
+var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
+func (c *conn) serve() {
+	handedOff := false
+	defer func() {
+		if !c.hijacked && !handedOff {
+			c.rwc.Close()
+		}
+		c.srv.forget(c)
+	}()
+	s := c.srv
+	first := true
+	for {
+		start := time.Now()
+		if !first {
+			// Keep-alive: wait for the next request's first byte.
+			c.idle.Store(true)
+			if s.shuttingDown() {
+				return
+			}
+			c.rwc.SetReadDeadline(start.Add(s.idleTimeout()))
+			if _, err := c.br.Peek(1); err != nil {
+				return // closed, idle too long, or shut down: no answer
+			}
+			c.idle.Store(false)
+			start = time.Now()
+		}
+		c.rwc.SetReadDeadline(start.Add(s.headerTimeout()))
+		if first {
+			first = false
+			if b, err := c.br.Peek(1); err == nil && b[0] == 'P' && c.isH2Preface() {
+				handedOff = c.handOff(s)
+				return
+			}
+		}
+		h, err := readHead(c.br, orInt(s.MaxHeaderBytes, DefaultMaxHeaderBytes))
+		if err != nil {
+			c.refuse(err)
+			return
+		}
+		if !c.serveRequest(h) {
+			return
+		}
+	}
+}
+
+// isH2Preface reports whether the connection starts with the HTTP/2
+// client preface; it reads no further than needed to tell.
+func (c *conn) isH2Preface() bool {
+	b, err := c.br.Peek(len("PRI * HTTP/2.0"))
+	if err != nil || string(b) != string(h2Preface[:len(b)]) {
+		return false
+	}
+	b, err = c.br.Peek(len(h2Preface))
+	return err == nil && string(b) == string(h2Preface)
+}
+
+// handOff passes an h2c connection, with what was buffered, to net/http.
+func (c *conn) handOff(s *Server) bool {
+	buf, _ := c.br.Peek(c.br.Buffered())
+	pc := &hijackedConn{Conn: c.rwc, pending: append([]byte(nil), buf...)}
+	c.rwc.SetDeadline(time.Time{})
+	return s.h2ln.deliver(pc)
+}
+
+// refuse answers a head that could not be read: 408 on a timeout, the
+// *Error's status, or nothing when the client closed or the connection
+// failed before a whole head.
+func (c *conn) refuse(err error) {
+	var e *Error
+	switch {
+	case errors.As(err, &e):
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		e = &Error{Status: http.StatusRequestTimeout, Reason: "request header timeout", Close: true}
+	default:
+		return // EOF or a reset: nobody to answer
+	}
+	c.writeError(e)
+}
+
+// writeError writes a final answer for e with Connection: close.
+func (c *conn) writeError(e *Error) {
+	body := `{"error":"` + e.Reason + `"}` + "\n"
+	bw := c.bw
+	writeStatusLine(bw, e.Status)
+	bw.WriteString("Content-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: ")
+	bw.WriteString(strconv.Itoa(len(body)))
+	bw.WriteString("\r\n\r\n")
+	bw.WriteString(body)
+	bw.Flush()
+	// Let the answer reach the client before the close: a close with
+	// unread input would reset the connection and could discard it.
+	if tc, ok := c.rwc.(interface{ CloseWrite() error }); ok {
+		tc.CloseWrite()
+		c.rwc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		io.CopyN(io.Discard, c.rwc, 256<<10)
+	}
+}
+
+// serveRequest runs the handler for one request and reports whether the
+// connection may carry another.
+func (c *conn) serveRequest(h *head) (keep bool) {
+	s := c.srv
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), http.ServerContextKey, s.h2))
+	defer cancel()
+	req := h.req.WithContext(ctx)
+	req.RemoteAddr = c.rwc.RemoteAddr().String()
+	var b *body
+	switch {
+	case h.chunked:
+		b = &body{c: c, chunked: true, expect100: h.expect100}
+		req.Body = b
+	case h.contentLength > 0:
+		b = &body{c: c, remaining: h.contentLength, expect100: h.expect100}
+		req.Body = b
+	default:
+		req.Body = http.NoBody
+	}
+	w := &response{c: c, req: req, header: make(http.Header, 8), closeAfter: h.closeAfter}
+	c.w = w
+	c.r.cancel = cancel
+	if b == nil && !h.upgrade {
+		c.r.bodyDone()
+	}
+	aborted := c.runHandler(w, req)
+	c.r.abortPendingRead()
+	c.r.cancel = nil
+	if c.hijacked {
+		return false
+	}
+	if aborted {
+		// The answer is incomplete: dropping the connection is the only
+		// way to tell the client.
+		c.broken = true
+		return false
+	}
+	if b != nil && !b.done {
+		// Unread request body: its remains would be read as a request.
+		w.closeAfter = true
+	}
+	keep = w.finish()
+	c.w = nil
+	return keep && !c.r.clientGone.Load()
+}
+
+// runHandler calls the handler and reports whether it aborted (a panic;
+// http.ErrAbortHandler is not logged).
+func (c *conn) runHandler(w *response, req *http.Request) (aborted bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			aborted = true
+			if v != http.ErrAbortHandler {
+				buf := make([]byte, 64<<10)
+				buf = buf[:runtime.Stack(buf, false)]
+				c.srv.logf("h1: panic serving %v: %v\n%s", c.rwc.RemoteAddr(), v, buf)
+			}
+		}
+	}()
+	c.srv.Handler.ServeHTTP(w, req)
+	return false
+}
+
+// connReader is the reader under a conn's bufio.Reader. While the handler
+// runs and no request bytes remain to be read, a background read watches
+// the connection so that a client that goes away cancels its request at
+// once; a byte it reads (a pipelined request) is kept for the next read.
+type connReader struct {
+	c          *conn
+	cancel     context.CancelFunc // of the request in progress
+	hasByte    bool
+	byteBuf    [1]byte
+	bg         chan struct{} // non-nil while a background read runs
+	aborting   atomic.Bool
+	clientGone atomic.Bool
+}
+
+func (cr *connReader) Read(p []byte) (int, error) {
+	if cr.hasByte {
+		p[0] = cr.byteBuf[0]
+		cr.hasByte = false
+		return 1, nil
+	}
+	return cr.c.rwc.Read(p)
+}
+
+// bodyDone starts the background read when the request has been read
+// whole and nothing of a next request is buffered.
+func (cr *connReader) bodyDone() {
+	if cr.bg != nil || cr.hasByte || cr.c.br.Buffered() > 0 || cr.cancel == nil {
+		return
+	}
+	cr.c.rwc.SetReadDeadline(time.Time{})
+	cr.bg = make(chan struct{})
+	go cr.backgroundRead(cr.bg, cr.cancel)
+}
+
+func (cr *connReader) backgroundRead(done chan struct{}, cancel context.CancelFunc) {
+	defer close(done)
+	n, err := cr.c.rwc.Read(cr.byteBuf[:])
+	if n == 1 {
+		cr.hasByte = true
+	}
+	if err != nil && !cr.aborting.Load() {
+		cr.clientGone.Store(true)
+		cancel()
+	}
+}
+
+// abortPendingRead stops the background read and waits for it.
+func (cr *connReader) abortPendingRead() {
+	if cr.bg == nil {
+		return
+	}
+	cr.aborting.Store(true)
+	cr.c.rwc.SetReadDeadline(time.Unix(1, 0))
+	<-cr.bg
+	cr.bg = nil
+	cr.aborting.Store(false)
+	cr.c.rwc.SetReadDeadline(time.Time{})
+}
+
+// chanListener hands connections to net/http's h2c server.
+type chanListener struct {
+	ch     chan net.Conn
+	done   chan struct{}
+	once   sync.Once
+	addr   net.Addr
+	closed atomic.Bool
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{ch: make(chan net.Conn), done: make(chan struct{}), addr: &net.TCPAddr{}}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// deliver passes c to the h2c server; false when it is closed.
+func (l *chanListener) deliver(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
