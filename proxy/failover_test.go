@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluice-lb/sluice/balance"
+	"github.com/sluice-lb/sluice/proxy/h1"
 )
 
 // statusBackend answers every request with code after delay, counting requests.
@@ -33,11 +35,28 @@ func statusBackend(t *testing.T, name string, code int, delay time.Duration, hit
 	return s
 }
 
-func front(t *testing.T, svc ServiceOptions) *httptest.Server {
+// testFront is a proxy behind sluice's own HTTP/1.1 server (proxy/h1).
+type testFront struct{ URL string }
+
+func front(t *testing.T, svc ServiceOptions) *testFront {
 	t.Helper()
-	s := httptest.NewServer(NewHTTPHandler(HTTPOptions{Routes: []Route{{PathPrefix: "/", Service: svc}}}))
-	t.Cleanup(s.Close)
-	return s
+	return h1Front(t, HTTPOptions{Routes: []Route{{PathPrefix: "/", Service: svc}}})
+}
+
+// h1Front serves a proxy with opts on a loopback port with sluice's server.
+func h1Front(t *testing.T, opts HTTPOptions, tune ...func(*h1.Server)) *testFront {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &h1.Server{Handler: NewHTTPHandler(opts)}
+	for _, f := range tune {
+		f(s)
+	}
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Close() })
+	return &testFront{URL: "http://" + ln.Addr().String()}
 }
 
 func do(t *testing.T, method, url, body string) *http.Response {

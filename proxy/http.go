@@ -203,7 +203,10 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 		},
 		Transport:  bt,
 		BufferPool: buffers,
-		ErrorLog:   errLog,
+		// Bytes go to the client as they come from the instance; a small
+		// answer read in one piece is still one write.
+		FlushInterval: -1,
+		ErrorLog:      errLog,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			status := http.StatusBadGateway
 			abort := false

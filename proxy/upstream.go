@@ -12,6 +12,7 @@ import (
 	"net/textproto"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -101,6 +102,9 @@ type upConn struct {
 	idleAt time.Time
 	// writeWait is the progress deadline of each write (TryLimits.Header).
 	writeWait time.Duration
+	// cancelled is set when the request's context ended; deadlines set
+	// after it stay in the past (see setReadDeadline).
+	cancelled atomic.Bool
 	// budget is what may still be read while response headers are read;
 	// negative: no limit (bodies).
 	budget int64
@@ -138,8 +142,31 @@ func (l headerLimiter) Read(p []byte) (int, error) {
 type writeLimiter struct{ c *upConn }
 
 func (w writeLimiter) Write(p []byte) (int, error) {
-	w.c.Conn.SetWriteDeadline(time.Now().Add(w.c.writeWait))
-	return w.c.Conn.Write(p)
+	c := w.c
+	c.Conn.SetWriteDeadline(time.Now().Add(c.writeWait))
+	if c.cancelled.Load() {
+		c.Conn.SetWriteDeadline(pastDeadline)
+	}
+	return c.Conn.Write(p)
+}
+
+// pastDeadline interrupts any blocked read or write.
+var pastDeadline = time.Unix(1, 0)
+
+// cancel interrupts the exchange on c for good: the request's context
+// ended.
+func (c *upConn) cancel() {
+	c.cancelled.Store(true)
+	c.Conn.SetDeadline(pastDeadline)
+}
+
+// setReadDeadline sets a read deadline that a cancel, before or after,
+// always overrides.
+func (c *upConn) setReadDeadline(t time.Time) {
+	c.Conn.SetReadDeadline(t)
+	if c.cancelled.Load() {
+		c.Conn.SetReadDeadline(pastDeadline)
+	}
 }
 
 func (u *Upstream) pool(addr string) *hostPool {
@@ -298,8 +325,8 @@ func (u *Upstream) exchange(c *upConn, req *http.Request, limits TryLimits) (*ht
 	}
 	// Cancelling the request (client gone) interrupts any blocked read or
 	// write on the connection, until the body is closed.
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
-	c.SetReadDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, c.cancel)
+	c.setReadDeadline(time.Time{})
 	c.writeWait = limits.header()
 	if err := req.Write(c.bw); err != nil {
 		stop()
@@ -309,7 +336,7 @@ func (u *Upstream) exchange(c *upConn, req *http.Request, limits TryLimits) (*ht
 		stop()
 		return nil, nil, u.connErr(ctx, err, true)
 	}
-	c.SetReadDeadline(time.Now().Add(limits.header()))
+	c.setReadDeadline(time.Now().Add(limits.header()))
 	c.budget = maxResponseHeader
 	defer func() { c.budget = -1 }()
 	for interim := 0; ; interim++ {
@@ -335,7 +362,7 @@ func (u *Upstream) exchange(c *upConn, req *http.Request, limits TryLimits) (*ht
 			}
 			continue
 		}
-		c.SetReadDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 		return resp, stop, nil
 	}
 }
@@ -406,7 +433,7 @@ type upBody struct {
 
 func (b *upBody) Read(p []byte) (int, error) {
 	if b.conn.br.Buffered() == 0 {
-		b.conn.SetReadDeadline(time.Now().Add(b.wait))
+		b.conn.setReadDeadline(time.Now().Add(b.wait))
 	}
 	n, err := b.body.Read(p)
 	switch {

@@ -9,12 +9,14 @@
 // idle connection returns EOF or an error) or when the handler returns. It
 // carries http.ServerContextKey, so httputil.ReverseProxy aborts (panics
 // with http.ErrAbortHandler) on a broken copy instead of ending the answer
-// as if it were whole; the server then drops the connection.
+// as if it were whole; the server then drops the connection, or answers
+// 502 when nothing of the answer was written yet.
 package h1
 
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log"
@@ -371,7 +373,8 @@ func (c *conn) refuse(err error) {
 
 // writeError writes a final answer for e with Connection: close.
 func (c *conn) writeError(e *Error) {
-	body := `{"error":"` + e.Reason + `"}` + "\n"
+	reason, _ := json.Marshal(e.Reason)
+	body := `{"error":` + string(reason) + "}\n"
 	bw := c.bw
 	writeStatusLine(bw, e.Status)
 	bw.WriteString("Content-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: ")
@@ -420,9 +423,14 @@ func (c *conn) serveRequest(h *head) (keep bool) {
 		return false
 	}
 	if aborted {
-		// The answer is incomplete: dropping the connection is the only
-		// way to tell the client.
+		// A handler that aborts before its answer started gets a 502
+		// for it (sluice's handlers abort on a broken upstream answer),
+		// unless the client is gone; once the answer started, dropping
+		// the connection is the only way to tell the client.
 		c.broken = true
+		if !w.wrote && ctx.Err() == nil {
+			c.writeError(&Error{Status: http.StatusBadGateway, Reason: "upstream failed", Close: true})
+		}
 		return false
 	}
 	if b != nil && !b.done {
