@@ -28,6 +28,7 @@ package config
 import (
 	"errors"
 	"io/fs"
+	"net/netip"
 	"os"
 	"slices"
 	"time"
@@ -119,6 +120,26 @@ type Listener struct {
 	// keep-alive connection between requests, a TCP connection with no
 	// bytes either way. Default 2m.
 	IdleTimeout time.Duration
+	// RequestHeaderTimeout is how long an http listener waits for the
+	// whole head of a request (request line and headers), counted from
+	// the accept on a new connection and from the request's first byte on
+	// a kept-alive one; then it answers 408 and closes the connection.
+	// Default 10s; greater than 0. 0 for tcp listeners.
+	RequestHeaderTimeout time.Duration
+	// RequestBodyTimeout is how long an http listener waits for the next
+	// byte of a request body; then it answers 408 and closes the
+	// connection. Default 60s; greater than 0. 0 for tcp listeners.
+	RequestBodyTimeout time.Duration
+	// ResponseWriteTimeout is how long an http listener waits for a client
+	// that stopped reading to take the next byte of a response; then it
+	// closes the connection. Default 60s; greater than 0. 0 for tcp
+	// listeners.
+	ResponseWriteTimeout time.Duration
+	// TrustedProxies are the client addresses whose forwarding headers an
+	// http listener believes, written as CIDR prefixes ("10.0.0.0/8") or
+	// bare IP addresses (a /32 or /128 prefix). A prefix must have no bits
+	// set after its length. Default none; always nil for tcp listeners.
+	TrustedProxies []netip.Prefix
 	// Service receives all of a tcp listener's connections. Empty for http
 	// listeners.
 	Service string
@@ -157,6 +178,14 @@ type Service struct {
 	HealthCheck *HealthCheck
 	// Passive is nil when the service has no passive block.
 	Passive *Passive
+	// ResponseHeaderTimeout bounds the wait for an instance's response
+	// headers, from the moment the request body has been sent; the
+	// instance is blamed when it runs out. Default 60s; greater than 0.
+	ResponseHeaderTimeout time.Duration
+	// ResponseBodyTimeout is how long to wait for the next byte of an
+	// instance's response body; then the connection is closed and the
+	// instance blamed. Default 60s; greater than 0.
+	ResponseBodyTimeout time.Duration
 	// Retry is always set; without a retry block it holds the defaults.
 	Retry Retry
 }
@@ -205,6 +234,10 @@ type Passive struct {
 	// EjectionTime is how long an ejected instance stays out. Default 30s;
 	// greater than 0.
 	EjectionTime time.Duration
+	// MaxEjectionTime caps the ejection time, which doubles for each
+	// ejection that follows soon after the last. Default the larger of
+	// 300s and EjectionTime; when written, at least EjectionTime.
+	MaxEjectionTime time.Duration
 	// MaxEjectionPercent caps the share of a pool ejected at once.
 	// Default 50; 0 to 100.
 	MaxEjectionPercent int
