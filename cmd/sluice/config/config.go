@@ -23,10 +23,15 @@
 // reports every problem it finds, each with the source range of the
 // offending attribute value, block or label, and returns a Config only when
 // there are none. Expressions are evaluated without variables or functions.
+//
+// A file over MaxFileSize bytes, nested deeper than MaxNesting or with a
+// number literal longer than MaxNumberLength is refused before it is
+// parsed, so that hostile input cannot crash or stall the process.
 package config
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -256,8 +261,13 @@ type Retry struct {
 // Parse parses and validates src, which was read from filename (used only
 // in diagnostics). It returns every syntax error, or else every validation
 // error, in discovery order; FormatDiagnostics sorts them. The Config is nil
-// exactly when the diagnostics contain an error.
+// exactly when the diagnostics contain an error. A file beyond the limits
+// (MaxFileSize, MaxNesting, MaxNumberLength) yields only the diagnostics
+// about them.
 func Parse(filename string, src []byte, opts Options) (*Config, hcl.Diagnostics) {
+	if diags := prescan(filename, src); diags.HasErrors() {
+		return nil, diags
+	}
 	file, diags := hclsyntax.ParseConfig(src, filename, hcl.InitialPos)
 	if diags.HasErrors() {
 		return nil, diags
@@ -273,9 +283,10 @@ func Parse(filename string, src []byte, opts Options) (*Config, hcl.Diagnostics)
 
 // Load reads filename and parses it with Parse. A file that cannot be read
 // yields one error diagnostic with a nil Subject and a Context naming the
-// file.
+// file. At most MaxFileSize+1 bytes are read, so a larger file is refused
+// without reading all of it.
 func Load(filename string, opts Options) (*Config, hcl.Diagnostics) {
-	src, err := os.ReadFile(filename)
+	src, err := readAtMost(filename, MaxFileSize+1)
 	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
@@ -289,4 +300,14 @@ func Load(filename string, opts Options) (*Config, hcl.Diagnostics) {
 		}}
 	}
 	return Parse(filename, src, opts)
+}
+
+// readAtMost reads up to limit bytes of filename.
+func readAtMost(filename string, limit int64) ([]byte, error) {
+	f, err := os.Open(filename)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, limit))
 }
