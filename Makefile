@@ -8,7 +8,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 CONSUL_BIN ?= $(CURDIR)/bin/consul
 export CONSUL_BIN
 
-.PHONY: all build consul test unit e2e demo bench bench-balance bench-reaction vet clean
+.PHONY: all build consul test unit e2e demo bench bench-balance bench-reaction vet fuzz clean
 
 all: build
 
@@ -64,6 +64,20 @@ bench: build consul
 	$(GO) build -C e2e/bench -o ../../bin/bench .
 	bin/bench -sluice bin/sluice -consul "$(CONSUL_BIN)" $(BENCH_FLAGS)
 	$(MAKE) --no-print-directory bench-balance
+
+# Every fuzz target of every package (found with go test -list), one at a
+# time, each for FUZZTIME. New inputs that fail land in the package's
+# testdata/fuzz; the rest of the corpus stays in the Go build cache.
+FUZZTIME ?= 30s
+fuzz:
+	@list=$$($(GO) test -list '^Fuzz' ./...) || { echo "$$list"; exit 1; }; \
+	targets=$$(echo "$$list" | awk '/^Fuzz/ { names = names " " $$1; next } /^ok/ { n = split(names, a, " "); for (i = 1; i <= n; i++) print $$2 ":" a[i]; names = "" }'); \
+	test -n "$$targets" || { echo "no fuzz targets found" >&2; exit 1; }; \
+	for t in $$targets; do \
+	  pkg=$${t%%:*}; name=$${t#*:}; \
+	  echo "== $$name in $$pkg for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
 
 clean:
 	rm -rf bin/ results/

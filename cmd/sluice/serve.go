@@ -99,7 +99,8 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 		}
 		if pv := svc.Passive; pv != nil {
 			poolOpts.Passive = &balance.PassiveOptions{
-				ConsecutiveFailures: pv.ConsecutiveFailures, EjectionTime: pv.EjectionTime, MaxEjectionPercent: pv.MaxEjectionPercent,
+				ConsecutiveFailures: pv.ConsecutiveFailures, EjectionTime: pv.EjectionTime,
+				MaxEjectionTime: pv.MaxEjectionTime, MaxEjectionPercent: pv.MaxEjectionPercent,
 			}
 		}
 		pool := balance.NewPool(poolOpts)

@@ -23,11 +23,17 @@
 // reports every problem it finds, each with the source range of the
 // offending attribute value, block or label, and returns a Config only when
 // there are none. Expressions are evaluated without variables or functions.
+//
+// A file over MaxFileSize bytes, nested deeper than MaxNesting or with a
+// number literal longer than MaxNumberLength is refused before it is
+// parsed, so that hostile input cannot crash or stall the process.
 package config
 
 import (
 	"errors"
+	"io"
 	"io/fs"
+	"net/netip"
 	"os"
 	"slices"
 	"time"
@@ -119,6 +125,26 @@ type Listener struct {
 	// keep-alive connection between requests, a TCP connection with no
 	// bytes either way. Default 2m.
 	IdleTimeout time.Duration
+	// RequestHeaderTimeout is how long an http listener waits for the
+	// whole head of a request (request line and headers), counted from
+	// the accept on a new connection and from the request's first byte on
+	// a kept-alive one; then it answers 408 and closes the connection.
+	// Default 10s; greater than 0. 0 for tcp listeners.
+	RequestHeaderTimeout time.Duration
+	// RequestBodyTimeout is how long an http listener waits for the next
+	// byte of a request body; then it answers 408 and closes the
+	// connection. Default 60s; greater than 0. 0 for tcp listeners.
+	RequestBodyTimeout time.Duration
+	// ResponseWriteTimeout is how long an http listener waits for a client
+	// that stopped reading to take the next byte of a response; then it
+	// closes the connection. Default 60s; greater than 0. 0 for tcp
+	// listeners.
+	ResponseWriteTimeout time.Duration
+	// TrustedProxies are the client addresses whose forwarding headers an
+	// http listener believes, written as CIDR prefixes ("10.0.0.0/8") or
+	// bare IP addresses (a /32 or /128 prefix). A prefix must have no bits
+	// set after its length. Default none; always nil for tcp listeners.
+	TrustedProxies []netip.Prefix
 	// Service receives all of a tcp listener's connections. Empty for http
 	// listeners.
 	Service string
@@ -157,6 +183,14 @@ type Service struct {
 	HealthCheck *HealthCheck
 	// Passive is nil when the service has no passive block.
 	Passive *Passive
+	// ResponseHeaderTimeout bounds the wait for an instance's response
+	// headers, from the moment the request body has been sent; the
+	// instance is blamed when it runs out. Default 60s; greater than 0.
+	ResponseHeaderTimeout time.Duration
+	// ResponseBodyTimeout is how long to wait for the next byte of an
+	// instance's response body; then the connection is closed and the
+	// instance blamed. Default 60s; greater than 0.
+	ResponseBodyTimeout time.Duration
 	// Retry is always set; without a retry block it holds the defaults.
 	Retry Retry
 }
@@ -205,6 +239,10 @@ type Passive struct {
 	// EjectionTime is how long an ejected instance stays out. Default 30s;
 	// greater than 0.
 	EjectionTime time.Duration
+	// MaxEjectionTime caps the ejection time, which doubles for each
+	// ejection that follows soon after the last. Default the larger of
+	// 300s and EjectionTime; when written, at least EjectionTime.
+	MaxEjectionTime time.Duration
 	// MaxEjectionPercent caps the share of a pool ejected at once.
 	// Default 50; 0 to 100.
 	MaxEjectionPercent int
@@ -223,8 +261,13 @@ type Retry struct {
 // Parse parses and validates src, which was read from filename (used only
 // in diagnostics). It returns every syntax error, or else every validation
 // error, in discovery order; FormatDiagnostics sorts them. The Config is nil
-// exactly when the diagnostics contain an error.
+// exactly when the diagnostics contain an error. A file beyond the limits
+// (MaxFileSize, MaxNesting, MaxNumberLength) yields only the diagnostics
+// about them.
 func Parse(filename string, src []byte, opts Options) (*Config, hcl.Diagnostics) {
+	if diags := prescan(filename, src); diags.HasErrors() {
+		return nil, diags
+	}
 	file, diags := hclsyntax.ParseConfig(src, filename, hcl.InitialPos)
 	if diags.HasErrors() {
 		return nil, diags
@@ -240,9 +283,10 @@ func Parse(filename string, src []byte, opts Options) (*Config, hcl.Diagnostics)
 
 // Load reads filename and parses it with Parse. A file that cannot be read
 // yields one error diagnostic with a nil Subject and a Context naming the
-// file.
+// file. At most MaxFileSize+1 bytes are read, so a larger file is refused
+// without reading all of it.
 func Load(filename string, opts Options) (*Config, hcl.Diagnostics) {
-	src, err := os.ReadFile(filename)
+	src, err := readAtMost(filename, MaxFileSize+1)
 	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
@@ -256,4 +300,14 @@ func Load(filename string, opts Options) (*Config, hcl.Diagnostics) {
 		}}
 	}
 	return Parse(filename, src, opts)
+}
+
+// readAtMost reads up to limit bytes of filename.
+func readAtMost(filename string, limit int64) ([]byte, error) {
+	f, err := os.Open(filename)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, limit))
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -24,8 +25,13 @@ admin {
   address = "127.0.0.1:9901"
 }
 listener "public" {
-  address  = "127.0.0.1:8080"
-  protocol = "http"
+  address                = "127.0.0.1:8080"
+  protocol               = "http"
+  idle_timeout           = "2m"
+  request_header_timeout = "10s"
+  request_body_timeout   = "60s"
+  response_write_timeout = "60s"
+  trusted_proxies        = ["10.0.0.0/8", "127.0.0.1", "::1", "fd00::/8"]
   route "/" {
     service = "web"
   }
@@ -34,15 +40,18 @@ listener "public" {
   }
 }
 listener "db" {
-  address  = "127.0.0.1:5433"
-  protocol = "tcp"
-  service  = "postgres"
+  address      = "127.0.0.1:5433"
+  protocol     = "tcp"
+  service      = "postgres"
+  idle_timeout = "2m"
 }
 service "web" {
-  tag        = ""
-  strategy   = "weighted_round_robin"
-  weight_key = "weight"
-  slow_start = "0s"
+  tag                     = ""
+  strategy                = "weighted_round_robin"
+  weight_key              = "weight"
+  slow_start              = "0s"
+  response_header_timeout = "60s"
+  response_body_timeout   = "60s"
   sticky {
     mode   = "cookie"
     cookie = "sluice_web"
@@ -61,6 +70,7 @@ service "web" {
   passive {
     consecutive_failures = 5
     ejection_time        = "30s"
+    max_ejection_time    = "300s"
     max_ejection_percent = 50
   }
   retry {
@@ -103,6 +113,11 @@ func TestParseFullExample(t *testing.T) {
 				Name:     "public",
 				Address:  "127.0.0.1:8080",
 				Protocol: "http", IdleTimeout: 2 * time.Minute,
+				RequestHeaderTimeout: 10 * time.Second, RequestBodyTimeout: time.Minute, ResponseWriteTimeout: time.Minute,
+				TrustedProxies: []netip.Prefix{
+					netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("127.0.0.1/32"),
+					netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("fd00::/8"),
+				},
 				Routes: []Route{
 					{Host: "", PathPrefix: "/", Service: "web"},
 					{Host: "api.example.com", PathPrefix: "/v1", Service: "api"},
@@ -119,11 +134,13 @@ func TestParseFullExample(t *testing.T) {
 				HealthCheck: &HealthCheck{
 					Type: "http", Path: "/health", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3,
 				},
-				Passive: &Passive{ConsecutiveFailures: 5, EjectionTime: 30 * time.Second, MaxEjectionPercent: 50},
+				Passive: &Passive{ConsecutiveFailures: 5, EjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second, MaxEjectionPercent: 50},
 				Retry:   Retry{Attempts: 2},
+
+				ResponseHeaderTimeout: time.Minute, ResponseBodyTimeout: time.Minute,
 			},
-			"api":      {Name: "api", Strategy: "weighted_round_robin", WeightKey: "weight", Retry: Retry{Attempts: 2}},
-			"postgres": {Name: "postgres", Strategy: "weighted_round_robin", WeightKey: "weight", Retry: Retry{Attempts: 2}},
+			"api":      defaultsFor("api"),
+			"postgres": defaultsFor("postgres"),
 		},
 	}
 	assertConfig(t, want, have)
@@ -167,11 +184,10 @@ func TestParseMinimalGetsDefaults(t *testing.T) {
 					Name:     "public",
 					Address:  "127.0.0.1:8080",
 					Protocol: "http", IdleTimeout: 2 * time.Minute,
+					RequestHeaderTimeout: 10 * time.Second, RequestBodyTimeout: time.Minute, ResponseWriteTimeout: time.Minute,
 					Routes: []Route{{PathPrefix: "/", Service: "web"}},
 				}},
-				Services: map[string]*Service{
-					"web": {Name: "web", Strategy: "weighted_round_robin", WeightKey: "weight", Retry: Retry{Attempts: 2}},
-				},
+				Services: map[string]*Service{"web": defaultsFor("web")},
 			}
 			assertConfig(t, want, have)
 		})
@@ -206,8 +222,10 @@ service "db" {
 			WeightKey:   "weight",
 			Sticky:      &Sticky{Mode: "cookie", Cookie: "sluice_web", TTL: time.Hour},
 			HealthCheck: &HealthCheck{Type: "http", Path: "/health", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
-			Passive:     &Passive{ConsecutiveFailures: 5, EjectionTime: 30 * time.Second, MaxEjectionPercent: 50},
+			Passive:     &Passive{ConsecutiveFailures: 5, EjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second, MaxEjectionPercent: 50},
 			Retry:       Retry{Attempts: 2},
+
+			ResponseHeaderTimeout: time.Minute, ResponseBodyTimeout: time.Minute,
 		},
 		"db": {
 			Name:        "db",
@@ -216,6 +234,8 @@ service "db" {
 			Sticky:      &Sticky{Mode: "header", Cookie: "sluice_db", Header: "X-Session", TTL: time.Hour},
 			HealthCheck: &HealthCheck{Type: "tcp", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
 			Retry:       Retry{Attempts: 2},
+
+			ResponseHeaderTimeout: time.Minute, ResponseBodyTimeout: time.Minute,
 		},
 	}
 	if have := cfg.Services; !reflect.DeepEqual(want, have) {
@@ -441,6 +461,52 @@ func TestValidationErrors(t *testing.T) {
 		{"negative per-try timeout", serviceBlock("retry", `per_try_timeout = "-5s"`), nil,
 			"3,23", `per_try_timeout must not be negative`},
 
+		// Client-side HTTP limits.
+		{"zero request header timeout", listenerAttr(`request_header_timeout = "0s"`), nil,
+			"3,28", `Invalid request_header_timeout: request_header_timeout must be greater than 0; got "0s"`},
+		{"zero request body timeout", listenerAttr(`request_body_timeout = "0s"`), nil,
+			"3,26", `request_body_timeout must be greater than 0; got "0s"`},
+		{"negative response write timeout", listenerAttr(`response_write_timeout = "-1s"`), nil,
+			"3,28", `response_write_timeout must not be negative; got "-1s"`},
+		{"request header timeout on tcp", tcpListenerAttr(`request_header_timeout = "5s"`), nil,
+			"5,3", `Unexpected request_header_timeout: request_header_timeout is only valid in http listeners; "db" is a tcp listener`},
+		{"request body timeout on tcp", tcpListenerAttr(`request_body_timeout = "5s"`), nil,
+			"5,3", `request_body_timeout is only valid in http listeners`},
+		{"response write timeout on tcp", tcpListenerAttr(`response_write_timeout = "5s"`), nil,
+			"5,3", `response_write_timeout is only valid in http listeners`},
+		{"trusted proxies on tcp", tcpListenerAttr(`trusted_proxies = ["10.0.0.0/8"]`), nil,
+			"5,3", `trusted_proxies is only valid in http listeners`},
+		{"trusted proxies not a list", listenerAttr(`trusted_proxies = "10.0.0.0/8"`), nil,
+			"3,21", `Invalid trusted_proxies: trusted_proxies must be a list of CIDR strings such as ["10.0.0.0/8", "127.0.0.1"]; got string "10.0.0.0/8"`},
+		{"trusted proxies null", listenerAttr(`trusted_proxies = null`), nil,
+			"3,21", `trusted_proxies must be a list of CIDR strings such as ["10.0.0.0/8", "127.0.0.1"]; got null`},
+		{"trusted proxy not a string", listenerAttr(`trusted_proxies = ["10.0.0.0/8", 10]`), nil,
+			"3,36", `Invalid trusted_proxies: trusted_proxies element 2 must be a string; got number 10`},
+		{"trusted proxy not an address", listenerAttr(`trusted_proxies = ["10.0.0.0/8", "proxy.internal"]`), nil,
+			"3,36", `trusted_proxies element 2 must be an IP address or a CIDR prefix such as "10.0.0.0/8"; got "proxy.internal"`},
+		{"trusted proxy prefix too long", listenerAttr(`trusted_proxies = ["10.0.0.0/33"]`), nil,
+			"3,22", `trusted_proxies element 1 must be an IP address or a CIDR prefix such as "10.0.0.0/8"; got "10.0.0.0/33"`},
+		{"trusted proxy host bits", listenerAttr(`trusted_proxies = ["10.0.0.1/8"]`), nil,
+			"3,22", `trusted_proxies element 1 must have no bits set after the prefix length (10.0.0.0/8); got "10.0.0.1/8"`},
+		{"trusted proxy zone", listenerAttr(`trusted_proxies = ["fe80::1%eth0"]`), nil,
+			"3,22", `trusted_proxies element 1 must not have a zone; got "fe80::1%eth0"`},
+		{"trusted proxy mapped", listenerAttr(`trusted_proxies = ["::ffff:10.0.0.1"]`), nil,
+			"3,22", `trusted_proxies element 1 must be written as IPv4, not as an IPv4-mapped IPv6 address; got "::ffff:10.0.0.1"`},
+
+		// Service timeouts.
+		{"zero response header timeout", "service \"web\" {\n  response_header_timeout = \"0s\"\n}\n" + okListener, nil,
+			"2,29", `Invalid response_header_timeout: response_header_timeout must be greater than 0; got "0s"`},
+		{"zero response body timeout", "service \"web\" {\n  response_body_timeout = \"0s\"\n}\n" + okListener, nil,
+			"2,27", `response_body_timeout must be greater than 0; got "0s"`},
+		{"max ejection time below ejection time", serviceBlock("passive", "ejection_time     = \"60s\"\n    max_ejection_time = \"30s\""), nil,
+			"4,25", `Invalid max_ejection_time: max_ejection_time must not be shorter than ejection_time (1m0s); got "30s"`},
+		{"max ejection time below default ejection time", serviceBlock("passive", `max_ejection_time = "10s"`), nil,
+			"3,25", `max_ejection_time must not be shorter than ejection_time (30s); got "10s"`},
+		{"zero max ejection time", serviceBlock("passive", `max_ejection_time = "0s"`), nil,
+			"3,25", `max_ejection_time must be greater than 0; got "0s"`},
+		{"duration too large", serviceBlock("retry", `per_try_timeout = "3000000h"`), nil,
+			"3,23", `Invalid per_try_timeout: per_try_timeout must be at most 2562047h47m16.854775807s; got "3000000h"`},
+
 		// Integers.
 		{"rise 0", serviceBlock("health_check", "rise = 0"), nil,
 			"3,12", "Invalid rise: rise must be a whole number from 1 to 100; got 0"},
@@ -651,10 +717,29 @@ func listenerAddress(addr string) string {
 	return "listener \"ok\" {\n  address = \"" + addr + "\"\n  route \"/\" {\n    service = \"web\"\n  }\n}\n"
 }
 
+// listenerAttr is an http listener with attr on line 3, column 3.
+func listenerAttr(attr string) string {
+	return "listener \"ok\" {\n  address = \"127.0.0.1:8080\"\n  " + attr + "\n  route \"/\" {\n    service = \"web\"\n  }\n}\n"
+}
+
+// tcpListenerAttr is a tcp listener with attr on line 5, column 3.
+func tcpListenerAttr(attr string) string {
+	return "listener \"db\" {\n  address  = \"127.0.0.1:5433\"\n  protocol = \"tcp\"\n  service  = \"postgres\"\n  " + attr + "\n}\n"
+}
+
 // serviceBlock is service "web" holding block typ whose body (at line 3,
 // indented four spaces) is body, followed by okListener.
 func serviceBlock(typ, body string) string {
 	return "service \"web\" {\n  " + typ + " {\n    " + body + "\n  }\n}\n" + okListener
+}
+
+// defaultsFor is the policy of a service without a service block, written
+// out independently of the code under test.
+func defaultsFor(name string) *Service {
+	return &Service{
+		Name: name, Strategy: "weighted_round_robin", WeightKey: "weight", Retry: Retry{Attempts: 2},
+		ResponseHeaderTimeout: time.Minute, ResponseBodyTimeout: time.Minute,
+	}
 }
 
 func assertConfig(t *testing.T, want, have *Config) {
@@ -710,5 +795,79 @@ func TestListenerAccessLogAndIdleTimeout(t *testing.T) {
 `), Options{Getenv: func(string) string { return "" }})
 	if lines := FormatDiagnostics(diags); len(lines) != 1 || !strings.HasPrefix(lines[0], "b.hcl:3,") {
 		t.Fatalf("want one error on line 3, have %v", lines)
+	}
+}
+
+func TestClientAndInstanceTimeouts(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		src  string
+		want func(*Config) []any // want, have pairs
+	}{
+		{
+			name: "http listener written",
+			src: listenerAttr(`request_header_timeout = "5s"
+  request_body_timeout   = "30s"
+  response_write_timeout = "45s"
+  trusted_proxies        = ["192.168.0.0/16", "2001:db8::1"]`),
+			want: func(c *Config) []any {
+				l := c.Listeners[0]
+				return []any{
+					5 * time.Second, l.RequestHeaderTimeout,
+					30 * time.Second, l.RequestBodyTimeout,
+					45 * time.Second, l.ResponseWriteTimeout,
+					[]netip.Prefix{netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("2001:db8::1/128")}, l.TrustedProxies,
+				}
+			},
+		},
+		{
+			name: "empty trusted proxies",
+			src:  listenerAttr(`trusted_proxies = []`),
+			want: func(c *Config) []any { return []any{[]netip.Prefix(nil), c.Listeners[0].TrustedProxies} },
+		},
+		{
+			name: "tcp listener has none",
+			src:  tcpListenerAttr(""),
+			want: func(c *Config) []any {
+				l := c.Listeners[0]
+				return []any{
+					time.Duration(0), l.RequestHeaderTimeout,
+					time.Duration(0), l.RequestBodyTimeout,
+					time.Duration(0), l.ResponseWriteTimeout,
+					[]netip.Prefix(nil), l.TrustedProxies,
+				}
+			},
+		},
+		{
+			name: "service written",
+			src:  "service \"web\" {\n  response_header_timeout = \"2s\"\n  response_body_timeout = \"3s\"\n}\n" + okListener,
+			want: func(c *Config) []any {
+				s := c.Services["web"]
+				return []any{2 * time.Second, s.ResponseHeaderTimeout, 3 * time.Second, s.ResponseBodyTimeout}
+			},
+		},
+		{
+			name: "max ejection time follows a long ejection time",
+			src:  serviceBlock("passive", `ejection_time = "10m"`),
+			want: func(c *Config) []any { return []any{10 * time.Minute, c.Services["web"].Passive.MaxEjectionTime} },
+		},
+		{
+			name: "max ejection time equal to ejection time",
+			src:  serviceBlock("passive", "ejection_time     = \"1m\"\n    max_ejection_time = \"1m\""),
+			want: func(c *Config) []any { return []any{time.Minute, c.Services["web"].Passive.MaxEjectionTime} },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, diags := Parse("test.hcl", []byte(tc.src), Options{Getenv: env(nil)})
+			if diags.HasErrors() {
+				t.Fatalf("Parse: %v", FormatDiagnostics(diags))
+			}
+			pairs := tc.want(cfg)
+			for i := 0; i < len(pairs); i += 2 {
+				if want, have := pairs[i], pairs[i+1]; !reflect.DeepEqual(want, have) {
+					t.Errorf("field %d: want %v, have %v", i/2, want, have)
+				}
+			}
+		})
 	}
 }

@@ -16,6 +16,13 @@ const (
 	defaultAdminAddress  = "127.0.0.1:9901"
 	defaultStrategy      = "weighted_round_robin"
 	defaultIdleTimeout   = 2 * time.Minute
+
+	defaultRequestHeaderTimeout  = 10 * time.Second
+	defaultRequestBodyTimeout    = 60 * time.Second
+	defaultResponseWriteTimeout  = 60 * time.Second
+	defaultResponseHeaderTimeout = 60 * time.Second
+	defaultResponseBodyTimeout   = 60 * time.Second
+	defaultMaxEjectionTime       = 300 * time.Second
 )
 
 var (
@@ -34,14 +41,15 @@ var (
 		Attributes: attrs("address"),
 	}
 	listenerSchema = &hcl.BodySchema{
-		Attributes: attrs("address", "protocol", "service", "access_log", "idle_timeout"),
-		Blocks:     []hcl.BlockHeaderSchema{{Type: "route", LabelNames: []string{"prefix"}}},
+		Attributes: attrs("address", "protocol", "service", "access_log", "idle_timeout",
+			"request_header_timeout", "request_body_timeout", "response_write_timeout", "trusted_proxies"),
+		Blocks: []hcl.BlockHeaderSchema{{Type: "route", LabelNames: []string{"prefix"}}},
 	}
 	routeSchema = &hcl.BodySchema{
 		Attributes: attrs("service"),
 	}
 	serviceSchema = &hcl.BodySchema{
-		Attributes: attrs("tag", "strategy", "weight_key", "slow_start"),
+		Attributes: attrs("tag", "strategy", "weight_key", "slow_start", "response_header_timeout", "response_body_timeout"),
 		Blocks: []hcl.BlockHeaderSchema{
 			{Type: "sticky"},
 			{Type: "health_check"},
@@ -56,7 +64,7 @@ var (
 		Attributes: attrs("type", "path", "interval", "timeout", "rise", "fall"),
 	}
 	passiveSchema = &hcl.BodySchema{
-		Attributes: attrs("consecutive_failures", "ejection_time", "max_ejection_percent"),
+		Attributes: attrs("consecutive_failures", "ejection_time", "max_ejection_time", "max_ejection_percent"),
 	}
 	retrySchema = &hcl.BodySchema{
 		Attributes: attrs("attempts", "per_try_timeout"),
@@ -267,6 +275,25 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 	l.IdleTimeout = defaultIdleTimeout
 	d.duration(as, "idle_timeout", &l.IdleTimeout, positive)
 
+	// Client-side HTTP limits: defaults for http listeners, errors on tcp
+	// ones.
+	if isTCP {
+		for _, name := range []string{"request_header_timeout", "request_body_timeout", "response_write_timeout", "trusted_proxies"} {
+			if a := as[name]; a != nil {
+				d.errorf(a.NameRange, "Unexpected "+name,
+					"%s is only valid in http listeners; %q is a tcp listener", name, l.Name)
+			}
+		}
+	} else {
+		l.RequestHeaderTimeout = defaultRequestHeaderTimeout
+		l.RequestBodyTimeout = defaultRequestBodyTimeout
+		l.ResponseWriteTimeout = defaultResponseWriteTimeout
+		d.duration(as, "request_header_timeout", &l.RequestHeaderTimeout, positive)
+		d.duration(as, "request_body_timeout", &l.RequestBodyTimeout, positive)
+		d.duration(as, "response_write_timeout", &l.ResponseWriteTimeout, positive)
+		d.prefixes(as, "trusted_proxies", &l.TrustedProxies)
+	}
+
 	svc := as["service"]
 	switch {
 	case isHTTP && svc != nil:
@@ -289,13 +316,13 @@ func (d *decoder) route(b *hcl.Block, seen map[string]hcl.Range) (r Route, ok bo
 	slash := strings.IndexByte(label, '/')
 	if slash < 0 {
 		d.errorf(labelRange, "Invalid route",
-			`route label must be "[host]/path-prefix", such as "/" or "api.example.com/v1"; got %q`, label)
+			`route label must be "[host]/path-prefix", such as "/" or "api.example.com/v1"; got %s`, quote(label))
 		return r, false
 	}
 	r = Route{Host: strings.ToLower(label[:slash]), PathPrefix: label[slash:]}
 	if strings.ContainsAny(r.Host, "* \t") {
 		d.errorf(labelRange, "Invalid route",
-			"route host must be a literal host name without wildcards or spaces; got %q", label[:slash])
+			"route host must be a literal host name without wildcards or spaces; got %s", quote(label[:slash]))
 		return r, false
 	}
 	key := r.Host + r.PathPrefix
@@ -330,6 +357,9 @@ func defaultService(name string) *Service {
 		Strategy:  defaultStrategy,
 		WeightKey: "weight",
 		Retry:     Retry{Attempts: 2},
+
+		ResponseHeaderTimeout: defaultResponseHeaderTimeout,
+		ResponseBodyTimeout:   defaultResponseBodyTimeout,
 	}
 }
 
@@ -351,6 +381,8 @@ func (d *decoder) service(b *hcl.Block) *Service {
 	}
 	d.str(as, "weight_key", &s.WeightKey, nonEmpty)
 	d.duration(as, "slow_start", &s.SlowStart)
+	d.duration(as, "response_header_timeout", &s.ResponseHeaderTimeout, positive)
+	d.duration(as, "response_body_timeout", &s.ResponseBodyTimeout, positive)
 	s.Sticky = d.sticky(d.first(c.Blocks, "sticky"), name)
 	s.HealthCheck = d.healthCheck(d.first(c.Blocks, "health_check"))
 	s.Passive = d.passive(d.first(c.Blocks, "passive"))
@@ -436,7 +468,14 @@ func (d *decoder) passive(b *hcl.Block) *Passive {
 	p := &Passive{ConsecutiveFailures: 5, EjectionTime: 30 * time.Second, MaxEjectionPercent: 50}
 	as := d.content(b.Body, passiveSchema).Attributes
 	d.integer(as, "consecutive_failures", &p.ConsecutiveFailures, 1, 1000)
-	d.duration(as, "ejection_time", &p.EjectionTime, positive)
+	ejectionOK := d.duration(as, "ejection_time", &p.EjectionTime, positive)
+	p.MaxEjectionTime = max(defaultMaxEjectionTime, p.EjectionTime)
+	if a := as["max_ejection_time"]; a != nil {
+		if d.duration(as, "max_ejection_time", &p.MaxEjectionTime, positive) && ejectionOK && p.MaxEjectionTime < p.EjectionTime {
+			d.errorf(a.Expr.Range(), "Invalid max_ejection_time",
+				"max_ejection_time must not be shorter than ejection_time (%s); got %q", p.EjectionTime, p.MaxEjectionTime)
+		}
+	}
 	d.integer(as, "max_ejection_percent", &p.MaxEjectionPercent, 0, 100)
 	return p
 }

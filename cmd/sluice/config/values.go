@@ -2,12 +2,14 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"math/big"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
@@ -70,7 +72,7 @@ func (d *decoder) str(as hcl.Attributes, name string, dst *string, checks ...che
 		return a == nil
 	}
 	s := v.AsString()
-	if !runChecks(d, a, s, strconv.Quote(s), checks) {
+	if !runChecks(d, a, s, quote(s), checks) {
 		return false
 	}
 	*dst = s
@@ -96,7 +98,7 @@ func (d *decoder) integer(as hcl.Attributes, name string, dst *int, lo, hi int) 
 	bf := v.AsBigFloat()
 	n, acc := bf.Int64()
 	if !bf.IsInt() || acc != big.Exact || n < int64(lo) || n > int64(hi) {
-		d.invalid(a, fmt.Sprintf("must be a whole number from %d to %d", lo, hi), bf.Text('f', -1))
+		d.invalid(a, fmt.Sprintf("must be a whole number from %d to %d", lo, hi), formatNumber(bf))
 		return false
 	}
 	*dst = int(n)
@@ -110,9 +112,12 @@ func (d *decoder) duration(as hcl.Attributes, name string, dst *time.Duration, c
 		return a == nil
 	}
 	s := v.AsString()
-	got := strconv.Quote(s)
+	got := quote(s)
 	dur, err := time.ParseDuration(s)
 	switch {
+	case err != nil && durationSyntax(s):
+		d.invalid(a, "must be at most "+time.Duration(math.MaxInt64).String(), got)
+		return false
 	case err != nil:
 		d.invalid(a, `must be a duration string such as "2s"`, got)
 		return false
@@ -126,18 +131,171 @@ func (d *decoder) duration(as hcl.Attributes, name string, dst *time.Duration, c
 	return true
 }
 
+// prefixes decodes a list of IP prefixes written as CIDR strings
+// ("10.0.0.0/8") or bare IP addresses (a /32 or /128 prefix). Each element
+// is checked on its own and reported at its own range; the list is stored
+// only when every element is good. An empty list stores nil.
+func (d *decoder) prefixes(as hcl.Attributes, name string, dst *[]netip.Prefix) bool {
+	a := as[name]
+	if a == nil {
+		return true
+	}
+	const wantList = `must be a list of CIDR strings such as ["10.0.0.0/8", "127.0.0.1"]`
+	exprs, listDiags := hcl.ExprList(a.Expr)
+	if listDiags.HasErrors() {
+		// Not a list written out: evaluate it to say what it is.
+		v, diags := a.Expr.Value(nil)
+		d.diags = append(d.diags, diags...)
+		if !diags.HasErrors() {
+			got := "null"
+			if !v.IsNull() {
+				got = describe(v)
+			}
+			d.invalid(a, wantList, got)
+		}
+		return false
+	}
+	var ps []netip.Prefix
+	ok := true
+	for i, e := range exprs {
+		v, diags := e.Value(nil)
+		d.diags = append(d.diags, diags...)
+		problem, got := "", ""
+		switch {
+		case diags.HasErrors() || !v.IsWhollyKnown():
+			ok = false
+			continue
+		case v.IsNull():
+			problem, got = "must be a string", "null"
+		case !v.Type().Equals(cty.String):
+			problem, got = "must be a string", describe(v)
+		default:
+			s := v.AsString()
+			p, prob := parsePrefix(s)
+			if prob == "" {
+				ps = append(ps, p)
+				continue
+			}
+			problem, got = prob, quote(s)
+		}
+		ok = false
+		d.errorf(e.Range(), "Invalid "+name, "%s element %d %s; got %s", name, i+1, problem, got)
+	}
+	if ok {
+		*dst = ps
+	}
+	return ok
+}
+
+// parsePrefix parses "ADDR/BITS" or a bare address, returning the problem
+// otherwise. It refuses zones, IPv4-mapped IPv6 addresses (clients show up
+// as plain IPv4) and bits set after the prefix length, which usually mean a
+// typing mistake that would trust more addresses than meant.
+func parsePrefix(s string) (netip.Prefix, string) {
+	const syntax = `must be an IP address or a CIDR prefix such as "10.0.0.0/8"`
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return p, syntax
+		}
+	} else {
+		addr, err := netip.ParseAddr(s)
+		if err != nil {
+			return p, syntax
+		}
+		if addr.Zone() != "" {
+			return p, "must not have a zone"
+		}
+		p = netip.PrefixFrom(addr, addr.BitLen())
+	}
+	if p.Addr().Is4In6() {
+		return p, "must be written as IPv4, not as an IPv4-mapped IPv6 address"
+	}
+	if m := p.Masked(); m != p {
+		return p, fmt.Sprintf("must have no bits set after the prefix length (%s)", m)
+	}
+	return p, ""
+}
+
 // describe renders a value of the wrong type for a diagnostic.
 func describe(v cty.Value) string {
 	switch ty := v.Type(); {
 	case ty == cty.String:
-		return "string " + strconv.Quote(v.AsString())
+		return "string " + quote(v.AsString())
 	case ty == cty.Number:
-		return "number " + v.AsBigFloat().Text('f', -1)
+		return "number " + formatNumber(v.AsBigFloat())
 	case ty == cty.Bool:
 		return fmt.Sprintf("bool %t", v.True())
 	default:
 		return ty.FriendlyName()
 	}
+}
+
+// maxQuoted is the most bytes of a string value that a diagnostic repeats.
+const maxQuoted = 64
+
+// quote renders s for a diagnostic, Go-quoted and cut after maxQuoted bytes
+// (at a character boundary) with "..." after the closing quote.
+func quote(s string) string {
+	if len(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	cut := maxQuoted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + "..."
+}
+
+// formatNumber renders f for a diagnostic in a few characters and little
+// time: whole numbers up to 2^64 and other values from 2^-64 to 2^64 in
+// full, anything further from 0 or closer to it by its decimal magnitude
+// ("a number of about 10^400000"), since writing it out could take
+// seconds and megabytes.
+func formatNumber(f *big.Float) string {
+	if f.IsInf() || f.Sign() == 0 {
+		return f.Text('g', -1)
+	}
+	exp := f.MantExp(nil) // |f| is in [2^(exp-1), 2^exp)
+	if -64 <= exp && exp <= 64 {
+		if s := f.Text('f', -1); len(s) <= 40 {
+			return s
+		}
+		return f.Text('g', 10)
+	}
+	sign := ""
+	if f.Sign() < 0 {
+		sign = "-"
+	}
+	return fmt.Sprintf("a number of about %s10^%d", sign, int(math.Round((float64(exp)-0.5)*math.Log10(2))))
+}
+
+// durationSyntax reports whether s has the form of a Go duration, so that
+// time.ParseDuration failing on it means it is too large.
+func durationSyntax(s string) bool {
+	s = strings.TrimPrefix(s, "+")
+	if s == "" {
+		return false
+	}
+	for s != "" {
+		n := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+		if n <= 0 || strings.Count(s[:n], ".") > 1 || s[:n] == "." {
+			return false
+		}
+		s = s[n:]
+		unit := len(s)
+		if i := strings.IndexAny(s, "0123456789."); i >= 0 {
+			unit = i
+		}
+		switch s[:unit] {
+		case "ns", "us", "µs", "μs", "ms", "s", "m", "h":
+		default:
+			return false
+		}
+		s = s[unit:]
+	}
+	return true
 }
 
 // oneOf accepts exactly the allowed strings.
