@@ -92,9 +92,10 @@ type Options struct {
 type Watcher struct {
 	h    HealthAPI
 	opts Options
-	// warned holds "id\x00source\x00value" of bad weights already logged,
-	// pruned to the instances of the latest answer.
-	warned map[string]bool
+	// warned holds the keys of the problems logged for the previous
+	// answer, current those of the answer being converted (see warnOnce).
+	// Both are used by the Run goroutine only.
+	warned, current map[string]bool
 }
 
 // NewWatcher returns a watcher of opts.Service over h.
@@ -219,6 +220,8 @@ func nextBackoff(prev, lo, hi time.Duration) time.Duration {
 
 // instances converts a Consul answer into a sorted, unique-ID set.
 func (w *Watcher) instances(entries []*api.ServiceEntry) []Instance {
+	w.current = map[string]bool{}
+	defer func() { w.warned, w.current = w.current, nil }()
 	out := make([]Instance, 0, len(entries))
 	count := map[string]int{}
 	for _, e := range entries {
@@ -227,7 +230,6 @@ func (w *Watcher) instances(entries []*api.ServiceEntry) []Instance {
 		}
 		count[e.Service.ID]++
 	}
-	seen := make(map[string]bool, len(entries))
 	for _, e := range entries {
 		if e == nil || e.Service == nil {
 			continue
@@ -253,13 +255,7 @@ func (w *Watcher) instances(entries []*api.ServiceEntry) []Instance {
 			in.ID = in.Node + "/" + in.ID
 		}
 		in.Weight = w.weight(in, e.Service.Weights)
-		seen[in.ID] = true
 		out = append(out, in)
-	}
-	for k := range w.warned {
-		if id, _, _ := strings.Cut(k, "\x00"); !seen[id] {
-			delete(w.warned, k)
-		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
@@ -288,21 +284,22 @@ func aggregateHealth(checks api.HealthChecks) Health {
 	return h
 }
 
-// weight resolves an instance weight: service meta[WeightKey], else a tag
-// "weight=N", else Consul's Weights (Warning when the instance is warning),
-// else 1. An invalid meta or tag value is logged once and falls through.
+// weight resolves an instance weight: service meta[WeightKey], else the
+// first valid tag "weight=N" (invalid ones are skipped, later valid ones
+// ignored), else Consul's Weights (Warning when the instance is warning),
+// else 1. An invalid meta or tag value is logged once per (instance,
+// source, value) and falls through.
 func (w *Watcher) weight(in Instance, weights api.AgentWeights) int {
 	if v, ok := in.Meta[w.opts.WeightKey]; ok {
-		if n, ok := w.parseWeight(in.ID, "meta "+w.opts.WeightKey, v); ok {
+		if n, ok := w.checkWeight(in.ID, "meta "+w.opts.WeightKey, v); ok {
 			return n
 		}
 	}
 	for _, t := range in.Tags {
 		if v, ok := strings.CutPrefix(t, "weight="); ok {
-			if n, ok := w.parseWeight(in.ID, "tag weight", v); ok {
+			if n, ok := w.checkWeight(in.ID, "tag weight", v); ok {
 				return n
 			}
-			break
 		}
 	}
 	cw := weights.Passing
@@ -315,18 +312,48 @@ func (w *Watcher) weight(in Instance, weights api.AgentWeights) int {
 	return 1
 }
 
-// parseWeight accepts a whole number in MinWeight..MaxWeight; anything else
-// is logged once per (instance, source, value).
-func (w *Watcher) parseWeight(id, source, v string) (int, bool) {
-	n, err := strconv.Atoi(strings.TrimSpace(v))
-	if err == nil && n >= MinWeight && n <= MaxWeight {
-		return n, true
+// checkWeight parses a weight and logs a bad one once per (instance,
+// source, value) while Consul keeps reporting it.
+func (w *Watcher) checkWeight(id, source, v string) (int, bool) {
+	n, ok := parseWeight(v)
+	if !ok {
+		w.warnOnce(id+"\x00"+source+"\x00"+v, "invalid instance weight, falling back", "service", w.opts.Service,
+			"instance", id, "key", source, "value", v, "valid", "decimal 1-10000 without sign, spaces or leading zeros")
 	}
-	key := id + "\x00" + source + "\x00" + v
-	if !w.warned[key] {
-		w.warned[key] = true
-		w.opts.Logger.Warn("invalid instance weight, falling back", "service", w.opts.Service,
-			"instance", id, "key", source, "value", v, "valid", "whole number 1-10000")
+	return n, ok
+}
+
+// maxWeightDigits is the length of the longest valid weight.
+var maxWeightDigits = len(strconv.Itoa(MaxWeight))
+
+// parseWeight accepts exactly the canonical decimal form of an integer in
+// MinWeight..MaxWeight: ASCII digits only, no sign, space, leading zero,
+// base prefix or underscore. It never allocates.
+func parseWeight(v string) (int, bool) {
+	if len(v) == 0 || len(v) > maxWeightDigits || v[0] == '0' {
+		return 0, false
 	}
-	return 0, false
+	n := 0
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	if n < MinWeight || n > MaxWeight {
+		return 0, false
+	}
+	return n, true
+}
+
+// warnOnce logs msg unless key was logged for the previous answer; keys
+// not seen again in the current answer are forgotten, so a problem that
+// goes away and comes back is logged again and the set stays bounded by
+// Consul's answer.
+func (w *Watcher) warnOnce(key, msg string, args ...any) {
+	if !w.warned[key] && !w.current[key] {
+		w.opts.Logger.Warn(msg, args...)
+	}
+	w.current[key] = true
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -298,6 +299,18 @@ func TestWeightRules(t *testing.T) {
 		{"meta fraction", map[string]string{"weight": "2.5"}, nil, api.AgentWeights{}, "", 1, 1},
 		{"meta too big", map[string]string{"weight": "99999"}, nil, api.AgentWeights{}, "", 1, 1},
 		{"meta and tag bad", map[string]string{"weight": "x"}, []string{"weight=y"}, api.AgentWeights{}, "", 1, 2},
+		{"meta leading zero", map[string]string{"weight": "07"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta plus sign", map[string]string{"weight": "+7"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta spaces", map[string]string{"weight": " 7 "}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta hex", map[string]string{"weight": "0x10"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta underscore", map[string]string{"weight": "1_000"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta empty", map[string]string{"weight": ""}, nil, api.AgentWeights{Passing: 4}, "", 4, 1},
+		{"meta non-ASCII digit", map[string]string{"weight": "٣"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"bad tag skipped for a later valid one", nil, []string{"weight=x", "weight=6"}, api.AgentWeights{}, "", 6, 1},
+		{"first valid tag wins", nil, []string{"weight=6", "weight=8", "weight=x"}, api.AgentWeights{}, "", 6, 0},
+		{"every bad tag logged", nil, []string{"weight=x", "weight=y", "weight=09"}, api.AgentWeights{Passing: 3}, "", 3, 3},
+		{"same bad tag twice logged once", nil, []string{"weight=x", "weight=x"}, api.AgentWeights{}, "", 1, 1},
+		{"meta valid, bad tag not read", map[string]string{"weight": "2"}, []string{"weight=x"}, api.AgentWeights{}, "", 2, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			logs := &syncBuffer{}
@@ -360,4 +373,65 @@ func TestInstanceConversion(t *testing.T) {
 	if ins[1].Node != "n1" || ins[1].Health != HealthPassing {
 		t.Errorf("node/health: %+v", ins[1])
 	}
+}
+
+func TestParseWeight(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"1", 1, true},
+		{"42", 42, true},
+		{"10000", 10000, true},
+		{"0", 0, false},
+		{"00", 0, false},
+		{"01", 0, false},
+		{"10001", 0, false},
+		{"99999", 0, false},
+		{"100000", 0, false},
+		{"", 0, false},
+		{"-1", 0, false},
+		{"+1", 0, false},
+		{" 1", 0, false},
+		{"1 ", 0, false},
+		{"1\n", 0, false},
+		{"0x1", 0, false},
+		{"1_0", 0, false},
+		{"1e3", 0, false},
+		{"1.0", 0, false},
+		{"\u0661", 0, false}, // ARABIC-INDIC DIGIT ONE
+		{"\uff11", 0, false}, // FULLWIDTH DIGIT ONE
+	} {
+		have, ok := parseWeight(tc.in)
+		if have != tc.want || ok != tc.ok {
+			t.Errorf("parseWeight(%q): want %d %v, have %d %v", tc.in, tc.want, tc.ok, have, ok)
+		}
+	}
+}
+
+// FuzzParseWeight checks that parseWeight accepts a value iff it is the
+// canonical decimal form (strconv.Itoa) of an integer in MinWeight..MaxWeight.
+func FuzzParseWeight(f *testing.F) {
+	for _, s := range []string{
+		"1", "7", "10", "9999", "10000", "10001", "0", "00", "007", "-0", "-1", "+1",
+		" 1", "1 ", "\t1", "0x10", "0b1", "0o7", "1_000", "1e3", "1.", "", "\u0661",
+		"99999999999999999999", "-9223372036854775808",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		have, ok := parseWeight(s)
+		n, err := strconv.Atoi(s)
+		want := err == nil && n >= MinWeight && n <= MaxWeight && strconv.Itoa(n) == s
+		if ok != want {
+			t.Fatalf("parseWeight(%q): want ok=%v, have ok=%v (%d)", s, want, ok, have)
+		}
+		if ok && have != n {
+			t.Fatalf("parseWeight(%q): want %d, have %d", s, n, have)
+		}
+		if !ok && have != 0 {
+			t.Fatalf("parseWeight(%q): rejected with value %d", s, have)
+		}
+	})
 }
