@@ -11,6 +11,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,15 +42,20 @@ const (
 type Instance struct {
 	ID      string // Consul service ID; "<node>/<id>" when several nodes carry the same ID
 	Node    string
-	Address string // Service.Address, else Node.Address
+	Address string // Service.Address, else Node.Address; as Consul sent it
 	Port    int
 	Tags    []string
 	Meta    map[string]string
 	Health  Health
 	Weight  int // MinWeight..MaxWeight
+	// Invalid, when not "", says why the instance cannot be dialled: its
+	// address is empty, not an IP address nor a hostname, or its port is
+	// outside 1-65535. The instance stays in the set so that operators
+	// see it, and must never be picked.
+	Invalid string
 }
 
-// HostPort returns the address to dial.
+// HostPort returns the address to dial (meaningless when Invalid is set).
 func (i Instance) HostPort() string { return net.JoinHostPort(i.Address, strconv.Itoa(i.Port)) }
 
 // Update is one event of a watcher: a full set or an error.
@@ -255,10 +261,67 @@ func (w *Watcher) instances(entries []*api.ServiceEntry) []Instance {
 			in.ID = in.Node + "/" + in.ID
 		}
 		in.Weight = w.weight(in, e.Service.Weights)
+		if in.Invalid = checkAddress(in.Address, in.Port); in.Invalid != "" {
+			w.warnOnce(in.ID+"\x00address\x00"+in.HostPort(), "invalid instance address, not used", "service", w.opts.Service,
+				"instance", in.ID, "address", in.Address, "port", in.Port, "reason", in.Invalid)
+		}
 		out = append(out, in)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
+}
+
+// checkAddress returns why a host and port taken from Consul cannot be
+// dialled, or "". The host must be an IP address without a zone (a zone
+// names an interface of the node that registered it, not of ours) and not
+// unspecified (0.0.0.0 or ::, which would reach this host, not the
+// instance's), or a syntactically valid hostname (see isHostname).
+func checkAddress(host string, port int) string {
+	if host == "" {
+		return "no address"
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		switch {
+		case ip.Zone() != "":
+			return "IP address with a zone"
+		case ip.IsUnspecified():
+			return "unspecified IP address"
+		}
+	} else if !isHostname(host) {
+		return "address is neither an IP address nor a hostname"
+	}
+	if port < 1 || port > 65535 {
+		return "port outside 1-65535"
+	}
+	return ""
+}
+
+// isHostname reports whether s is a hostname as Go's resolver accepts it:
+// dot-separated labels of 1-63 letters, digits, '-' and '_', no label
+// starting or ending with '-', at most 253 characters plus an optional
+// final dot, and not made of digits and dots only (so that no string is
+// read as an IP address by one resolver and as a name by another).
+func isHostname(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	numeric := true
+	for _, label := range strings.Split(s, ".") {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			switch c := label[i]; {
+			case c >= '0' && c <= '9':
+			case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '-', c == '_':
+				numeric = false
+			default:
+				return false
+			}
+		}
+	}
+	return !numeric
 }
 
 // aggregateHealth folds node and service checks: maintenance wins, then

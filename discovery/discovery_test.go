@@ -435,3 +435,95 @@ func FuzzParseWeight(f *testing.F) {
 		}
 	})
 }
+
+func TestAddressRules(t *testing.T) {
+	long := func(n int) string { return strings.Repeat("a", n) }
+	for _, tc := range []struct {
+		name              string
+		svcAddr, nodeAddr string
+		port              int
+		wantAddr          string // Instance.Address
+		wantInvalid       string
+	}{
+		{"ipv4", "10.1.2.3", "10.0.0.1", 80, "10.1.2.3", ""},
+		{"ipv6", "2001:db8::1", "10.0.0.1", 80, "2001:db8::1", ""},
+		{"ipv4-mapped ipv6", "::ffff:10.1.2.3", "10.0.0.1", 80, "::ffff:10.1.2.3", ""},
+		{"loopback", "127.0.0.1", "", 80, "127.0.0.1", ""},
+		{"hostname", "web-1.service.consul", "10.0.0.1", 80, "web-1.service.consul", ""},
+		{"hostname with final dot", "db.example.", "", 80, "db.example.", ""},
+		{"hostname with underscore", "my_service", "", 80, "my_service", ""},
+		{"hostname of 253", strings.Repeat(long(63)+".", 3) + long(61), "", 80, strings.Repeat(long(63)+".", 3) + long(61), ""},
+		{"node address fallback", "", "10.0.0.9", 80, "10.0.0.9", ""},
+		{"lowest port", "10.1.2.3", "", 1, "10.1.2.3", ""},
+		{"highest port", "10.1.2.3", "", 65535, "10.1.2.3", ""},
+		{"no address", "", "", 80, "", "no address"},
+		{"bad service address does not fall back", "not an address", "10.0.0.1", 80, "not an address", "address is neither an IP address nor a hostname"},
+		{"host:port", "10.1.2.3:80", "", 80, "10.1.2.3:80", "address is neither an IP address nor a hostname"},
+		{"bracketed ipv6", "[::1]", "", 80, "[::1]", "address is neither an IP address nor a hostname"},
+		{"ipv6 zone", "fe80::1%eth0", "", 80, "fe80::1%eth0", "IP address with a zone"},
+		{"unspecified ipv4", "0.0.0.0", "", 80, "0.0.0.0", "unspecified IP address"},
+		{"unspecified ipv6", "::", "", 80, "::", "unspecified IP address"},
+		{"octet out of range", "300.1.1.1", "", 80, "300.1.1.1", "address is neither an IP address nor a hostname"},
+		{"octet with leading zero", "010.1.1.1", "", 80, "010.1.1.1", "address is neither an IP address nor a hostname"},
+		{"digits only", "167772161", "", 80, "167772161", "address is neither an IP address nor a hostname"},
+		{"label starts with dash", "-web", "", 80, "-web", "address is neither an IP address nor a hostname"},
+		{"label ends with dash", "web-.example", "", 80, "web-.example", "address is neither an IP address nor a hostname"},
+		{"empty label", "a..b", "", 80, "a..b", "address is neither an IP address nor a hostname"},
+		{"leading dot", ".web", "", 80, ".web", "address is neither an IP address nor a hostname"},
+		{"root only", ".", "", 80, ".", "address is neither an IP address nor a hostname"},
+		{"label of 64", long(64) + ".example", "", 80, long(64) + ".example", "address is neither an IP address nor a hostname"},
+		{"hostname of 254", strings.Repeat(long(63)+".", 3) + long(62), "", 80, strings.Repeat(long(63)+".", 3) + long(62), "address is neither an IP address nor a hostname"},
+		{"space", "web 1", "", 80, "web 1", "address is neither an IP address nor a hostname"},
+		{"newline", "web\nx", "", 80, "web\nx", "address is neither an IP address nor a hostname"},
+		{"unicode", "bücher.example", "", 80, "bücher.example", "address is neither an IP address nor a hostname"},
+		{"url", "http://web", "", 80, "http://web", "address is neither an IP address nor a hostname"},
+		{"port 0", "10.1.2.3", "", 0, "10.1.2.3", "port outside 1-65535"},
+		{"port too big", "10.1.2.3", "", 65536, "10.1.2.3", "port outside 1-65535"},
+		{"negative port", "10.1.2.3", "", -1, "10.1.2.3", "port outside 1-65535"},
+		{"bad address and port: address first", "", "", 0, "", "no address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := &syncBuffer{}
+			w := NewWatcher(nil, Options{Service: "web", Logger: hclog.New(&hclog.LoggerOptions{Output: logs})})
+			e := entry("web-1", "n1", tc.svcAddr, tc.port)
+			e.Node.Address = tc.nodeAddr
+			ins := w.instances([]*api.ServiceEntry{e})
+			if len(ins) != 1 {
+				t.Fatalf("want the instance listed, have %+v", ins)
+			}
+			if have := ins[0]; have.Address != tc.wantAddr || have.Invalid != tc.wantInvalid {
+				t.Fatalf("want address %q invalid %q, have %q %q", tc.wantAddr, tc.wantInvalid, have.Address, have.Invalid)
+			}
+			if have, want := strings.Count(logs.String(), "invalid instance address"), min(len(tc.wantInvalid), 1); have != want {
+				t.Fatalf("want %d warnings, have %d: %s", want, have, logs.String())
+			}
+		})
+	}
+}
+
+func TestInvalidInstanceLoggedOnce(t *testing.T) {
+	h := start(t, Options{})
+	good, bad := entry("web-1", "n1", "10.1.2.3", 80), entry("web-2", "n1", "10.1.2.4", 0)
+	for i, a := range []answer{
+		{index: 2, entries: []*api.ServiceEntry{good, bad}},
+		{index: 3, entries: []*api.ServiceEntry{bad, good}},
+		{index: 4, entries: []*api.ServiceEntry{good, bad}},
+		{index: 5, entries: []*api.ServiceEntry{good}}, // gone: forgotten
+		{index: 6, entries: []*api.ServiceEntry{good, bad}},
+	} {
+		h.serve(t, a)
+		u := h.next(t)
+		if len(u.Instances) != len(a.entries) || u.Instances[0].Invalid != "" {
+			t.Fatalf("answer %d: want %d instances, the first valid, have %+v", i, len(a.entries), u.Instances)
+		}
+		if len(a.entries) == 2 && u.Instances[1].Invalid != "port outside 1-65535" {
+			t.Fatalf("answer %d: want the second invalid, have %+v", i, u.Instances[1])
+		}
+	}
+	if have := strings.Count(h.logs.String(), "invalid instance address"); have != 2 {
+		t.Fatalf("want 2 warnings (first sight, return), have %d: %s", have, h.logs.String())
+	}
+	if !strings.Contains(h.logs.String(), "instance=web-2") || !strings.Contains(h.logs.String(), "port=0") {
+		t.Fatalf("warning does not name the instance and port: %s", h.logs.String())
+	}
+}
