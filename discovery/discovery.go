@@ -1,6 +1,11 @@
 // Package discovery watches Consul's health endpoint for one service with
 // blocking queries and publishes full, ID-sorted instance sets.
 //
+// Everything Consul sends is treated as untrusted input: instance IDs are
+// made unique, addresses and weights are checked, and the order and IDs of
+// a set depend only on the data, so sluice processes watching the same
+// Consul make the same choices.
+//
 // Contract (go-kit sd.Event style): every Update is either a full set or an
 // error carried in band; the receiver keeps serving its last good set on an
 // error. A Watcher never watches /v1/health/state/any.
@@ -40,14 +45,19 @@ const (
 
 // Instance is one service instance as Consul reports it. Immutable once published.
 type Instance struct {
-	ID      string // Consul service ID; "<node>/<id>" when several nodes carry the same ID
-	Node    string
-	Address string // Service.Address, else Node.Address; as Consul sent it
-	Port    int
-	Tags    []string
-	Meta    map[string]string
-	Health  Health
-	Weight  int // MinWeight..MaxWeight
+	// ID identifies the instance within its service, the same way in every
+	// sluice process: the node name with '%' and '/' percent-encoded, '/',
+	// then the Consul service ID, e.g. "node-1/web-1". Consul service IDs
+	// are unique per node only.
+	ID        string
+	ServiceID string // the Consul service ID, as registered
+	Node      string
+	Address   string // Service.Address, else Node.Address; as Consul sent it
+	Port      int
+	Tags      []string
+	Meta      map[string]string
+	Health    Health
+	Weight    int // MinWeight..MaxWeight
 	// Invalid, when not "", says why the instance cannot be dialled: its
 	// address is empty, not an IP address nor a hostname, or its port is
 	// outside 1-65535. The instance stays in the set so that operators
@@ -61,7 +71,7 @@ func (i Instance) HostPort() string { return net.JoinHostPort(i.Address, strconv
 // Update is one event of a watcher: a full set or an error.
 type Update struct {
 	Service   string
-	Instances []Instance // full set sorted by ID; nil when Err != nil
+	Instances []Instance // full set sorted by ID, IDs unique; nil when Err != nil
 	Index     uint64     // Consul's index of this answer; 0 with Err
 	Err       error      // the query failed; keep the last good set
 }
@@ -224,29 +234,27 @@ func nextBackoff(prev, lo, hi time.Duration) time.Duration {
 	return max(lo, d-rand.N(d/5+1))
 }
 
-// instances converts a Consul answer into a sorted, unique-ID set.
+// instances converts a Consul answer into a set sorted by ID. An entry
+// listed twice (same node and service ID) is kept once, marked invalid.
 func (w *Watcher) instances(entries []*api.ServiceEntry) []Instance {
 	w.current = map[string]bool{}
 	defer func() { w.warned, w.current = w.current, nil }()
-	out := make([]Instance, 0, len(entries))
-	count := map[string]int{}
-	for _, e := range entries {
-		if e == nil || e.Service == nil {
-			continue
-		}
-		count[e.Service.ID]++
+	type pending struct {
+		in      Instance
+		weights api.AgentWeights
 	}
+	ps := make([]pending, 0, len(entries))
 	for _, e := range entries {
 		if e == nil || e.Service == nil {
 			continue
 		}
 		in := Instance{
-			ID:      e.Service.ID,
-			Address: e.Service.Address,
-			Port:    e.Service.Port,
-			Tags:    append([]string(nil), e.Service.Tags...),
-			Meta:    make(map[string]string, len(e.Service.Meta)),
-			Health:  aggregateHealth(e.Checks),
+			ServiceID: e.Service.ID,
+			Address:   e.Service.Address,
+			Port:      e.Service.Port,
+			Tags:      append([]string(nil), e.Service.Tags...),
+			Meta:      make(map[string]string, len(e.Service.Meta)),
+			Health:    aggregateHealth(e.Checks),
 		}
 		for k, v := range e.Service.Meta {
 			in.Meta[k] = v
@@ -257,18 +265,48 @@ func (w *Watcher) instances(entries []*api.ServiceEntry) []Instance {
 				in.Address = e.Node.Address
 			}
 		}
-		if count[in.ID] > 1 {
-			in.ID = in.Node + "/" + in.ID
+		in.ID = instanceID(in.Node, in.ServiceID)
+		ps = append(ps, pending{in: in, weights: e.Service.Weights})
+	}
+	// Ties (a repeated entry) are broken by address, so which one is kept
+	// does not depend on Consul's order either.
+	sort.SliceStable(ps, func(i, j int) bool {
+		a, b := &ps[i].in, &ps[j].in
+		if a.ID != b.ID {
+			return a.ID < b.ID
 		}
-		in.Weight = w.weight(in, e.Service.Weights)
-		if in.Invalid = checkAddress(in.Address, in.Port); in.Invalid != "" {
+		return a.HostPort() < b.HostPort()
+	})
+	out := make([]Instance, 0, len(ps))
+	for i, p := range ps {
+		in := p.in
+		if i > 0 && ps[i-1].in.ID == in.ID {
+			continue
+		}
+		in.Weight = w.weight(in, p.weights)
+		in.Invalid = checkAddress(in.Address, in.Port)
+		if in.Invalid != "" {
 			w.warnOnce(in.ID+"\x00address\x00"+in.HostPort(), "invalid instance address, not used", "service", w.opts.Service,
 				"instance", in.ID, "address", in.Address, "port", in.Port, "reason", in.Invalid)
 		}
+		if i+1 < len(ps) && ps[i+1].in.ID == in.ID {
+			in.Invalid = "listed more than once by Consul"
+			w.warnOnce(in.ID+"\x00duplicate", "instance listed more than once by Consul, not used", "service", w.opts.Service,
+				"instance", in.ID)
+		}
 		out = append(out, in)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
+}
+
+// nodeEscaper frees a node name of '/', so that the first '/' of an
+// instance ID ends the node name and no two (node, service ID) pairs share
+// an ID.
+var nodeEscaper = strings.NewReplacer("%", "%25", "/", "%2F")
+
+// instanceID returns the ID of service ID on node; see Instance.ID.
+func instanceID(node, serviceID string) string {
+	return nodeEscaper.Replace(node) + "/" + serviceID
 }
 
 // checkAddress returns why a host and port taken from Consul cannot be

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,8 +183,8 @@ func TestIndexRules(t *testing.T) {
 
 	// New index: published, sorted.
 	h.fake.answers <- answer{index: 12, entries: []*api.ServiceEntry{entry("b", "n1", "127.0.0.1", 2), entry("a", "n1", "127.0.0.1", 1)}}
-	if u := h.next(t); ids(u) != "a,b" || u.Index != 12 {
-		t.Fatalf("want a,b at 12, have %s at %d", ids(u), u.Index)
+	if u := h.next(t); ids(u) != "n1/a,n1/b" || u.Index != 12 {
+		t.Fatalf("want n1/a,n1/b at 12, have %s at %d", ids(u), u.Index)
 	}
 
 	// Index backwards: published, and the next query starts over at 0.
@@ -218,7 +219,7 @@ func TestErrorBackoffAndResume(t *testing.T) {
 	if c.q.WaitIndex != 0 {
 		t.Fatalf("want WaitIndex 0 after an error, have %d", c.q.WaitIndex)
 	}
-	if u := h.next(t); u.Err != nil || ids(u) != "a" {
+	if u := h.next(t); u.Err != nil || ids(u) != "n1/a" {
 		t.Fatalf("want recovery update, have %+v", u)
 	}
 	if !strings.Contains(h.logs.String(), "watch failed") || !strings.Contains(h.logs.String(), "retry_in") {
@@ -330,7 +331,7 @@ func TestWeightRules(t *testing.T) {
 			if have != tc.warns {
 				t.Fatalf("want %d warnings, have %d: %s", tc.warns, have, logs.String())
 			}
-			if tc.warns > 0 && !strings.Contains(logs.String(), "instance=web-1") {
+			if tc.warns > 0 && !strings.Contains(logs.String(), "instance=n1/web-1") {
 				t.Fatalf("warning does not name the instance: %s", logs.String())
 			}
 			// An instance that leaves and comes back with the bad value is
@@ -352,7 +353,7 @@ func TestInstanceConversion(t *testing.T) {
 	c := entry("api-0", "n1", "127.0.0.3", 9000)
 	ins := w.instances([]*api.ServiceEntry{a, b, c})
 	want := []struct{ id, hostport string }{
-		{"api-0", "127.0.0.3:9000"},
+		{"n1/api-0", "127.0.0.3:9000"},
 		{"n1/web-1", "10.0.0.1:8080"}, // node address fallback
 		{"n2/web-1", "127.0.0.2:8081"},
 	}
@@ -370,7 +371,7 @@ func TestInstanceConversion(t *testing.T) {
 	if ins[1].Tags[0] != "blue" || ins[1].Meta["k"] != "v" {
 		t.Errorf("instance aliases api data: %v %v", ins[1].Tags, ins[1].Meta)
 	}
-	if ins[1].Node != "n1" || ins[1].Health != HealthPassing {
+	if ins[1].Node != "n1" || ins[1].ServiceID != "web-1" || ins[1].Health != HealthPassing {
 		t.Errorf("node/health: %+v", ins[1])
 	}
 }
@@ -523,7 +524,83 @@ func TestInvalidInstanceLoggedOnce(t *testing.T) {
 	if have := strings.Count(h.logs.String(), "invalid instance address"); have != 2 {
 		t.Fatalf("want 2 warnings (first sight, return), have %d: %s", have, h.logs.String())
 	}
-	if !strings.Contains(h.logs.String(), "instance=web-2") || !strings.Contains(h.logs.String(), "port=0") {
+	if !strings.Contains(h.logs.String(), "instance=n1/web-2") || !strings.Contains(h.logs.String(), "port=0") {
 		t.Fatalf("warning does not name the instance and port: %s", h.logs.String())
+	}
+}
+
+func TestInstanceIdentity(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		entries []*api.ServiceEntry
+		want    []string // ID, then Invalid when not ""
+	}{
+		{"one node", []*api.ServiceEntry{entry("web-1", "n1", "10.1.0.1", 80)}, []string{"n1/web-1"}},
+		{"same service ID on two nodes",
+			[]*api.ServiceEntry{entry("web-1", "n2", "10.1.0.2", 80), entry("web-1", "n1", "10.1.0.1", 80)},
+			[]string{"n1/web-1", "n2/web-1"}},
+		{"slash in node or service ID",
+			[]*api.ServiceEntry{entry("c", "a/b", "10.1.0.1", 80), entry("b/c", "a", "10.1.0.2", 80)},
+			[]string{"a%2Fb/c", "a/b/c"}},
+		{"escaped-looking node name",
+			[]*api.ServiceEntry{entry("c", "a%2Fb", "10.1.0.1", 80), entry("c", "a/b", "10.1.0.2", 80)},
+			[]string{"a%252Fb/c", "a%2Fb/c"}},
+		{"no node", []*api.ServiceEntry{{Service: &api.AgentService{ID: "web-1", Address: "10.1.0.1", Port: 80}}}, []string{"/web-1"}},
+		{"listed twice", []*api.ServiceEntry{entry("web-1", "n1", "10.1.0.2", 80), entry("web-1", "n1", "10.1.0.1", 80), entry("web-2", "n1", "10.1.0.3", 80)},
+			[]string{"n1/web-1", "listed more than once by Consul", "n1/web-2"}},
+		{"nil entries", []*api.ServiceEntry{nil, {Node: &api.Node{Node: "n1"}}, entry("web-1", "n1", "10.1.0.1", 80)}, []string{"n1/web-1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := &syncBuffer{}
+			w := NewWatcher(nil, Options{Service: "web", Logger: hclog.New(&hclog.LoggerOptions{Output: logs})})
+			first := w.instances(tc.entries)
+			var have []string
+			for _, in := range first {
+				have = append(have, in.ID)
+				if in.Invalid != "" {
+					have = append(have, in.Invalid)
+				}
+			}
+			if strings.Join(have, " | ") != strings.Join(tc.want, " | ") {
+				t.Fatalf("want %q, have %q", tc.want, have)
+			}
+			// Consul's order does not matter: every rotation of the answer
+			// gives the same set, down to the entry kept of a repeat.
+			for r := 1; r < len(tc.entries); r++ {
+				rotated := append(append([]*api.ServiceEntry(nil), tc.entries[r:]...), tc.entries[:r]...)
+				if again := w.instances(rotated); !reflect.DeepEqual(again, first) {
+					t.Fatalf("rotation %d: want %+v, have %+v", r, first, again)
+				}
+			}
+		})
+	}
+}
+
+func TestIdentityStableWhenNodeJoins(t *testing.T) {
+	h := start(t, Options{})
+	a, b := entry("web-1", "n1", "10.1.0.1", 80), entry("web-1", "n2", "10.1.0.2", 80)
+	h.serve(t, answer{index: 2, entries: []*api.ServiceEntry{a}})
+	if u := h.next(t); ids(u) != "n1/web-1" {
+		t.Fatalf("want n1/web-1, have %s", ids(u))
+	}
+	// A second node registers the same service ID: the first instance
+	// keeps its ID (and so its counters, cookie and hash slots).
+	h.serve(t, answer{index: 3, entries: []*api.ServiceEntry{b, a}})
+	u := h.next(t)
+	if ids(u) != "n1/web-1,n2/web-1" {
+		t.Fatalf("want n1/web-1,n2/web-1, have %s", ids(u))
+	}
+	if u.Instances[0].HostPort() != "10.1.0.1:80" || u.Instances[1].HostPort() != "10.1.0.2:80" {
+		t.Fatalf("addresses swapped: %+v", u.Instances)
+	}
+	h.serve(t, answer{index: 4, entries: []*api.ServiceEntry{a, a}})
+	u = h.next(t)
+	if len(u.Instances) != 1 || u.Instances[0].Invalid == "" {
+		t.Fatalf("want one invalid instance for a repeated entry, have %+v", u.Instances)
+	}
+	h.serve(t, answer{index: 5, entries: []*api.ServiceEntry{a, a}})
+	h.next(t)
+	if have := strings.Count(h.logs.String(), "listed more than once"); have != 1 {
+		t.Fatalf("want the repeat logged once, have %d: %s", have, h.logs.String())
 	}
 }
