@@ -58,10 +58,11 @@ type Instance struct {
 	Meta      map[string]string
 	Health    Health
 	Weight    int // MinWeight..MaxWeight
-	// Invalid, when not "", says why the instance cannot be dialled: its
-	// address is empty, not an IP address nor a hostname, or its port is
-	// outside 1-65535. The instance stays in the set so that operators
-	// see it, and must never be picked.
+	// Invalid, when not "", says why the instance cannot be used: its
+	// address is empty, not an IP address nor a hostname (see
+	// checkAddress), its port is outside 1-65535, or Consul listed it more
+	// than once. The instance stays in the set so that operators see it,
+	// and must never be picked. Each problem is logged once while it lasts.
 	Invalid string
 }
 
@@ -268,8 +269,8 @@ func (w *Watcher) instances(entries []*api.ServiceEntry) []Instance {
 		in.ID = instanceID(in.Node, in.ServiceID)
 		ps = append(ps, pending{in: in, weights: e.Service.Weights})
 	}
-	// Ties (a repeated entry) are broken by address, so which one is kept
-	// does not depend on Consul's order either.
+	// Ties (a repeated entry, which Consul itself never sends) are broken
+	// by address; the entry kept is invalid whichever it is.
 	sort.SliceStable(ps, func(i, j int) bool {
 		a, b := &ps[i].in, &ps[j].in
 		if a.ID != b.ID {
