@@ -27,10 +27,14 @@ const (
 // Member is one instance as the service registry reports it: the input of
 // SetMembers.
 type Member struct {
-	ID     string
-	Addr   string // host:port
+	ID     string // unique within the service; see SetMembers for repeats
+	Addr   string // host:port; "" makes the member invalid
 	Weight int    // >= 1; values below 1 count as 1
 	Consul string // ConsulPassing, ConsulWarning, ConsulCritical or ConsulMaintenance
+	// Invalid, when not "", says why the registry entry cannot be used
+	// (a bad address or port, say): the member is listed with this reason
+	// but never eligible.
+	Invalid string
 }
 
 // MemberStatus is one member of a Snapshot with everything that decides its
@@ -40,6 +44,7 @@ type MemberStatus struct {
 	Addr     string
 	Weight   int
 	Consul   string
+	Invalid  string // see Member.Invalid
 	Probe    string
 	Ejected  bool
 	Eligible bool
@@ -214,10 +219,23 @@ func (p *Pool) Refresh(ctx context.Context) error {
 }
 
 // SetMembers replaces the full member set (a registry answer with index).
-// It blocks until the owner takes the change or ctx is done.
+// It blocks until the owner takes the change or ctx is done. Member IDs
+// must be unique: of members sharing an ID only the first is kept, and it
+// is invalid, so two instances never share counters.
 func (p *Pool) SetMembers(ctx context.Context, index uint64, members []Member) error {
 	ms := append([]Member(nil), members...)
-	sort.Slice(ms, func(i, j int) bool { return ms[i].ID < ms[j].ID })
+	sort.SliceStable(ms, func(i, j int) bool { return ms[i].ID < ms[j].ID })
+	kept := ms[:0]
+	for _, m := range ms {
+		if n := len(kept); n > 0 && kept[n-1].ID == m.ID {
+			if kept[n-1].Invalid == "" {
+				kept[n-1].Invalid = "duplicate instance ID"
+			}
+			continue
+		}
+		kept = append(kept, m)
+	}
+	ms = kept
 	return p.send(ctx, func(st *poolState) {
 		st.synced = true
 		st.consulIndex = index
@@ -320,8 +338,11 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 			p.opts.Logger.Info("instance added", "service", p.opts.Service, "instance", m.ID, "address", m.Addr, "consul", m.Consul)
 		}
 		ms := MemberStatus{
-			ID: m.ID, Addr: m.Addr, Weight: max(m.Weight, 1), Consul: m.Consul,
+			ID: m.ID, Addr: m.Addr, Weight: max(m.Weight, 1), Consul: m.Consul, Invalid: m.Invalid,
 			Probe: ProbeUnknown, Stats: stats,
+		}
+		if ms.Addr == "" && ms.Invalid == "" {
+			ms.Invalid = "no address"
 		}
 		if v, ok := st.probes[m.ID]; ok {
 			ms.Probe = v
@@ -336,7 +357,7 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 				p.opts.Logger.Info("instance ejection ended", "service", p.opts.Service, "instance", m.ID)
 			}
 		}
-		ms.Eligible = (ms.Consul == ConsulPassing || ms.Consul == ConsulWarning) && ms.Probe != ProbeFailing && !ms.Ejected
+		ms.Eligible = ms.Invalid == "" && (ms.Consul == ConsulPassing || ms.Consul == ConsulWarning) && ms.Probe != ProbeFailing && !ms.Ejected
 		if was, known := st.eligible[m.ID]; !known || was != ms.Eligible {
 			if known || !ms.Eligible {
 				p.opts.Logger.Info("instance eligibility changed", "service", p.opts.Service, "instance", m.ID,
@@ -377,6 +398,8 @@ func reason(ms MemberStatus) string {
 	switch {
 	case ms.Eligible:
 		return "eligible"
+	case ms.Invalid != "":
+		return "invalid: " + ms.Invalid
 	case ms.Consul != ConsulPassing && ms.Consul != ConsulWarning:
 		return "consul " + ms.Consul
 	case ms.Probe == ProbeFailing:

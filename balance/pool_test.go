@@ -181,3 +181,51 @@ func TestSnapshotNext(t *testing.T) {
 		t.Fatal("Next not closed after a publication")
 	}
 }
+
+func TestPoolInvalidMembers(t *testing.T) {
+	p := runPool(t, "round_robin")
+	bad := member("b", 1, ConsulPassing)
+	bad.Invalid = "invalid port"
+	noAddr := member("c", 1, ConsulPassing)
+	noAddr.Addr = ""
+	dup1, dup2 := member("e", 1, ConsulPassing), member("e", 5, ConsulPassing)
+	dup2.Addr = "127.0.0.1:2"
+	snap := setMembers(t, p, 1, dup1, member("a", 1, ConsulPassing), bad, noAddr, dup2)
+
+	want := []struct{ id, addr, invalid string }{
+		{"a", "127.0.0.1:1", ""},
+		{"b", "127.0.0.1:1", "invalid port"},
+		{"c", "", "no address"},
+		{"e", "127.0.0.1:1", "duplicate instance ID"}, // the first of the two is kept
+	}
+	if len(snap.Members) != len(want) {
+		t.Fatalf("want %d members, have %+v", len(want), snap.Members)
+	}
+	for i, w := range want {
+		have := snap.Members[i]
+		if have.ID != w.id || have.Addr != w.addr || have.Invalid != w.invalid || have.Eligible != (w.invalid == "") {
+			t.Errorf("member %d: want %+v, have %+v", i, w, have)
+		}
+	}
+	if len(snap.Eligible) != 1 || snap.Eligible[0].ID != "a" {
+		t.Fatalf("eligible: want only a, have %v", snap.Eligible)
+	}
+	for i := 0; i < 10; i++ {
+		res, err := snap.Picker.Pick(PickInfo{})
+		if err != nil || res.Endpoint.ID != "a" {
+			t.Fatalf("pick %d: want a, have %v %v", i, res.Endpoint, err)
+		}
+		res.Done(nil)
+	}
+	if have := reason(snap.Members[1]); have != "invalid: invalid port" {
+		t.Errorf("reason: want %q, have %q", "invalid: invalid port", have)
+	}
+
+	// Fixed in the next answer: eligible with the counters it had.
+	stats := snap.Members[1].Stats
+	bad.Invalid = ""
+	setMembers(t, p, 2, member("a", 1, ConsulPassing), bad)
+	if m := status(p, "b"); !m.Eligible || m.Invalid != "" || m.Stats != stats {
+		t.Errorf("fixed member: want eligible with its stats, have %+v", m)
+	}
+}

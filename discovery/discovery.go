@@ -1,6 +1,11 @@
 // Package discovery watches Consul's health endpoint for one service with
 // blocking queries and publishes full, ID-sorted instance sets.
 //
+// Everything Consul sends is treated as untrusted input: instance IDs are
+// made unique, addresses and weights are checked, and the order and IDs of
+// a set depend only on the data, so sluice processes watching the same
+// Consul make the same choices.
+//
 // Contract (go-kit sd.Event style): every Update is either a full set or an
 // error carried in band; the receiver keeps serving its last good set on an
 // error. A Watcher never watches /v1/health/state/any.
@@ -11,6 +16,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -39,23 +45,34 @@ const (
 
 // Instance is one service instance as Consul reports it. Immutable once published.
 type Instance struct {
-	ID      string // Consul service ID; "<node>/<id>" when several nodes carry the same ID
-	Node    string
-	Address string // Service.Address, else Node.Address
-	Port    int
-	Tags    []string
-	Meta    map[string]string
-	Health  Health
-	Weight  int // MinWeight..MaxWeight
+	// ID identifies the instance within its service, the same way in every
+	// sluice process: the node name with '%' and '/' percent-encoded, '/',
+	// then the Consul service ID, e.g. "node-1/web-1". Consul service IDs
+	// are unique per node only.
+	ID        string
+	ServiceID string // the Consul service ID, as registered
+	Node      string
+	Address   string // Service.Address, else Node.Address; as Consul sent it
+	Port      int
+	Tags      []string
+	Meta      map[string]string
+	Health    Health
+	Weight    int // MinWeight..MaxWeight
+	// Invalid, when not "", says why the instance cannot be used: its
+	// address is empty, not an IP address nor a hostname (see
+	// checkAddress), its port is outside 1-65535, or Consul listed it more
+	// than once. The instance stays in the set so that operators see it,
+	// and must never be picked. Each problem is logged once while it lasts.
+	Invalid string
 }
 
-// HostPort returns the address to dial.
+// HostPort returns the address to dial (meaningless when Invalid is set).
 func (i Instance) HostPort() string { return net.JoinHostPort(i.Address, strconv.Itoa(i.Port)) }
 
 // Update is one event of a watcher: a full set or an error.
 type Update struct {
 	Service   string
-	Instances []Instance // full set sorted by ID; nil when Err != nil
+	Instances []Instance // full set sorted by ID, IDs unique; nil when Err != nil
 	Index     uint64     // Consul's index of this answer; 0 with Err
 	Err       error      // the query failed; keep the last good set
 }
@@ -92,9 +109,10 @@ type Options struct {
 type Watcher struct {
 	h    HealthAPI
 	opts Options
-	// warned holds "id\x00source\x00value" of bad weights already logged,
-	// pruned to the instances of the latest answer.
-	warned map[string]bool
+	// warned holds the keys of the problems logged for the previous
+	// answer, current those of the answer being converted (see warnOnce).
+	// Both are used by the Run goroutine only.
+	warned, current map[string]bool
 }
 
 // NewWatcher returns a watcher of opts.Service over h.
@@ -217,28 +235,27 @@ func nextBackoff(prev, lo, hi time.Duration) time.Duration {
 	return max(lo, d-rand.N(d/5+1))
 }
 
-// instances converts a Consul answer into a sorted, unique-ID set.
+// instances converts a Consul answer into a set sorted by ID. An entry
+// listed twice (same node and service ID) is kept once, marked invalid.
 func (w *Watcher) instances(entries []*api.ServiceEntry) []Instance {
-	out := make([]Instance, 0, len(entries))
-	count := map[string]int{}
-	for _, e := range entries {
-		if e == nil || e.Service == nil {
-			continue
-		}
-		count[e.Service.ID]++
+	w.current = map[string]bool{}
+	defer func() { w.warned, w.current = w.current, nil }()
+	type pending struct {
+		in      Instance
+		weights api.AgentWeights
 	}
-	seen := make(map[string]bool, len(entries))
+	ps := make([]pending, 0, len(entries))
 	for _, e := range entries {
 		if e == nil || e.Service == nil {
 			continue
 		}
 		in := Instance{
-			ID:      e.Service.ID,
-			Address: e.Service.Address,
-			Port:    e.Service.Port,
-			Tags:    append([]string(nil), e.Service.Tags...),
-			Meta:    make(map[string]string, len(e.Service.Meta)),
-			Health:  aggregateHealth(e.Checks),
+			ServiceID: e.Service.ID,
+			Address:   e.Service.Address,
+			Port:      e.Service.Port,
+			Tags:      append([]string(nil), e.Service.Tags...),
+			Meta:      make(map[string]string, len(e.Service.Meta)),
+			Health:    aggregateHealth(e.Checks),
 		}
 		for k, v := range e.Service.Meta {
 			in.Meta[k] = v
@@ -249,20 +266,101 @@ func (w *Watcher) instances(entries []*api.ServiceEntry) []Instance {
 				in.Address = e.Node.Address
 			}
 		}
-		if count[in.ID] > 1 {
-			in.ID = in.Node + "/" + in.ID
+		in.ID = instanceID(in.Node, in.ServiceID)
+		ps = append(ps, pending{in: in, weights: e.Service.Weights})
+	}
+	// Ties (a repeated entry, which Consul itself never sends) are broken
+	// by address; the entry kept is invalid whichever it is.
+	sort.SliceStable(ps, func(i, j int) bool {
+		a, b := &ps[i].in, &ps[j].in
+		if a.ID != b.ID {
+			return a.ID < b.ID
 		}
-		in.Weight = w.weight(in, e.Service.Weights)
-		seen[in.ID] = true
+		return a.HostPort() < b.HostPort()
+	})
+	out := make([]Instance, 0, len(ps))
+	for i, p := range ps {
+		in := p.in
+		if i > 0 && ps[i-1].in.ID == in.ID {
+			continue
+		}
+		in.Weight = w.weight(in, p.weights)
+		in.Invalid = checkAddress(in.Address, in.Port)
+		if in.Invalid != "" {
+			w.warnOnce(in.ID+"\x00address\x00"+in.HostPort(), "invalid instance address, not used", "service", w.opts.Service,
+				"instance", in.ID, "address", in.Address, "port", in.Port, "reason", in.Invalid)
+		}
+		if i+1 < len(ps) && ps[i+1].in.ID == in.ID {
+			in.Invalid = "listed more than once by Consul"
+			w.warnOnce(in.ID+"\x00duplicate", "instance listed more than once by Consul, not used", "service", w.opts.Service,
+				"instance", in.ID)
+		}
 		out = append(out, in)
 	}
-	for k := range w.warned {
-		if id, _, _ := strings.Cut(k, "\x00"); !seen[id] {
-			delete(w.warned, k)
+	return out
+}
+
+// nodeEscaper frees a node name of '/', so that the first '/' of an
+// instance ID ends the node name and no two (node, service ID) pairs share
+// an ID.
+var nodeEscaper = strings.NewReplacer("%", "%25", "/", "%2F")
+
+// instanceID returns the ID of service ID on node; see Instance.ID.
+func instanceID(node, serviceID string) string {
+	return nodeEscaper.Replace(node) + "/" + serviceID
+}
+
+// checkAddress returns why a host and port taken from Consul cannot be
+// dialled, or "". The host must be an IP address without a zone (a zone
+// names an interface of the node that registered it, not of ours) and not
+// unspecified (0.0.0.0 or ::, which would reach this host, not the
+// instance's), or a syntactically valid hostname (see isHostname).
+func checkAddress(host string, port int) string {
+	if host == "" {
+		return "no address"
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		switch {
+		case ip.Zone() != "":
+			return "IP address with a zone"
+		case ip.IsUnspecified():
+			return "unspecified IP address"
+		}
+	} else if !isHostname(host) {
+		return "address is neither an IP address nor a hostname"
+	}
+	if port < 1 || port > 65535 {
+		return "port outside 1-65535"
+	}
+	return ""
+}
+
+// isHostname reports whether s is a hostname as Go's resolver accepts it:
+// dot-separated labels of 1-63 letters, digits, '-' and '_', no label
+// starting or ending with '-', at most 253 characters plus an optional
+// final dot, and not made of digits and dots only (so that no string is
+// read as an IP address by one resolver and as a name by another).
+func isHostname(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	numeric := true
+	for _, label := range strings.Split(s, ".") {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			switch c := label[i]; {
+			case c >= '0' && c <= '9':
+			case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '-', c == '_':
+				numeric = false
+			default:
+				return false
+			}
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
+	return !numeric
 }
 
 // aggregateHealth folds node and service checks: maintenance wins, then
@@ -288,21 +386,22 @@ func aggregateHealth(checks api.HealthChecks) Health {
 	return h
 }
 
-// weight resolves an instance weight: service meta[WeightKey], else a tag
-// "weight=N", else Consul's Weights (Warning when the instance is warning),
-// else 1. An invalid meta or tag value is logged once and falls through.
+// weight resolves an instance weight: service meta[WeightKey], else the
+// first valid tag "weight=N" (invalid ones are skipped, later valid ones
+// ignored), else Consul's Weights (Warning when the instance is warning),
+// else 1. An invalid meta or tag value is logged once per (instance,
+// source, value) and falls through.
 func (w *Watcher) weight(in Instance, weights api.AgentWeights) int {
 	if v, ok := in.Meta[w.opts.WeightKey]; ok {
-		if n, ok := w.parseWeight(in.ID, "meta "+w.opts.WeightKey, v); ok {
+		if n, ok := w.checkWeight(in.ID, "meta "+w.opts.WeightKey, v); ok {
 			return n
 		}
 	}
 	for _, t := range in.Tags {
 		if v, ok := strings.CutPrefix(t, "weight="); ok {
-			if n, ok := w.parseWeight(in.ID, "tag weight", v); ok {
+			if n, ok := w.checkWeight(in.ID, "tag weight", v); ok {
 				return n
 			}
-			break
 		}
 	}
 	cw := weights.Passing
@@ -315,18 +414,48 @@ func (w *Watcher) weight(in Instance, weights api.AgentWeights) int {
 	return 1
 }
 
-// parseWeight accepts a whole number in MinWeight..MaxWeight; anything else
-// is logged once per (instance, source, value).
-func (w *Watcher) parseWeight(id, source, v string) (int, bool) {
-	n, err := strconv.Atoi(strings.TrimSpace(v))
-	if err == nil && n >= MinWeight && n <= MaxWeight {
-		return n, true
+// checkWeight parses a weight and logs a bad one once per (instance,
+// source, value) while Consul keeps reporting it.
+func (w *Watcher) checkWeight(id, source, v string) (int, bool) {
+	n, ok := parseWeight(v)
+	if !ok {
+		w.warnOnce(id+"\x00"+source+"\x00"+v, "invalid instance weight, falling back", "service", w.opts.Service,
+			"instance", id, "key", source, "value", v, "valid", "decimal 1-10000 without sign, spaces or leading zeros")
 	}
-	key := id + "\x00" + source + "\x00" + v
-	if !w.warned[key] {
-		w.warned[key] = true
-		w.opts.Logger.Warn("invalid instance weight, falling back", "service", w.opts.Service,
-			"instance", id, "key", source, "value", v, "valid", "whole number 1-10000")
+	return n, ok
+}
+
+// maxWeightDigits is the length of the longest valid weight.
+var maxWeightDigits = len(strconv.Itoa(MaxWeight))
+
+// parseWeight accepts exactly the canonical decimal form of an integer in
+// MinWeight..MaxWeight: ASCII digits only, no sign, space, leading zero,
+// base prefix or underscore. It never allocates.
+func parseWeight(v string) (int, bool) {
+	if len(v) == 0 || len(v) > maxWeightDigits || v[0] == '0' {
+		return 0, false
 	}
-	return 0, false
+	n := 0
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	if n < MinWeight || n > MaxWeight {
+		return 0, false
+	}
+	return n, true
+}
+
+// warnOnce logs msg unless key was logged for the previous answer; keys
+// not seen again in the current answer are forgotten, so a problem that
+// goes away and comes back is logged again and the set stays bounded by
+// Consul's answer.
+func (w *Watcher) warnOnce(key, msg string, args ...any) {
+	if !w.warned[key] && !w.current[key] {
+		w.opts.Logger.Warn(msg, args...)
+	}
+	w.current[key] = true
 }

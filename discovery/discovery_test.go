@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -181,8 +183,8 @@ func TestIndexRules(t *testing.T) {
 
 	// New index: published, sorted.
 	h.fake.answers <- answer{index: 12, entries: []*api.ServiceEntry{entry("b", "n1", "127.0.0.1", 2), entry("a", "n1", "127.0.0.1", 1)}}
-	if u := h.next(t); ids(u) != "a,b" || u.Index != 12 {
-		t.Fatalf("want a,b at 12, have %s at %d", ids(u), u.Index)
+	if u := h.next(t); ids(u) != "n1/a,n1/b" || u.Index != 12 {
+		t.Fatalf("want n1/a,n1/b at 12, have %s at %d", ids(u), u.Index)
 	}
 
 	// Index backwards: published, and the next query starts over at 0.
@@ -217,7 +219,7 @@ func TestErrorBackoffAndResume(t *testing.T) {
 	if c.q.WaitIndex != 0 {
 		t.Fatalf("want WaitIndex 0 after an error, have %d", c.q.WaitIndex)
 	}
-	if u := h.next(t); u.Err != nil || ids(u) != "a" {
+	if u := h.next(t); u.Err != nil || ids(u) != "n1/a" {
 		t.Fatalf("want recovery update, have %+v", u)
 	}
 	if !strings.Contains(h.logs.String(), "watch failed") || !strings.Contains(h.logs.String(), "retry_in") {
@@ -298,6 +300,18 @@ func TestWeightRules(t *testing.T) {
 		{"meta fraction", map[string]string{"weight": "2.5"}, nil, api.AgentWeights{}, "", 1, 1},
 		{"meta too big", map[string]string{"weight": "99999"}, nil, api.AgentWeights{}, "", 1, 1},
 		{"meta and tag bad", map[string]string{"weight": "x"}, []string{"weight=y"}, api.AgentWeights{}, "", 1, 2},
+		{"meta leading zero", map[string]string{"weight": "07"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta plus sign", map[string]string{"weight": "+7"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta spaces", map[string]string{"weight": " 7 "}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta hex", map[string]string{"weight": "0x10"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta underscore", map[string]string{"weight": "1_000"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"meta empty", map[string]string{"weight": ""}, nil, api.AgentWeights{Passing: 4}, "", 4, 1},
+		{"meta non-ASCII digit", map[string]string{"weight": "٣"}, nil, api.AgentWeights{}, "", 1, 1},
+		{"bad tag skipped for a later valid one", nil, []string{"weight=x", "weight=6"}, api.AgentWeights{}, "", 6, 1},
+		{"first valid tag wins", nil, []string{"weight=6", "weight=8", "weight=x"}, api.AgentWeights{}, "", 6, 0},
+		{"every bad tag logged", nil, []string{"weight=x", "weight=y", "weight=09"}, api.AgentWeights{Passing: 3}, "", 3, 3},
+		{"same bad tag twice logged once", nil, []string{"weight=x", "weight=x"}, api.AgentWeights{}, "", 1, 1},
+		{"meta valid, bad tag not read", map[string]string{"weight": "2"}, []string{"weight=x"}, api.AgentWeights{}, "", 2, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			logs := &syncBuffer{}
@@ -317,7 +331,7 @@ func TestWeightRules(t *testing.T) {
 			if have != tc.warns {
 				t.Fatalf("want %d warnings, have %d: %s", tc.warns, have, logs.String())
 			}
-			if tc.warns > 0 && !strings.Contains(logs.String(), "instance=web-1") {
+			if tc.warns > 0 && !strings.Contains(logs.String(), "instance=n1/web-1") {
 				t.Fatalf("warning does not name the instance: %s", logs.String())
 			}
 			// An instance that leaves and comes back with the bad value is
@@ -339,7 +353,7 @@ func TestInstanceConversion(t *testing.T) {
 	c := entry("api-0", "n1", "127.0.0.3", 9000)
 	ins := w.instances([]*api.ServiceEntry{a, b, c})
 	want := []struct{ id, hostport string }{
-		{"api-0", "127.0.0.3:9000"},
+		{"n1/api-0", "127.0.0.3:9000"},
 		{"n1/web-1", "10.0.0.1:8080"}, // node address fallback
 		{"n2/web-1", "127.0.0.2:8081"},
 	}
@@ -357,7 +371,236 @@ func TestInstanceConversion(t *testing.T) {
 	if ins[1].Tags[0] != "blue" || ins[1].Meta["k"] != "v" {
 		t.Errorf("instance aliases api data: %v %v", ins[1].Tags, ins[1].Meta)
 	}
-	if ins[1].Node != "n1" || ins[1].Health != HealthPassing {
+	if ins[1].Node != "n1" || ins[1].ServiceID != "web-1" || ins[1].Health != HealthPassing {
 		t.Errorf("node/health: %+v", ins[1])
+	}
+}
+
+func TestParseWeight(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"1", 1, true},
+		{"42", 42, true},
+		{"10000", 10000, true},
+		{"0", 0, false},
+		{"00", 0, false},
+		{"01", 0, false},
+		{"10001", 0, false},
+		{"99999", 0, false},
+		{"100000", 0, false},
+		{"", 0, false},
+		{"-1", 0, false},
+		{"+1", 0, false},
+		{" 1", 0, false},
+		{"1 ", 0, false},
+		{"1\n", 0, false},
+		{"0x1", 0, false},
+		{"1_0", 0, false},
+		{"1e3", 0, false},
+		{"1.0", 0, false},
+		{"\u0661", 0, false}, // ARABIC-INDIC DIGIT ONE
+		{"\uff11", 0, false}, // FULLWIDTH DIGIT ONE
+	} {
+		have, ok := parseWeight(tc.in)
+		if have != tc.want || ok != tc.ok {
+			t.Errorf("parseWeight(%q): want %d %v, have %d %v", tc.in, tc.want, tc.ok, have, ok)
+		}
+	}
+}
+
+// FuzzParseWeight checks that parseWeight accepts a value iff it is the
+// canonical decimal form (strconv.Itoa) of an integer in MinWeight..MaxWeight.
+func FuzzParseWeight(f *testing.F) {
+	for _, s := range []string{
+		"1", "7", "10", "9999", "10000", "10001", "0", "00", "007", "-0", "-1", "+1",
+		" 1", "1 ", "\t1", "0x10", "0b1", "0o7", "1_000", "1e3", "1.", "", "\u0661",
+		"99999999999999999999", "-9223372036854775808",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		have, ok := parseWeight(s)
+		n, err := strconv.Atoi(s)
+		want := err == nil && n >= MinWeight && n <= MaxWeight && strconv.Itoa(n) == s
+		if ok != want {
+			t.Fatalf("parseWeight(%q): want ok=%v, have ok=%v (%d)", s, want, ok, have)
+		}
+		if ok && have != n {
+			t.Fatalf("parseWeight(%q): want %d, have %d", s, n, have)
+		}
+		if !ok && have != 0 {
+			t.Fatalf("parseWeight(%q): rejected with value %d", s, have)
+		}
+	})
+}
+
+func TestAddressRules(t *testing.T) {
+	long := func(n int) string { return strings.Repeat("a", n) }
+	for _, tc := range []struct {
+		name              string
+		svcAddr, nodeAddr string
+		port              int
+		wantAddr          string // Instance.Address
+		wantInvalid       string
+	}{
+		{"ipv4", "10.1.2.3", "10.0.0.1", 80, "10.1.2.3", ""},
+		{"ipv6", "2001:db8::1", "10.0.0.1", 80, "2001:db8::1", ""},
+		{"ipv4-mapped ipv6", "::ffff:10.1.2.3", "10.0.0.1", 80, "::ffff:10.1.2.3", ""},
+		{"loopback", "127.0.0.1", "", 80, "127.0.0.1", ""},
+		{"hostname", "web-1.service.consul", "10.0.0.1", 80, "web-1.service.consul", ""},
+		{"hostname with final dot", "db.example.", "", 80, "db.example.", ""},
+		{"hostname with underscore", "my_service", "", 80, "my_service", ""},
+		{"hostname of 253", strings.Repeat(long(63)+".", 3) + long(61), "", 80, strings.Repeat(long(63)+".", 3) + long(61), ""},
+		{"node address fallback", "", "10.0.0.9", 80, "10.0.0.9", ""},
+		{"lowest port", "10.1.2.3", "", 1, "10.1.2.3", ""},
+		{"highest port", "10.1.2.3", "", 65535, "10.1.2.3", ""},
+		{"no address", "", "", 80, "", "no address"},
+		{"bad service address does not fall back", "not an address", "10.0.0.1", 80, "not an address", "address is neither an IP address nor a hostname"},
+		{"host:port", "10.1.2.3:80", "", 80, "10.1.2.3:80", "address is neither an IP address nor a hostname"},
+		{"bracketed ipv6", "[::1]", "", 80, "[::1]", "address is neither an IP address nor a hostname"},
+		{"ipv6 zone", "fe80::1%eth0", "", 80, "fe80::1%eth0", "IP address with a zone"},
+		{"unspecified ipv4", "0.0.0.0", "", 80, "0.0.0.0", "unspecified IP address"},
+		{"unspecified ipv6", "::", "", 80, "::", "unspecified IP address"},
+		{"octet out of range", "300.1.1.1", "", 80, "300.1.1.1", "address is neither an IP address nor a hostname"},
+		{"octet with leading zero", "010.1.1.1", "", 80, "010.1.1.1", "address is neither an IP address nor a hostname"},
+		{"digits only", "167772161", "", 80, "167772161", "address is neither an IP address nor a hostname"},
+		{"label starts with dash", "-web", "", 80, "-web", "address is neither an IP address nor a hostname"},
+		{"label ends with dash", "web-.example", "", 80, "web-.example", "address is neither an IP address nor a hostname"},
+		{"empty label", "a..b", "", 80, "a..b", "address is neither an IP address nor a hostname"},
+		{"leading dot", ".web", "", 80, ".web", "address is neither an IP address nor a hostname"},
+		{"root only", ".", "", 80, ".", "address is neither an IP address nor a hostname"},
+		{"label of 64", long(64) + ".example", "", 80, long(64) + ".example", "address is neither an IP address nor a hostname"},
+		{"hostname of 254", strings.Repeat(long(63)+".", 3) + long(62), "", 80, strings.Repeat(long(63)+".", 3) + long(62), "address is neither an IP address nor a hostname"},
+		{"space", "web 1", "", 80, "web 1", "address is neither an IP address nor a hostname"},
+		{"newline", "web\nx", "", 80, "web\nx", "address is neither an IP address nor a hostname"},
+		{"unicode", "bücher.example", "", 80, "bücher.example", "address is neither an IP address nor a hostname"},
+		{"url", "http://web", "", 80, "http://web", "address is neither an IP address nor a hostname"},
+		{"port 0", "10.1.2.3", "", 0, "10.1.2.3", "port outside 1-65535"},
+		{"port too big", "10.1.2.3", "", 65536, "10.1.2.3", "port outside 1-65535"},
+		{"negative port", "10.1.2.3", "", -1, "10.1.2.3", "port outside 1-65535"},
+		{"bad address and port: address first", "", "", 0, "", "no address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := &syncBuffer{}
+			w := NewWatcher(nil, Options{Service: "web", Logger: hclog.New(&hclog.LoggerOptions{Output: logs})})
+			e := entry("web-1", "n1", tc.svcAddr, tc.port)
+			e.Node.Address = tc.nodeAddr
+			ins := w.instances([]*api.ServiceEntry{e})
+			if len(ins) != 1 {
+				t.Fatalf("want the instance listed, have %+v", ins)
+			}
+			if have := ins[0]; have.Address != tc.wantAddr || have.Invalid != tc.wantInvalid {
+				t.Fatalf("want address %q invalid %q, have %q %q", tc.wantAddr, tc.wantInvalid, have.Address, have.Invalid)
+			}
+			if have, want := strings.Count(logs.String(), "invalid instance address"), min(len(tc.wantInvalid), 1); have != want {
+				t.Fatalf("want %d warnings, have %d: %s", want, have, logs.String())
+			}
+		})
+	}
+}
+
+func TestInvalidInstanceLoggedOnce(t *testing.T) {
+	h := start(t, Options{})
+	good, bad := entry("web-1", "n1", "10.1.2.3", 80), entry("web-2", "n1", "10.1.2.4", 0)
+	for i, a := range []answer{
+		{index: 2, entries: []*api.ServiceEntry{good, bad}},
+		{index: 3, entries: []*api.ServiceEntry{bad, good}},
+		{index: 4, entries: []*api.ServiceEntry{good, bad}},
+		{index: 5, entries: []*api.ServiceEntry{good}}, // gone: forgotten
+		{index: 6, entries: []*api.ServiceEntry{good, bad}},
+	} {
+		h.serve(t, a)
+		u := h.next(t)
+		if len(u.Instances) != len(a.entries) || u.Instances[0].Invalid != "" {
+			t.Fatalf("answer %d: want %d instances, the first valid, have %+v", i, len(a.entries), u.Instances)
+		}
+		if len(a.entries) == 2 && u.Instances[1].Invalid != "port outside 1-65535" {
+			t.Fatalf("answer %d: want the second invalid, have %+v", i, u.Instances[1])
+		}
+	}
+	if have := strings.Count(h.logs.String(), "invalid instance address"); have != 2 {
+		t.Fatalf("want 2 warnings (first sight, return), have %d: %s", have, h.logs.String())
+	}
+	if !strings.Contains(h.logs.String(), "instance=n1/web-2") || !strings.Contains(h.logs.String(), "port=0") {
+		t.Fatalf("warning does not name the instance and port: %s", h.logs.String())
+	}
+}
+
+func TestInstanceIdentity(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		entries []*api.ServiceEntry
+		want    []string // ID, then Invalid when not ""
+	}{
+		{"one node", []*api.ServiceEntry{entry("web-1", "n1", "10.1.0.1", 80)}, []string{"n1/web-1"}},
+		{"same service ID on two nodes",
+			[]*api.ServiceEntry{entry("web-1", "n2", "10.1.0.2", 80), entry("web-1", "n1", "10.1.0.1", 80)},
+			[]string{"n1/web-1", "n2/web-1"}},
+		{"slash in node or service ID",
+			[]*api.ServiceEntry{entry("c", "a/b", "10.1.0.1", 80), entry("b/c", "a", "10.1.0.2", 80)},
+			[]string{"a%2Fb/c", "a/b/c"}},
+		{"escaped-looking node name",
+			[]*api.ServiceEntry{entry("c", "a%2Fb", "10.1.0.1", 80), entry("c", "a/b", "10.1.0.2", 80)},
+			[]string{"a%252Fb/c", "a%2Fb/c"}},
+		{"no node", []*api.ServiceEntry{{Service: &api.AgentService{ID: "web-1", Address: "10.1.0.1", Port: 80}}}, []string{"/web-1"}},
+		{"listed twice", []*api.ServiceEntry{entry("web-1", "n1", "10.1.0.2", 80), entry("web-1", "n1", "10.1.0.1", 80), entry("web-2", "n1", "10.1.0.3", 80)},
+			[]string{"n1/web-1", "listed more than once by Consul", "n1/web-2"}},
+		{"nil entries", []*api.ServiceEntry{nil, {Node: &api.Node{Node: "n1"}}, entry("web-1", "n1", "10.1.0.1", 80)}, []string{"n1/web-1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := &syncBuffer{}
+			w := NewWatcher(nil, Options{Service: "web", Logger: hclog.New(&hclog.LoggerOptions{Output: logs})})
+			first := w.instances(tc.entries)
+			var have []string
+			for _, in := range first {
+				have = append(have, in.ID)
+				if in.Invalid != "" {
+					have = append(have, in.Invalid)
+				}
+			}
+			if strings.Join(have, " | ") != strings.Join(tc.want, " | ") {
+				t.Fatalf("want %q, have %q", tc.want, have)
+			}
+			// Consul's order does not matter: every rotation of the answer
+			// gives the same set, down to the entry kept of a repeat.
+			for r := 1; r < len(tc.entries); r++ {
+				rotated := append(append([]*api.ServiceEntry(nil), tc.entries[r:]...), tc.entries[:r]...)
+				if again := w.instances(rotated); !reflect.DeepEqual(again, first) {
+					t.Fatalf("rotation %d: want %+v, have %+v", r, first, again)
+				}
+			}
+		})
+	}
+}
+
+func TestIdentityStableWhenNodeJoins(t *testing.T) {
+	h := start(t, Options{})
+	a, b := entry("web-1", "n1", "10.1.0.1", 80), entry("web-1", "n2", "10.1.0.2", 80)
+	h.serve(t, answer{index: 2, entries: []*api.ServiceEntry{a}})
+	if u := h.next(t); ids(u) != "n1/web-1" {
+		t.Fatalf("want n1/web-1, have %s", ids(u))
+	}
+	// A second node registers the same service ID: the first instance
+	// keeps its ID (and so its counters, cookie and hash slots).
+	h.serve(t, answer{index: 3, entries: []*api.ServiceEntry{b, a}})
+	u := h.next(t)
+	if ids(u) != "n1/web-1,n2/web-1" {
+		t.Fatalf("want n1/web-1,n2/web-1, have %s", ids(u))
+	}
+	if u.Instances[0].HostPort() != "10.1.0.1:80" || u.Instances[1].HostPort() != "10.1.0.2:80" {
+		t.Fatalf("addresses swapped: %+v", u.Instances)
+	}
+	h.serve(t, answer{index: 4, entries: []*api.ServiceEntry{a, a}})
+	u = h.next(t)
+	if len(u.Instances) != 1 || u.Instances[0].Invalid == "" {
+		t.Fatalf("want one invalid instance for a repeated entry, have %+v", u.Instances)
+	}
+	h.serve(t, answer{index: 5, entries: []*api.ServiceEntry{a, a}})
+	h.next(t)
+	if have := strings.Count(h.logs.String(), "listed more than once"); have != 1 {
+		t.Fatalf("want the repeat logged once, have %d: %s", have, h.logs.String())
 	}
 }

@@ -84,7 +84,7 @@ listener "other" {
 		t.Errorf("service status: %+v", svc)
 	}
 	for _, in := range svc.Instances {
-		want := map[string]int{"web-a": 1, "web-b": 1, "web-c": 3}[in.ID]
+		want := map[string]int{"e2e/web-a": 1, "e2e/web-b": 1, "e2e/web-c": 3}[in.ID]
 		if in.Weight != want || in.Consul != "passing" || !in.Eligible || in.Probe != "unknown" || in.Ejected {
 			t.Errorf("instance %s: want weight %d passing eligible, have %+v", in.ID, want, in)
 		}

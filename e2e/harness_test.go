@@ -149,13 +149,17 @@ func startConsul(t testing.TB) *consulAgent {
 	return c
 }
 
+// consulNode is the agent's node name: sluice names instances
+// "<node>/<service ID>".
+const consulNode = "e2e"
+
 // start runs a fresh dev agent (in-memory state) on the agent's ports and
 // waits until it has a leader and has synced its node.
 func (c *consulAgent) start() {
 	t := c.t
 	t.Helper()
 	c.proc = startProcess(t, binary(t, "CONSUL_BIN", "consul"), "agent", "-dev",
-		"-node", "e2e", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-node", consulNode, "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-http-port", fmt.Sprint(c.ports[0]), "-serf-lan-port", fmt.Sprint(c.ports[1]),
 		"-serf-wan-port", fmt.Sprint(c.ports[2]), "-server-port", fmt.Sprint(c.ports[3]),
 		"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "ports { grpc_tls = -1 }",
@@ -326,14 +330,15 @@ func (s *sluice) services() admin.ServicesResponse {
 	return out
 }
 
-// instance returns the status of one instance, and whether it is listed.
+// instance returns the status of one instance, named by its Consul service
+// ID on the agent's node, and whether it is listed.
 func (s *sluice) instance(service, id string) (admin.Instance, bool) {
 	for _, svc := range s.services().Services {
 		if svc.Name != service {
 			continue
 		}
 		for _, in := range svc.Instances {
-			if in.ID == id {
+			if in.ID == consulNode+"/"+id {
 				return in, true
 			}
 		}

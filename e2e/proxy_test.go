@@ -333,7 +333,7 @@ listener "public" {
 		return strings.Count(string(b), "\n") >= 2
 	})
 	b, _ := os.ReadFile(logPath)
-	for _, want := range []string{"listener=public service=web instance=web-a", "path=/h2 status=200 bytes=1", "path=/ws status=101", "attempts=1"} {
+	for _, want := range []string{"listener=public service=web instance=e2e/web-a", "path=/h2 status=200 bytes=1", "path=/ws status=101", "attempts=1"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("access log lacks %q:\n%s", want, b)
 		}

@@ -25,10 +25,13 @@ type Service struct {
 
 // Instance is the status of one instance.
 type Instance struct {
-	ID       string `json:"id"`
-	Address  string `json:"address"`
-	Weight   int    `json:"weight"`
-	Consul   string `json:"consul"`
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Weight  int    `json:"weight"`
+	Consul  string `json:"consul"`
+	// Invalid says why the instance's Consul entry cannot be used (bad
+	// address or port, duplicate ID); such an instance is never eligible.
+	Invalid  string `json:"invalid,omitempty"`
 	Probe    string `json:"probe"`
 	Ejected  bool   `json:"ejected"`
 	Eligible bool   `json:"eligible"`
@@ -73,7 +76,7 @@ func serviceStatus(s *balance.Snapshot) Service {
 	}
 	for _, m := range s.Members {
 		out.Instances = append(out.Instances, Instance{
-			ID: m.ID, Address: m.Addr, Weight: m.Weight, Consul: m.Consul,
+			ID: m.ID, Address: m.Addr, Weight: m.Weight, Consul: m.Consul, Invalid: m.Invalid,
 			Probe: m.Probe, Ejected: m.Ejected, Eligible: m.Eligible,
 			Inflight: m.Stats.Inflight(), Requests: m.Stats.Requests(),
 		})

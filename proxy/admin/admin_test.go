@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,6 +34,7 @@ func TestServicesAndHealthz(t *testing.T) {
 	web.SetMembers(ctx, 42, []balance.Member{
 		{ID: "web-1", Addr: "127.0.0.1:9001", Weight: 3, Consul: balance.ConsulPassing},
 		{ID: "web-2", Addr: "127.0.0.1:9002", Weight: 1, Consul: balance.ConsulCritical},
+		{ID: "web-3", Addr: "127.0.0.1:0", Weight: 1, Consul: balance.ConsulPassing, Invalid: "invalid port"},
 	})
 	deadline := time.Now().Add(5 * time.Second)
 	for !web.Load().Synced && time.Now().Before(deadline) {
@@ -63,14 +65,19 @@ func TestServicesAndHealthz(t *testing.T) {
 	want := []Instance{
 		{ID: "web-1", Address: "127.0.0.1:9001", Weight: 3, Consul: "passing", Probe: "unknown", Eligible: true, Inflight: 1, Requests: 1},
 		{ID: "web-2", Address: "127.0.0.1:9002", Weight: 1, Consul: "critical", Probe: "unknown"},
+		{ID: "web-3", Address: "127.0.0.1:0", Weight: 1, Consul: "passing", Invalid: "invalid port", Probe: "unknown"},
 	}
-	if svc.Strategy != "weighted_round_robin" || svc.ConsulIndex != 42 || len(svc.Instances) != 2 {
+	if svc.Strategy != "weighted_round_robin" || svc.ConsulIndex != 42 || len(svc.Instances) != 3 {
 		t.Fatalf("web: %+v", svc)
 	}
 	for i := range want {
 		if svc.Instances[i] != want[i] {
 			t.Errorf("instance %d: want %+v, have %+v", i, want[i], svc.Instances[i])
 		}
+	}
+	// The reason is in the JSON only for an invalid instance.
+	if body := rec.Body.String(); strings.Count(body, `"invalid": "invalid port"`) != 1 || strings.Count(body, `"invalid"`) != 1 {
+		t.Errorf("want one invalid field, for web-3: %s", body)
 	}
 	if rec := get("/nope"); rec.Code != http.StatusNotFound {
 		t.Errorf("unknown path: want 404, have %d", rec.Code)
