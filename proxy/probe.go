@@ -76,6 +76,9 @@ func (p *Prober) Run(ctx context.Context) {
 		snap := p.pool.Load()
 		seen := make(map[string]bool, len(snap.Members))
 		for _, m := range snap.Members {
+			if m.Invalid != "" {
+				continue // never dialled: its address came from Consul malformed
+			}
 			seen[m.ID] = true
 			if l := loops[m.ID]; l != nil && l.addr == m.Addr && l.stats == m.Stats {
 				continue

@@ -107,6 +107,8 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 		pools = append(pools, pool)
 		opts.Pool = pool
 		opts.PerTryTimeout = svc.Retry.PerTryTimeout
+		opts.ResponseHeaderTimeout = svc.ResponseHeaderTimeout
+		opts.ResponseBodyTimeout = svc.ResponseBodyTimeout
 		services[name] = opts
 		if hc := svc.HealthCheck; hc != nil {
 			prober := proxy.NewProber(pool, proxy.ProbeOptions{
@@ -173,9 +175,13 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 			srv := &h1.Server{
 				Handler: proxy.NewHTTPHandler(proxy.HTTPOptions{
 					Listener: l.Name, Routes: routes, Transport: transport, AccessLog: accessLog, Logger: logger.Named("http"),
+					TrustedProxies: l.TrustedProxies,
 				}),
-				IdleTimeout: l.IdleTimeout,
-				ErrorLog:    errLog,
+				HeaderTimeout: l.RequestHeaderTimeout,
+				BodyTimeout:   l.RequestBodyTimeout,
+				WriteTimeout:  l.ResponseWriteTimeout,
+				IdleTimeout:   l.IdleTimeout,
+				ErrorLog:      errLog,
 			}
 			servers = append(servers, srv)
 			go func() {
