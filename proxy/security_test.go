@@ -519,3 +519,68 @@ func TestUpstreamReusedOnlyAtBoundary(t *testing.T) {
 		t.Fatalf("want 1 upstream connection for 120 sequential requests, have %d", n)
 	}
 }
+
+// TestClientThatStopsReading: a client that stops reading a long answer is
+// cut after the write timeout; the upstream exchange ends, in-flight is
+// released and the instance is not blamed.
+func TestClientThatStopsReading(t *testing.T) {
+	upstreamDone := make(chan struct{})
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(upstreamDone)
+		chunk := make([]byte, 64<<10)
+		for i := 0; i < 4096; i++ { // 256 MiB: far more than socket buffers hold
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	defer be.Close()
+	p := pool(t, "round_robin", m("a", hostOf(be), 1))
+	f := h1Front(t, HTTPOptions{Routes: []Route{{PathPrefix: "/", Service: ServiceOptions{Name: "web", Pool: p}}}},
+		func(s *h1.Server) { s.WriteTimeout = 200 * time.Millisecond })
+	c, err := net.Dial("tcp", strings.TrimPrefix(f.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	select {
+	case <-upstreamDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the answer to a client that stopped reading was not cut")
+	}
+	waitFor(t, "in-flight back to 0", func() bool { return inflight(p) == 0 })
+	if n := failures(p, "a"); n != 0 {
+		t.Fatalf("the instance was blamed %d times for a client that stopped reading", n)
+	}
+}
+
+// TestSlowStreamsAreNotCut: an answer that keeps sending, each byte within
+// the body timeout, runs as long as it likes.
+func TestSlowStreamsAreNotCut(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := 0; i < 20; i++ {
+			fmt.Fprintf(w, "data: %d\n\n", i)
+			w.(http.Flusher).Flush()
+			time.Sleep(50 * time.Millisecond)
+		}
+	}))
+	defer be.Close()
+	p := pool(t, "round_robin", m("a", hostOf(be), 1))
+	f := h1Front(t, HTTPOptions{Routes: []Route{{PathPrefix: "/", Service: ServiceOptions{
+		Name: "web", Pool: p, ResponseBodyTimeout: 200 * time.Millisecond, PerTryTimeout: 200 * time.Millisecond,
+	}}}}, func(s *h1.Server) { s.WriteTimeout = 200 * time.Millisecond })
+	resp, err := http.Get(f.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || strings.Count(string(b), "data: ") != 20 {
+		t.Fatalf("want 20 events over 1 s, have %d (%v)", strings.Count(string(b), "data: "), err)
+	}
+	if n := failures(p, "a"); n != 0 {
+		t.Fatalf("a healthy stream counted %d failures", n)
+	}
+}
