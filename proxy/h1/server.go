@@ -279,7 +279,9 @@ type conn struct {
 	w        *response // the answer in progress
 	idle     atomic.Bool
 	broken   bool // framing or a write failed: close after this request
+	linger   bool // the client may have sent bytes that were not read
 	hijacked bool
+	remote   string // RemoteAddr, formatted once
 }
 
 // deadlineWriter gives every write to the client WriteTimeout to make
@@ -296,7 +298,11 @@ var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 func (c *conn) serve() {
 	handedOff := false
 	defer func() {
-		if !c.hijacked && !handedOff {
+		switch {
+		case c.hijacked, handedOff:
+		case c.linger:
+			c.lingerClose()
+		default:
 			c.rwc.Close()
 		}
 		c.srv.forget(c)
@@ -382,13 +388,20 @@ func (c *conn) writeError(e *Error) {
 	bw.WriteString("\r\n\r\n")
 	bw.WriteString(body)
 	bw.Flush()
-	// Let the answer reach the client before the close: a close with
-	// unread input would reset the connection and could discard it.
+	c.linger = true
+}
+
+// lingerClose closes the connection after an answer that left client bytes
+// unread: a plain close would reset the connection, and the reset can
+// destroy the answer before the client reads it. It half-closes, then
+// discards what the client still sends, for at most 500 ms and 256 KiB.
+func (c *conn) lingerClose() {
 	if tc, ok := c.rwc.(interface{ CloseWrite() error }); ok {
 		tc.CloseWrite()
 		c.rwc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		io.CopyN(io.Discard, c.rwc, 256<<10)
 	}
+	c.rwc.Close()
 }
 
 // serveRequest runs the handler for one request and reports whether the
@@ -398,7 +411,10 @@ func (c *conn) serveRequest(h *head) (keep bool) {
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), http.ServerContextKey, s.h2))
 	defer cancel()
 	req := h.req.WithContext(ctx)
-	req.RemoteAddr = c.rwc.RemoteAddr().String()
+	if c.remote == "" {
+		c.remote = c.rwc.RemoteAddr().String()
+	}
+	req.RemoteAddr = c.remote
 	var b *body
 	switch {
 	case h.chunked:
@@ -436,6 +452,7 @@ func (c *conn) serveRequest(h *head) (keep bool) {
 	if b != nil && !b.done {
 		// Unread request body: its remains would be read as a request.
 		w.closeAfter = true
+		c.linger = true
 	}
 	keep = w.finish()
 	c.w = nil
