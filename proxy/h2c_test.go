@@ -9,9 +9,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sluice-lb/sluice/proxy/h1"
 )
 
 // h2cClient speaks HTTP/2 with prior knowledge over plain TCP only.
@@ -200,5 +203,60 @@ func TestH2CStreamResetIsNotBlamed(t *testing.T) {
 	resp.Body.Close()
 	if string(b) != "ok" || resp.ProtoMajor != 2 {
 		t.Fatalf("after the resets: %q over %s", b, resp.Proto)
+	}
+}
+
+// TestH2CStalledBodyKeepsConnection: over h2c a request body that stalls
+// for the listener's body timeout is the client's fault as on HTTP/1.1
+// (408, the instance not blamed), but it ends only its own stream: the
+// answer carries no Connection: close, which would make net/http send
+// GOAWAY and end every other stream's connection with it.
+func TestH2CStalledBodyKeepsConnection(t *testing.T) {
+	back := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	}))
+	defer back.Close()
+	p := pool(t, "round_robin", m("a", hostOf(back), 1))
+	f := h1Front(t, HTTPOptions{Routes: []Route{{PathPrefix: "/", Service: ServiceOptions{Name: "web", Pool: p}}}},
+		func(s *h1.Server) { s.BodyTimeout = 200 * time.Millisecond })
+	client := h2cClient()
+	defer client.CloseIdleConnections()
+	if resp, err := client.Get(f.URL + "/first"); err != nil {
+		t.Fatal(err)
+	} else {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	for _, method := range []string{http.MethodPost, http.MethodPut} {
+		pr, pw := io.Pipe()
+		req, _ := http.NewRequest(method, f.URL+"/stall", pr)
+		req.ContentLength = 10 // PUT: buffered for replay, so read before any pick
+		go io.WriteString(pw, "abc")
+		resp, err := client.Do(req)
+		pw.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestTimeout {
+			t.Fatalf("%s with a stalled body: want 408, have %d", method, resp.StatusCode)
+		}
+		var reused bool
+		trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }}
+		req, _ = http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, f.URL+"/next", nil)
+		resp, err = client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if !reused {
+			t.Fatalf("after a stalled %s body the h2c connection was ended (GOAWAY)", method)
+		}
+	}
+	if n := failures(p, "a"); n != 0 {
+		t.Fatalf("the instance was blamed %d times for stalled client bodies", n)
 	}
 }
