@@ -221,7 +221,13 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 				status, abort = 499, true
 			case errors.As(err, &ce):
 				status = ce.status()
-				w.Header().Set("Connection", "close")
+				if r.ProtoMajor == 1 {
+					// The rest of the body would be read as a
+					// request. On HTTP/2 only this stream failed;
+					// net/http would take Connection: close for a
+					// GOAWAY that ends the client's other streams.
+					w.Header().Set("Connection", "close")
+				}
 				writeJSONError(w, status, ce.reason(), svc.Name)
 			default:
 				logger.Debug("upstream failed", "service", svc.Name, "error", err)

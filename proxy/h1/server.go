@@ -11,6 +11,10 @@
 // with http.ErrAbortHandler) on a broken copy instead of ending the answer
 // as if it were whole; the server then drops the connection, or answers
 // 502 when nothing of the answer was written yet.
+//
+// On h2c streams BodyTimeout and WriteTimeout hold per read and per write
+// as on HTTP/1.1 connections (a stalled body fails with the same 408
+// *Error; a stalled answer resets the stream).
 package h1
 
 import (
@@ -120,12 +124,16 @@ func (s *Server) init() {
 	protocols.SetUnencryptedHTTP2(true)
 	s.h2ln = newChanListener()
 	s.h2 = &http.Server{
-		Handler:           s.Handler,
+		Handler:           http.HandlerFunc(s.serveH2),
 		ReadHeaderTimeout: s.headerTimeout(),
 		IdleTimeout:       s.idleTimeout(),
 		MaxHeaderBytes:    orInt(s.MaxHeaderBytes, DefaultMaxHeaderBytes),
 		ErrorLog:          s.ErrorLog,
 		Protocols:         &protocols,
+		// A connection whose client stops reading at the TCP level is
+		// closed; a stream whose client keeps its window shut is reset
+		// by h2Writer.
+		HTTP2: &http.HTTP2Config{WriteByteTimeout: s.writeTimeout()},
 	}
 	go s.h2.Serve(s.h2ln)
 }
@@ -573,3 +581,64 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// serveH2 runs the handler for an h2c stream with the timeouts of
+// HTTP/1.1: BodyTimeout for each read of the request body (a stall fails
+// the read with the same 408 *Error) and WriteTimeout for each write or
+// flush of the answer (a stall resets the stream). net/http's own
+// ReadTimeout and WriteTimeout would bound a whole stream instead, and
+// cut long uploads and streamed answers.
+func (s *Server) serveH2(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &h2Body{ReadCloser: r.Body, rc: rc, timeout: s.bodyTimeout()}
+	}
+	s.Handler.ServeHTTP(&h2Writer{ResponseWriter: w, rc: rc, timeout: s.writeTimeout()}, r)
+}
+
+// h2Body arms the stream's read deadline for the length of each Read
+// only: net/http's deadline is a timer that would otherwise fire while the
+// handler is busy elsewhere (writing upstream) and fail the body.
+type h2Body struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (b *h2Body) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	n, err := b.ReadCloser.Read(p)
+	b.rc.SetReadDeadline(time.Time{})
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = errBodyTimeout
+	}
+	return n, err
+}
+
+// h2Writer arms the stream's write deadline for the length of each Write
+// and Flush only, so that an answer that streams slowly (long gaps between
+// writes) is never cut, while one the client stops taking is. Unwrap gives
+// http.ResponseController the rest.
+type h2Writer struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (w *h2Writer) Write(p []byte) (int, error) {
+	w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	n, err := w.ResponseWriter.Write(p)
+	w.rc.SetWriteDeadline(time.Time{})
+	return n, err
+}
+
+func (w *h2Writer) FlushError() error {
+	w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	err := w.rc.Flush()
+	w.rc.SetWriteDeadline(time.Time{})
+	return err
+}
+
+func (w *h2Writer) Flush() { w.FlushError() }
+
+func (w *h2Writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -406,3 +406,114 @@ func TestHandlerPanicDropsConnection(t *testing.T) {
 		t.Fatalf("want the partial answer then a close, have %q", have)
 	}
 }
+
+func h2cClient() *http.Client {
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Protocols: &protocols}}
+}
+
+// TestH2CBodyTimeout: BodyTimeout holds for an h2c request body too: a
+// stream whose body stalls fails with the 408 *Error of HTTP/1.1, while a
+// body that keeps coming, however long it takes, is read whole.
+func TestH2CBodyTimeout(t *testing.T) {
+	addr := serve(t, &Server{Handler: http.HandlerFunc(echo), BodyTimeout: 200 * time.Millisecond})
+	client := h2cClient()
+	defer client.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", pr)
+	go io.WriteString(pw, "abc")
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestTimeout || resp.ProtoMajor != 2 {
+		t.Fatalf("stalled body: want 408 over HTTP/2, have %d over %s after %v", resp.StatusCode, resp.Proto, time.Since(start))
+	}
+
+	// 6 pieces 100 ms apart: 500 ms in all, never 200 ms without a byte.
+	pr, pw = io.Pipe()
+	req, _ = http.NewRequest(http.MethodPost, "http://"+addr+"/", pr)
+	go func() {
+		for i := 0; i < 6; i++ {
+			io.WriteString(pw, "x")
+			time.Sleep(100 * time.Millisecond)
+		}
+		pw.Close()
+	}()
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasSuffix(string(b), "xxxxxx") {
+		t.Fatalf("slow but steady body: %d %q", resp.StatusCode, b)
+	}
+}
+
+// TestH2CWriteTimeout: WriteTimeout holds for an h2c answer too: a stream
+// whose client stops reading (its flow-control window stays shut) is reset
+// and the handler's write fails, while the connection's other streams go
+// on; an answer that keeps being read is never cut.
+func TestH2CWriteTimeout(t *testing.T) {
+	writeErr := make(chan error, 1)
+	addr := serve(t, &Server{WriteTimeout: 300 * time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/small" {
+			io.WriteString(w, "small")
+			return
+		}
+		// 16 MiB, beyond the windows of Go's client (4 MiB a stream);
+		// /steady sends 1 MiB in 640 ms.
+		chunk, n := make([]byte, 16<<10), 1024
+		if r.URL.Path == "/steady" {
+			n = 64
+		}
+		for i := 0; i < n; i++ {
+			if _, err := w.Write(chunk); err != nil {
+				writeErr <- err
+				return
+			}
+			if r.URL.Path == "/steady" {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		writeErr <- nil
+	})})
+	client := h2cClient()
+	defer client.CloseIdleConnections()
+	resp, err := client.Get("http://" + addr + "/stuck")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close() // never read
+	select {
+	case err := <-writeErr:
+		if err == nil {
+			t.Fatal("a write to a client that stopped reading succeeded")
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("a write to a client that stopped reading was not timed out")
+	}
+	resp2, err := client.Get("http://" + addr + "/small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp2.Body)
+	resp2.Body.Close()
+	if string(b) != "small" {
+		t.Fatalf("another stream after the reset: %q", b)
+	}
+	resp3, err := client.Get("http://" + addr + "/steady") // ~640 ms in all
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp3.Body)
+	resp3.Body.Close()
+	if err != nil || n != 1<<20 || <-writeErr != nil {
+		t.Fatalf("steady answer: %d bytes, %v", n, err)
+	}
+}
