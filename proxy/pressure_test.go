@@ -52,6 +52,17 @@ func TestIsLocalResourceError(t *testing.T) {
 	}
 }
 
+// TestIsLocalResourceErrorRealDial: a real dial with no descriptor left
+// fails with an error that IsLocalResourceError recognises. It takes
+// descriptors away only from a child process (the main test process keeps
+// its limit); see TestMain.
+func TestIsLocalResourceErrorRealDial(t *testing.T) {
+	out := runHelper(t, "dial", nil)
+	if strings.TrimSpace(out) != "local" {
+		t.Fatalf("dial without descriptors: helper says %q", out)
+	}
+}
+
 // lockedBuffer is a log sink safe for the logger's and the test's goroutines.
 type lockedBuffer struct {
 	mu sync.Mutex
@@ -199,6 +210,71 @@ func TestPressureLogRateLimit(t *testing.T) {
 		}
 		if p.Count() != 102 {
 			t.Fatalf("count %d", p.Count())
+		}
+	})
+}
+
+// fakeListener returns queued errors from Accept, recording when each
+// call came, then blocks until closed.
+type fakeListener struct {
+	mu     sync.Mutex
+	errs   []error
+	calls  []time.Time
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (l *fakeListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	l.calls = append(l.calls, time.Now())
+	if len(l.errs) > 0 {
+		err := l.errs[0]
+		l.errs = l.errs[1:]
+		l.mu.Unlock()
+		return nil, err
+	}
+	l.mu.Unlock()
+	<-l.closed
+	return nil, net.ErrClosed
+}
+
+func (l *fakeListener) Close() error   { l.once.Do(func() { close(l.closed) }); return nil }
+func (l *fakeListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+// TestTCPAcceptPausesOnExhaustion: accept errors of exhaustion pause the
+// accept loop through the Pressure, doubling while they repeat, and are
+// counted and logged once.
+func TestTCPAcceptPausesOnExhaustion(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		accErr := func(errno syscall.Errno) error {
+			return &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", errno)}
+		}
+		ln := &fakeListener{closed: make(chan struct{}),
+			errs: []error{accErr(syscall.EMFILE), accErr(syscall.EMFILE), accErr(syscall.ENFILE), accErr(syscall.EMFILE)}}
+		var buf lockedBuffer
+		pr := NewPressure(jsonLogger(&buf))
+		tp := NewTCPProxy(TCPOptions{Listener: "db", Pressure: pr})
+		served := make(chan struct{})
+		go func() { tp.Serve(context.Background(), ln); close(served) }()
+		defer func() { ln.Close(); <-served }()
+		time.Sleep(500 * time.Millisecond) // past the pauses: 5+10+20+40 ms
+		synctest.Wait()                    // Serve blocks in the fifth Accept
+		ln.mu.Lock()
+		calls := ln.calls
+		ln.mu.Unlock()
+		if len(calls) != 5 {
+			t.Fatalf("%d accept calls, want 5", len(calls))
+		}
+		for i, want := range []time.Duration{5, 10, 20, 40} {
+			if got := calls[i+1].Sub(calls[i]); got != want*time.Millisecond {
+				t.Errorf("accept %d came %v after the previous one, want %v", i+2, got, want*time.Millisecond)
+			}
+		}
+		if pr.Count() != 4 {
+			t.Fatalf("count %d, want 4", pr.Count())
+		}
+		if lines := buf.warnings(t); len(lines) != 1 || lines[0]["listener"] != "db" {
+			t.Fatalf("log: %v", lines)
 		}
 	})
 }

@@ -20,13 +20,21 @@ import (
 type TCPOptions struct {
 	Listener string // listener name, for the access log
 	Service  ServiceOptions
-	// DialTimeout bounds each connection attempt to an instance; default 5s.
+	// DialTimeout bounds each connection attempt to an instance; default
+	// 5s. It also bounds how long an accepted client waits for sluice to
+	// recover from local resource exhaustion (see Pressure) before it is
+	// closed.
 	DialTimeout time.Duration
 	// IdleTimeout closes a connection after this long without a byte in
 	// either direction; default 2m.
 	IdleTimeout time.Duration
 	AccessLog   *AccessLog
 	Logger      hclog.Logger
+	// Pressure is told of every dial and failed accept, and paces the
+	// accept loop while sluice is out of descriptors or ports; share one
+	// between the listeners of a process. Nil: a private one that logs to
+	// Logger.
+	Pressure *Pressure
 }
 
 // TCPProxy forwards each accepted connection to an instance of one service,
@@ -45,10 +53,26 @@ type TCPOptions struct {
 //     instance read what it was sent: closing with unread data resets);
 //   - a client that goes away (reset, or a failed write to it), the idle
 //     timeout and shutdown give no verdict (the pick is cancelled).
+//
+// A dial that fails because sluice itself is out of descriptors, ports or
+// memory (IsLocalResourceError) is not a failure of the instance and not a
+// try: the pick is cancelled, the accept loop pauses (see Pressure) so
+// that new clients wait in the listen backlog, and the accepted client
+// waits, up to DialTimeout, to be dialled again; it is closed without a
+// byte when that runs out, or sooner when only waiting clients hold the
+// descriptors (see connect). For a second after an exhaustion the accept
+// loop admits one client at a time, each once the previous one has its
+// instance connection (or was given up).
 type TCPProxy struct {
-	opts   TCPOptions
-	dialer net.Dialer
-	wg     sync.WaitGroup
+	opts     TCPOptions
+	dialer   net.Dialer
+	pressure *Pressure
+	wg       sync.WaitGroup
+	// established counts the connections with an instance open now;
+	// shedding is set while a client waiting under local exhaustion is
+	// being closed (see connect).
+	established atomic.Int64
+	shedding    atomic.Bool
 }
 
 // NewTCPProxy returns a proxy; call Serve with a listener.
@@ -66,36 +90,56 @@ func NewTCPProxy(opts TCPOptions) *TCPProxy {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	return &TCPProxy{opts: opts, dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}}
+	pr := opts.Pressure
+	if pr == nil {
+		pr = NewPressure(opts.Logger)
+	}
+	return &TCPProxy{opts: opts, pressure: pr,
+		dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}}
 }
 
 // Serve accepts connections until ln is closed, then waits for the open
 // connections to finish or ctx to end, whichever is first; then it closes
-// them. Closing ln is the caller's way to stop accepting. Accept errors are
-// logged and retried with a backoff up to 1 s.
+// them. Closing ln is the caller's way to stop accepting; while a Pressure
+// pause is in effect that is noticed when the pause ends (at most 1 s).
+// Accepts pause while sluice is out of local resources, so that clients
+// wait in the listen backlog; other accept errors are logged and retried
+// with a backoff up to 1 s.
 func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) {
 	connCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var delay time.Duration
 	for {
+		_ = p.pressure.WaitAccept(ctx)
 		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				break
 			}
-			// Out of file descriptors and the like: back off and keep
-			// accepting, as net/http.Server does.
+			if p.pressure.Report(p.opts.Listener, err) {
+				continue // counted, logged and paused by the Pressure
+			}
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			p.opts.Logger.Warn("accept failed", "listener", p.opts.Listener, "error", err, "retry_in", delay)
 			time.Sleep(delay)
 			continue
 		}
 		delay = 0
+		// Right after an exhaustion, accept no further client until this
+		// one is connected (or given up): accepting runs ahead of dials,
+		// and accepted clients would take the descriptors their dials need.
+		var dialed chan struct{}
+		if p.pressure.strained() {
+			dialed = make(chan struct{})
+		}
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			p.HandleConn(connCtx, c)
+			p.handle(connCtx, c, dialed)
 		}()
+		if dialed != nil {
+			<-dialed
+		}
 	}
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
@@ -110,11 +154,18 @@ func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) {
 // HandleConn proxies one client connection and closes it, judging the
 // instance as the TCPProxy documentation says. Cancelling ctx closes both
 // sides.
-func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) {
+func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) { p.handle(ctx, client, nil) }
+
+// handle is HandleConn; it closes dialed, when not nil, once the dial is
+// over (connected or given up).
+func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan struct{}) {
 	defer client.Close()
 	start := time.Now()
 	svc := &p.opts.Service
 	upstream, res, attempts, cancelled := p.connect(ctx, client)
+	if dialed != nil {
+		close(dialed)
+	}
 	if cancelled {
 		return
 	}
@@ -127,6 +178,7 @@ func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) {
 		return
 	}
 	defer upstream.Close()
+	defer p.established.Add(-1)
 	entry.instance = res.Endpoint.ID
 
 	s := &tcpSession{idle: p.opts.IdleTimeout}
@@ -164,14 +216,23 @@ func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) {
 
 // connect dials an instance for client, trying up to Attempts instances
 // when dials fail. It returns the connection and its pick, or nil when no
-// instance could be reached, and the instances tried; cancelled is true
-// when ctx ended.
+// instance could be reached (or sluice gave up under local exhaustion),
+// and the instances tried; cancelled is true when ctx ended.
+//
+// A dial that fails with local exhaustion is no try: the pick is
+// cancelled, and the client waits for the Pressure pause to end and
+// picks again, for up to DialTimeout in all. It gives up at once when a
+// retry fails again while this proxy has no established connection, whose
+// end could free a descriptor, and no other waiting client is giving up:
+// waiting clients accepted in a burst could otherwise hold the last
+// descriptors until DialTimeout, each waiting for another's.
 func (p *TCPProxy) connect(ctx context.Context, client net.Conn) (upstream net.Conn, res balance.PickResult, attempts int, cancelled bool) {
 	var info balance.PickInfo
 	if ap, err := netip.ParseAddrPort(client.RemoteAddr().String()); err == nil {
 		info.Client = ap.Addr().Unmap()
 	}
 	svc := &p.opts.Service
+	var localDeadline time.Time // set at the first local exhaustion
 	for attempts < svc.Attempts {
 		r, err := svc.Pool.Load().Picker.Pick(info)
 		if err != nil {
@@ -180,12 +241,40 @@ func (p *TCPProxy) connect(ctx context.Context, client net.Conn) (upstream net.C
 		}
 		c, err := p.dialer.DialContext(ctx, "tcp", r.Endpoint.Addr)
 		if err == nil {
+			p.established.Add(1) // handle subtracts it when the connection ends
+			p.pressure.Report(p.opts.Listener, nil)
 			r.Responded()
 			return c, r, attempts + 1, false
 		}
 		if ctx.Err() != nil {
 			r.Cancel()
 			return nil, res, attempts, true
+		}
+		if p.pressure.Report(p.opts.Listener, err) {
+			r.Cancel()
+			retried := !localDeadline.IsZero()
+			if !retried {
+				localDeadline = time.Now().Add(p.opts.DialTimeout)
+			}
+			if retried && p.established.Load() == 0 && p.shedding.CompareAndSwap(false, true) {
+				// Shed one waiting client at a time: its descriptor
+				// lets another waiter dial.
+				p.opts.Logger.Debug("closing connection: out of local resources", "service", svc.Name, "error", err)
+				client.Close()
+				p.shedding.Store(false)
+				return nil, res, attempts, false
+			}
+			wctx, wcancel := context.WithDeadline(ctx, localDeadline)
+			werr := p.pressure.WaitAccept(wctx)
+			wcancel()
+			if ctx.Err() != nil {
+				return nil, res, attempts, true
+			}
+			if werr != nil || time.Now().After(localDeadline) {
+				p.opts.Logger.Debug("closing connection: out of local resources", "service", svc.Name, "error", err)
+				return nil, res, attempts, false
+			}
+			continue
 		}
 		attempts++
 		r.Done(err)
