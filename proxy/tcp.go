@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -19,23 +20,59 @@ import (
 type TCPOptions struct {
 	Listener string // listener name, for the access log
 	Service  ServiceOptions
-	// DialTimeout bounds each connection attempt to an instance; default 5s.
+	// DialTimeout bounds each connection attempt to an instance; default
+	// 5s. It also bounds how long an accepted client waits for sluice to
+	// recover from local resource exhaustion (see Pressure) before it is
+	// closed.
 	DialTimeout time.Duration
 	// IdleTimeout closes a connection after this long without a byte in
 	// either direction; default 2m.
 	IdleTimeout time.Duration
 	AccessLog   *AccessLog
 	Logger      hclog.Logger
+	// Pressure is told of every dial and failed accept, and paces the
+	// accept loop while sluice is out of descriptors or ports; share one
+	// between the listeners of a process. Nil: a private one that logs to
+	// Logger.
+	Pressure *Pressure
 }
 
 // TCPProxy forwards each accepted connection to an instance of one service,
 // trying another instance when the dial fails (a failure for passive
 // ejection). Bytes are copied in both directions through pooled buffers,
 // and each direction is half-closed on EOF.
+//
+// Blame (what passive ejection counts, like HAProxy's observe layer4): a
+// connection to an instance that sent at least one byte is a success,
+// however it ends. Before the instance's first byte:
+//   - a reset (RST) or another error on the instance's side is a failure;
+//   - a clean close (FIN) is a failure while the client has not
+//     half-closed (it had sent bytes or was waiting for the instance to
+//     speak); after the client's half-close it is a success, the end of a
+//     protocol in which the server sends nothing (a clean close means the
+//     instance read what it was sent: closing with unread data resets);
+//   - a client that goes away (reset, or a failed write to it), the idle
+//     timeout and shutdown give no verdict (the pick is cancelled).
+//
+// A dial that fails because sluice itself is out of descriptors, ports or
+// memory (IsLocalResourceError) is not a failure of the instance and not a
+// try: the pick is cancelled, the accept loop pauses (see Pressure) so
+// that new clients wait in the listen backlog, and the accepted client
+// waits, up to DialTimeout, to be dialled again; it is closed without a
+// byte when that runs out, or sooner when only waiting clients hold the
+// descriptors (see connect). For a second after an exhaustion the accept
+// loop admits one client at a time, each once the previous one has its
+// instance connection (or was given up).
 type TCPProxy struct {
-	opts   TCPOptions
-	dialer net.Dialer
-	wg     sync.WaitGroup
+	opts     TCPOptions
+	dialer   net.Dialer
+	pressure *Pressure
+	wg       sync.WaitGroup
+	// established counts the connections with an instance open now;
+	// shedding is set while a client waiting under local exhaustion is
+	// being closed (see connect).
+	established atomic.Int64
+	shedding    atomic.Bool
 }
 
 // NewTCPProxy returns a proxy; call Serve with a listener.
@@ -53,36 +90,56 @@ func NewTCPProxy(opts TCPOptions) *TCPProxy {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	return &TCPProxy{opts: opts, dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}}
+	pr := opts.Pressure
+	if pr == nil {
+		pr = NewPressure(opts.Logger)
+	}
+	return &TCPProxy{opts: opts, pressure: pr,
+		dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}}
 }
 
 // Serve accepts connections until ln is closed, then waits for the open
 // connections to finish or ctx to end, whichever is first; then it closes
-// them. Closing ln is the caller's way to stop accepting. Accept errors are
-// logged and retried with a backoff up to 1 s.
+// them. Closing ln is the caller's way to stop accepting; while a Pressure
+// pause is in effect that is noticed when the pause ends (at most 1 s).
+// Accepts pause while sluice is out of local resources, so that clients
+// wait in the listen backlog; other accept errors are logged and retried
+// with a backoff up to 1 s.
 func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) {
 	connCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var delay time.Duration
 	for {
+		_ = p.pressure.WaitAccept(ctx)
 		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				break
 			}
-			// Out of file descriptors and the like: back off and keep
-			// accepting, as net/http.Server does.
+			if p.pressure.Report(p.opts.Listener, err) {
+				continue // counted, logged and paused by the Pressure
+			}
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			p.opts.Logger.Warn("accept failed", "listener", p.opts.Listener, "error", err, "retry_in", delay)
 			time.Sleep(delay)
 			continue
 		}
 		delay = 0
+		// Right after an exhaustion, accept no further client until this
+		// one is connected (or given up): accepting runs ahead of dials,
+		// and accepted clients would take the descriptors their dials need.
+		var dialed chan struct{}
+		if p.pressure.strained() {
+			dialed = make(chan struct{})
+		}
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			p.HandleConn(connCtx, c)
+			p.handle(connCtx, c, dialed)
 		}()
+		if dialed != nil {
+			<-dialed
+		}
 	}
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
@@ -94,39 +151,23 @@ func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) {
 	}
 }
 
-// HandleConn proxies one client connection and closes it. Cancelling ctx
-// closes both sides.
-func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) {
+// HandleConn proxies one client connection and closes it, judging the
+// instance as the TCPProxy documentation says. Cancelling ctx closes both
+// sides.
+func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) { p.handle(ctx, client, nil) }
+
+// handle is HandleConn; it closes dialed, when not nil, once the dial is
+// over (connected or given up).
+func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan struct{}) {
 	defer client.Close()
 	start := time.Now()
-	var info balance.PickInfo
-	if ap, err := netip.ParseAddrPort(client.RemoteAddr().String()); err == nil {
-		info.Client = ap.Addr().Unmap()
-	}
 	svc := &p.opts.Service
-	var upstream net.Conn
-	var res balance.PickResult
-	attempts := 0
-	for attempts < svc.Attempts {
-		r, err := svc.Pool.Load().Picker.Pick(info)
-		if err != nil {
-			p.opts.Logger.Debug("no instance for connection", "service", svc.Name, "error", err)
-			break
-		}
-		attempts++
-		c, err := p.dialer.DialContext(ctx, "tcp", r.Endpoint.Addr)
-		if err == nil {
-			r.Responded()
-			upstream, res = c, r
-			break
-		}
-		if ctx.Err() != nil {
-			r.Cancel()
-			return
-		}
-		r.Done(err)
-		info.Tried.Add(r.Endpoint)
-		p.opts.Logger.Debug("dial failed", "service", svc.Name, "instance", r.Endpoint.ID, "error", err)
+	upstream, res, attempts, cancelled := p.connect(ctx, client)
+	if dialed != nil {
+		close(dialed)
+	}
+	if cancelled {
+		return
 	}
 	entry := logEntry{listener: p.opts.Listener, service: svc.Name, client: client.RemoteAddr().String(),
 		tcp: true, start: start, attempts: attempts}
@@ -136,41 +177,190 @@ func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) {
 		}
 		return
 	}
-	defer res.Done(nil)
 	defer upstream.Close()
+	defer p.established.Add(-1)
 	entry.instance = res.Endpoint.ID
 
+	s := &tcpSession{idle: p.opts.IdleTimeout}
+	s.active.Store(time.Now().UnixNano())
 	stop := context.AfterFunc(ctx, func() {
+		s.end(partyShutdown, nil)
 		client.Close()
 		upstream.Close()
 	})
 	defer stop()
 	// Idle is judged on both directions together: a long download
 	// through one direction keeps the other direction's reads alive.
-	var active atomic.Int64
-	active.Store(time.Now().UnixNano())
 	var in int64
 	done := make(chan struct{})
 	go func() {
-		in = copyToBackend(upstream, client, p.opts.IdleTimeout, &active)
+		in = s.copyToBackend(upstream, client)
 		close(done)
 	}()
-	entry.bytes = copyToClient(client, upstream, p.opts.IdleTimeout, &active)
+	entry.bytes = s.copyToClient(client, upstream)
 	<-done
 	entry.bytesIn = in
+	switch v, err := s.verdict(entry.bytes); v {
+	case verdictSuccess:
+		res.Done(nil)
+	case verdictFailure:
+		res.Done(err)
+		p.opts.Logger.Debug("instance failed the connection", "service", svc.Name, "instance", res.Endpoint.ID, "error", err)
+	default:
+		res.Cancel()
+	}
 	if p.opts.AccessLog != nil {
 		p.opts.AccessLog.write(&entry)
 	}
 }
 
+// connect dials an instance for client, trying up to Attempts instances
+// when dials fail. It returns the connection and its pick, or nil when no
+// instance could be reached (or sluice gave up under local exhaustion),
+// and the instances tried; cancelled is true when ctx ended.
+//
+// A dial that fails with local exhaustion is no try: the pick is
+// cancelled, and the client waits for the Pressure pause to end and
+// picks again, for up to DialTimeout in all. It gives up at once when a
+// retry fails again while this proxy has no established connection, whose
+// end could free a descriptor, and no other waiting client is giving up:
+// waiting clients accepted in a burst could otherwise hold the last
+// descriptors until DialTimeout, each waiting for another's.
+func (p *TCPProxy) connect(ctx context.Context, client net.Conn) (upstream net.Conn, res balance.PickResult, attempts int, cancelled bool) {
+	var info balance.PickInfo
+	if ap, err := netip.ParseAddrPort(client.RemoteAddr().String()); err == nil {
+		info.Client = ap.Addr().Unmap()
+	}
+	svc := &p.opts.Service
+	var localDeadline time.Time // set at the first local exhaustion
+	for attempts < svc.Attempts {
+		r, err := svc.Pool.Load().Picker.Pick(info)
+		if err != nil {
+			p.opts.Logger.Debug("no instance for connection", "service", svc.Name, "error", err)
+			return nil, res, attempts, false
+		}
+		c, err := p.dialer.DialContext(ctx, "tcp", r.Endpoint.Addr)
+		if err == nil {
+			p.established.Add(1) // handle subtracts it when the connection ends
+			p.pressure.Report(p.opts.Listener, nil)
+			r.Responded()
+			return c, r, attempts + 1, false
+		}
+		if ctx.Err() != nil {
+			r.Cancel()
+			return nil, res, attempts, true
+		}
+		if p.pressure.Report(p.opts.Listener, err) {
+			r.Cancel()
+			retried := !localDeadline.IsZero()
+			if !retried {
+				localDeadline = time.Now().Add(p.opts.DialTimeout)
+			}
+			if retried && p.established.Load() == 0 && p.shedding.CompareAndSwap(false, true) {
+				// Shed one waiting client at a time: its descriptor
+				// lets another waiter dial.
+				p.opts.Logger.Debug("closing connection: out of local resources", "service", svc.Name, "error", err)
+				client.Close()
+				p.shedding.Store(false)
+				return nil, res, attempts, false
+			}
+			wctx, wcancel := context.WithDeadline(ctx, localDeadline)
+			werr := p.pressure.WaitAccept(wctx)
+			wcancel()
+			if ctx.Err() != nil {
+				return nil, res, attempts, true
+			}
+			if werr != nil || time.Now().After(localDeadline) {
+				p.opts.Logger.Debug("closing connection: out of local resources", "service", svc.Name, "error", err)
+				return nil, res, attempts, false
+			}
+			continue
+		}
+		attempts++
+		r.Done(err)
+		info.Tried.Add(r.Endpoint)
+		p.opts.Logger.Debug("dial failed", "service", svc.Name, "instance", r.Endpoint.ID, "error", err)
+	}
+	return nil, res, attempts, false
+}
+
+// Parties of a proxied connection, as recorded by tcpSession.end.
+const (
+	partyNone     int32 = iota
+	partyClient         // the client reset, or a write to it failed
+	partyInstance       // the instance reset, or another error on its side
+	partyIdle           // the idle timeout
+	partyShutdown       // Serve's context ended
+)
+
+// Verdicts of tcpSession.verdict.
+const (
+	verdictNone    = iota // no verdict: cancel the pick
+	verdictSuccess        // Done(nil)
+	verdictFailure        // Done(err)
+)
+
+// errClosedSilently is the failure of an instance that closed cleanly
+// before sending a byte while the client was still sending or waiting.
+var errClosedSilently = errors.New("instance closed the connection before sending a byte")
+
+// tcpSession is the state that the two copy directions of one proxied
+// connection share, for the idle timeout and for blame.
+type tcpSession struct {
+	idle time.Duration
+	// active is the clock (UnixNano) of the last byte moved either way.
+	active atomic.Int64
+	// ended is the party whose error closed both sides first (CAS from
+	// partyNone); endErr is its error, written only by the winner of
+	// ended in a copy direction and read after both returned.
+	ended  atomic.Int32
+	endErr error
+	// clientEOF is set when the client half-closed and the half-close
+	// was passed on to the instance.
+	clientEOF atomic.Bool
+	// upstreamEOF is set when the instance closed cleanly; afterClient
+	// when the client had half-closed before. Both are written by
+	// copyToClient only.
+	upstreamEOF, afterClient bool
+}
+
+// end records party as the one that ended the connection, unless another
+// came first. Errors after the first are mostly the consequence of
+// closing both sides (net.ErrClosed) and are not recorded.
+func (s *tcpSession) end(party int32, err error) bool {
+	if s.ended.CompareAndSwap(partyNone, party) {
+		if party != partyShutdown {
+			s.endErr = err
+		}
+		return true
+	}
+	return false
+}
+
+// verdict judges the instance once both directions returned, out being
+// the bytes it sent; see TCPProxy for the rules.
+func (s *tcpSession) verdict(out int64) (int, error) {
+	switch {
+	case out > 0:
+		return verdictSuccess, nil
+	case s.upstreamEOF && s.afterClient:
+		return verdictSuccess, nil
+	case s.upstreamEOF:
+		return verdictFailure, errClosedSilently
+	case s.ended.Load() == partyInstance:
+		return verdictFailure, fmt.Errorf("instance failed the connection before sending a byte: %w", s.endErr)
+	}
+	return verdictNone, nil
+}
+
 // copyToBackend copies client bytes upstream, then half-closes upstream.
-func copyToBackend(upstream, client net.Conn, idle time.Duration, active *atomic.Int64) int64 {
-	return copyHalf(upstream, client, idle, active)
+func (s *tcpSession) copyToBackend(upstream, client net.Conn) int64 {
+	return s.copyHalf(upstream, client, partyInstance, partyClient)
 }
 
 // copyToClient copies upstream bytes to the client, then half-closes the client.
-func copyToClient(client, upstream net.Conn, idle time.Duration, active *atomic.Int64) int64 {
-	return copyHalf(client, upstream, idle, active)
+func (s *tcpSession) copyToClient(client, upstream net.Conn) int64 {
+	return s.copyHalf(client, upstream, partyClient, partyInstance)
 }
 
 // copyBufSize is the buffer of one copy direction. A buffered copy moved
@@ -183,23 +373,31 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 
 // copyHalf copies src to dst until EOF or an error, or until no byte has
 // moved in either direction for idle; then it closes dst for writing so the
-// peer sees EOF (or closes both on an error or idle). Deadlines are set a
-// quarter of idle ahead and every byte moved in either direction counts as
-// activity, so a slow one-way stream is not cut; a write deadline keeps a
-// peer that stops reading from holding the connection.
-func copyHalf(dst, src net.Conn, idle time.Duration, active *atomic.Int64) int64 {
+// peer sees EOF (or closes both on an error or idle, recording the party
+// at fault: dstParty for a failed write, srcParty for a failed read).
+// Deadlines are set a quarter of idle ahead and every byte moved in either
+// direction counts as activity, so a slow one-way stream is not cut; a
+// write deadline keeps a peer that stops reading from holding the
+// connection.
+func (s *tcpSession) copyHalf(dst, src net.Conn, dstParty, srcParty int32) int64 {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
+	idle := s.idle
 	step := max(idle/4, time.Millisecond)
 	var total int64
 	for {
 		src.SetReadDeadline(time.Now().Add(step))
 		n, err := src.Read(buf)
 		if n > 0 {
-			active.Store(time.Now().UnixNano())
+			s.active.Store(time.Now().UnixNano())
 			dst.SetWriteDeadline(time.Now().Add(idle))
 			if _, werr := dst.Write(buf[:n]); werr != nil {
+				if errors.Is(werr, os.ErrDeadlineExceeded) {
+					s.end(partyIdle, werr)
+				} else {
+					s.end(dstParty, werr)
+				}
 				dst.Close()
 				src.Close()
 				return total
@@ -209,16 +407,27 @@ func copyHalf(dst, src net.Conn, idle time.Duration, active *atomic.Int64) int64
 		switch {
 		case err == nil:
 		case errors.Is(err, io.EOF):
-			// EOF from src: pass the half-close on.
+			// EOF from src: pass the half-close on, recording it first
+			// so that the instance's answer to it finds it recorded.
+			if srcParty == partyClient {
+				s.clientEOF.Store(true)
+			} else {
+				s.upstreamEOF, s.afterClient = true, s.clientEOF.Load()
+			}
 			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 				_ = cw.CloseWrite()
 			} else {
 				dst.Close()
 			}
 			return total
-		case errors.Is(err, os.ErrDeadlineExceeded) && time.Since(time.Unix(0, active.Load())) < idle:
+		case errors.Is(err, os.ErrDeadlineExceeded) && time.Since(time.Unix(0, s.active.Load())) < idle:
 			// Quiet this way, but not idle: keep waiting.
 		default:
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				s.end(partyIdle, err)
+			} else {
+				s.end(srcParty, err)
+			}
 			dst.Close()
 			src.Close()
 			return total
