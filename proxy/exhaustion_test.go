@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -159,6 +160,79 @@ func TestTCPFDExhaustionBlamesNoInstance(t *testing.T) {
 	}
 	if !strings.Contains(h.stderr.String(), "out of local resources") {
 		t.Errorf("no Warn line about the exhaustion:\n%s", h.stderr.String())
+	}
+	t.Logf("%d of %d clients served, %d local exhaustions reported", served, clients, st.Pressure)
+}
+
+// TestHTTPFDExhaustionBlamesNoInstance is the HTTP listener's version:
+// with descriptors for 3 proxied connections and 10 clients at once, no
+// instance is blamed or ejected; every client gets the instance's whole
+// answer, a 503 from sluice, or a close without a byte.
+func TestHTTPFDExhaustionBlamesNoInstance(t *testing.T) {
+	const capacity, clients = 3, 10
+	release := make(chan struct{})
+	be := func() string {
+		var held sync.WaitGroup
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			<-release
+			io.WriteString(w, "ok "+r.URL.Path)
+		})}
+		held.Add(1)
+		go func() { defer held.Done(); srv.Serve(ln) }()
+		t.Cleanup(func() { srv.Close(); held.Wait() })
+		return ln.Addr().String()
+	}
+	h := startHelper(t, "http", capacity, be(), be())
+	type result struct {
+		i    int
+		have string
+	}
+	results := make(chan result, clients)
+	for i := range clients {
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		fmt.Fprintf(c, "GET /c%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", i)
+		go func() {
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			b, _ := io.ReadAll(c)
+			results <- result{i, string(b)}
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for h.status(t).Pressure == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the helper never ran out of descriptors")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(release)
+	served := 0
+	for range clients {
+		r := <-results
+		switch {
+		case strings.HasPrefix(r.have, "HTTP/1.1 200 ") && strings.HasSuffix(r.have, fmt.Sprintf("ok /c%d", r.i)):
+			served++
+		case strings.HasPrefix(r.have, "HTTP/1.1 503 ") && strings.Contains(r.have, "out of resources"):
+		case r.have == "":
+		default:
+			t.Errorf("client %d: %q", r.i, r.have)
+		}
+	}
+	if served == 0 {
+		t.Error("no client was served")
+	}
+	st := h.status(t)
+	for _, m := range st.Members {
+		if m.Ejected || !m.Eligible || m.Failures != 0 {
+			t.Errorf("instance %s blamed for sluice's exhaustion: %+v", m.ID, m)
+		}
 	}
 	t.Logf("%d of %d clients served, %d local exhaustions reported", served, clients, st.Pressure)
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/sluice-lb/sluice/balance"
+	"github.com/sluice-lb/sluice/proxy/h1"
 )
 
 // helperEnv switches the test binary into a helper process (see TestMain).
@@ -169,7 +170,17 @@ func helperProxy() int {
 	if err := limitFDs(limit); err != nil {
 		return fail(err)
 	}
-	go tp.Serve(ctx, ln)
+	if os.Getenv("SLUICE_PROXY_PROTO") == "http" {
+		srv := &h1.Server{
+			Handler: NewHTTPHandler(HTTPOptions{Listener: "pressure", Logger: logger, Pressure: pr,
+				Routes: []Route{{PathPrefix: "/", Service: ServiceOptions{Name: "up", Pool: pool, Attempts: 2}}}}),
+			AcceptGate:  func() { pr.WaitAccept(ctx) },
+			AcceptError: func(err error) { pr.Report("pressure", err) },
+		}
+		go srv.Serve(ln)
+	} else {
+		go tp.Serve(ctx, ln)
+	}
 	fmt.Printf("LISTEN %s\n", ln.Addr())
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
@@ -217,6 +228,11 @@ type helperProcess struct {
 // startProxyHelper starts the proxy helper and waits for its address. The
 // helper exits when the test ends (its stdin closes).
 func startProxyHelper(t *testing.T, conns int, backends ...string) *helperProcess {
+	return startHelper(t, "tcp", conns, backends...)
+}
+
+// startHelper starts the proxy helper with a tcp or http listener.
+func startHelper(t *testing.T, proto string, conns int, backends ...string) *helperProcess {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -224,7 +240,7 @@ func startProxyHelper(t *testing.T, conns int, backends ...string) *helperProces
 	}
 	h := &helperProcess{cmd: exec.Command(exe), stderr: &lockedBuffer{}}
 	h.cmd.Env = append(os.Environ(), helperEnv+"=proxy", helperGorace, "SLUICE_PROXY_CONNS="+strconv.Itoa(conns),
-		"SLUICE_PROXY_BACKENDS="+strings.Join(backends, ","))
+		"SLUICE_PROXY_BACKENDS="+strings.Join(backends, ","), "SLUICE_PROXY_PROTO="+proto)
 	h.cmd.Stderr = h.stderr
 	stdin, err := h.cmd.StdinPipe()
 	if err != nil {

@@ -71,6 +71,11 @@ type HTTPOptions struct {
 	// (appended to); from any other peer they are replaced. See
 	// forwarding.
 	TrustedProxies []netip.Prefix
+	// Pressure is told of every dial; a dial that fails because sluice is
+	// out of file descriptors or ports is answered 503 without blaming or
+	// retrying the instance (see Pressure). nil: a private one logging to
+	// Logger.
+	Pressure *Pressure
 	// MaxReplayBody is the largest request body (by Content-Length) that
 	// is buffered so that an idempotent request can be retried after it
 	// was sent; default 64 KiB. Larger or chunked bodies are streamed and
@@ -102,6 +107,9 @@ func NewHTTPHandler(opts HTTPOptions) http.Handler {
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
+	}
+	if opts.Pressure == nil {
+		opts.Pressure = NewPressure(opts.Logger)
 	}
 	if opts.MaxReplayBody <= 0 {
 		opts.MaxReplayBody = DefaultMaxReplayBody
@@ -186,7 +194,7 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 	}
 	bt := &balancingTransport{
 		listener: opts.Listener, service: svc.Name, pool: svc.Pool, up: opts.Transport,
-		attempts: attempts, limits: limits, maxReplay: opts.MaxReplayBody, fwd: fwd,
+		attempts: attempts, limits: limits, maxReplay: opts.MaxReplayBody, fwd: fwd, pressure: opts.Pressure,
 		cookie: svc.StickyCookie, header: http.CanonicalHeaderKey(svc.StickyHeader), log: opts.AccessLog,
 	}
 	bt.bodies.New = func() any { return &doneBody{} }
@@ -215,6 +223,10 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 			case errors.Is(err, balance.ErrNoEndpoint):
 				status = http.StatusServiceUnavailable
 				writeJSONError(w, status, "no eligible instance", svc.Name)
+			case errors.Is(err, errExhausted):
+				status = http.StatusServiceUnavailable
+				w.Header().Set("Retry-After", "1")
+				writeJSONError(w, status, "proxy out of resources", svc.Name)
 			case r.Context().Err() != nil:
 				// The client went away: nobody reads an answer. 499 is
 				// for the access log only.
@@ -273,6 +285,7 @@ type balancingTransport struct {
 	limits    TryLimits
 	maxReplay int64
 	fwd       *forwarding
+	pressure  *Pressure
 	cookie    string // sticky cookie name, or ""
 	header    string // canonical sticky header name, or ""
 	log       *AccessLog
@@ -281,6 +294,10 @@ type balancingTransport struct {
 
 // errStatus marks a 5xx answer as a failure of the instance.
 var errStatus = errors.New("upstream answered 5xx")
+
+// errExhausted marks a request that sluice could not forward because it
+// ran out of its own resources (file descriptors, ports).
+var errExhausted = errors.New("sluice is out of local resources")
 
 // clientError is a request that failed on the client's account: its body
 // could not be read.
@@ -379,6 +396,12 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 				res.Cancel() // the client went away
 				return nil, err
 			}
+			if t.pressure.Report(t.listener, err) {
+				// sluice is out of descriptors or ports: not the
+				// instance's fault, and another would fail alike.
+				res.Cancel()
+				return nil, &upstreamError{err: fmt.Errorf("%w: %w", errExhausted, err), instance: ep.ID, attempts: attempt, start: start}
+			}
 			res.Done(err)
 			last = &upstreamError{err: err, instance: ep.ID, attempts: attempt, start: start}
 			dialed := !isDialError(err) || (cb != nil && cb.read)
@@ -388,6 +411,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			info.Tried.Add(ep)
 			continue
 		}
+		t.pressure.Report(t.listener, nil)
 		res.Responded()
 		failed := resp.StatusCode >= 500
 		if retryStatus(resp.StatusCode) && idempotent && replayable && attempt < t.attempts {

@@ -140,6 +140,9 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 	drainCtx, drainNow := context.WithCancel(context.Background())
 	defer drainNow()
 	transport := proxy.NewUpstream()
+	// One account of sluice's own exhaustion (file descriptors, ports) for
+	// every listener: while it lasts, no listener accepts.
+	pressure := proxy.NewPressure(logger.Named("pressure"))
 	defer transport.CloseIdleConnections()
 	// Access logs open before any listener serves, so a bad path stops
 	// the start with nothing running.
@@ -159,7 +162,7 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 		case "tcp":
 			tp := proxy.NewTCPProxy(proxy.TCPOptions{
 				Listener: l.Name, Service: services[l.Service], IdleTimeout: l.IdleTimeout,
-				AccessLog: accessLog, Logger: logger.Named("tcp"),
+				AccessLog: accessLog, Logger: logger.Named("tcp"), Pressure: pressure,
 			})
 			tcps = append(tcps, ln)
 			tcpWG.Add(1)
@@ -175,8 +178,10 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 			srv := &h1.Server{
 				Handler: proxy.NewHTTPHandler(proxy.HTTPOptions{
 					Listener: l.Name, Routes: routes, Transport: transport, AccessLog: accessLog, Logger: logger.Named("http"),
-					TrustedProxies: l.TrustedProxies,
+					TrustedProxies: l.TrustedProxies, Pressure: pressure,
 				}),
+				AcceptGate:    func() { pressure.WaitAccept(drainCtx) },
+				AcceptError:   func(err error) { pressure.Report(l.Name, err) },
 				HeaderTimeout: l.RequestHeaderTimeout,
 				BodyTimeout:   l.RequestBodyTimeout,
 				WriteTimeout:  l.ResponseWriteTimeout,
