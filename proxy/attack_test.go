@@ -226,3 +226,56 @@ func firstLine(s string) string {
 	}
 	return s
 }
+
+// TestAttackPerTryTimeoutCutsUploadWrites shows: retry.per_try_timeout,
+// documented as the bound from "the request sent (body included) until
+// the response headers", also becomes the bound of each write of the
+// request (newServiceProxy folds it into TryLimits.Header, which
+// Upstream uses as writeWait). An instance that pauses reading a large
+// upload for longer than per_try_timeout (but far less than
+// response_header_timeout, which README names as the per-write bound) has
+// the upload cut, answers 502 to the client and is blamed. Expected: the
+// upload completes and the instance's 200 reaches the client.
+func TestAttackPerTryTimeoutCutsUploadWrites(t *testing.T) {
+	const size = 32 << 20
+	addr := rawBackend(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		time.Sleep(600 * time.Millisecond) // busy before it reads the body
+		n, _ := io.Copy(io.Discard, req.Body)
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", len(fmt.Sprint(n)))
+		fmt.Fprint(c, n)
+	})
+	p := pool(t, "round_robin", m("a", addr, 1))
+	f := front(t, ServiceOptions{Name: "web", Pool: p, PerTryTimeout: 200 * time.Millisecond})
+	c, err := net.Dial("tcp", strings.TrimPrefix(f.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", size)
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for n := 0; n < size; n += len(chunk) {
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(b) != fmt.Sprint(size) {
+		t.Errorf("want 200 %d, have %d %q", size, resp.StatusCode, b)
+	}
+	if n := failures(p, "a"); n != 0 {
+		t.Errorf("the instance was blamed %d times for a pause shorter than response_header_timeout", n)
+	}
+}
