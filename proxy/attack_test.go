@@ -279,3 +279,34 @@ func TestAttackPerTryTimeoutCutsUploadWrites(t *testing.T) {
 		t.Errorf("the instance was blamed %d times for a pause shorter than response_header_timeout", n)
 	}
 }
+
+// TestAttackHalfCloseDropsRequest shows: a client that sends its request
+// and then half-closes its side (shutdown(SHUT_WR): nc -N, printf | nc,
+// simple HTTP/1.0 scripts) still reads, but h1's background read takes the
+// EOF for "client gone", cancels the request and sluice answers nothing:
+// the instance's answer is thrown away. HAProxy (without option
+// abortonclose) forwards the answer. Expected: the answer reaches the
+// client; only a read error or a failed write means the client is gone.
+func TestAttackHalfCloseDropsRequest(t *testing.T) {
+	addr := rawBackend(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	p := pool(t, "round_robin", m("a", addr, 1))
+	f := front(t, ServiceOptions{Name: "web", Pool: p})
+	c, err := net.Dial("tcp", strings.TrimPrefix(f.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	c.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	b, _ := io.ReadAll(c)
+	if !strings.HasPrefix(string(b), "HTTP/1.1 200 ") {
+		t.Errorf("a half-closed client got %q, want the instance's 200", b)
+	}
+}
