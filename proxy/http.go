@@ -188,7 +188,7 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 		attempts = 2
 	}
 	attempts = min(attempts, balance.MaxTries)
-	limits := TryLimits{Header: svc.ResponseHeaderTimeout, Body: svc.ResponseBodyTimeout}
+	limits := TryLimits{Header: svc.ResponseHeaderTimeout, Write: svc.ResponseHeaderTimeout, Body: svc.ResponseBodyTimeout}
 	if svc.PerTryTimeout > 0 && svc.PerTryTimeout < limits.header() {
 		limits.Header = svc.PerTryTimeout
 	}

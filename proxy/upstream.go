@@ -52,9 +52,12 @@ type Upstream struct {
 // the instance's failure.
 type TryLimits struct {
 	// Header is the longest wait for the response headers once the
-	// request (its body included) has been sent, and the longest a write
-	// of the request may block. 0: DefaultResponseHeaderTimeout.
+	// request (its body included) has been sent. 0:
+	// DefaultResponseHeaderTimeout.
 	Header time.Duration
+	// Write is the longest a write of the request may go without the
+	// instance taking a byte. 0: DefaultResponseHeaderTimeout.
+	Write time.Duration
 	// Body is the longest wait for a byte of the response body. 0:
 	// DefaultResponseBodyTimeout.
 	Body time.Duration
@@ -63,6 +66,13 @@ type TryLimits struct {
 func (l TryLimits) header() time.Duration {
 	if l.Header > 0 {
 		return l.Header
+	}
+	return DefaultResponseHeaderTimeout
+}
+
+func (l TryLimits) write() time.Duration {
+	if l.Write > 0 {
+		return l.Write
 	}
 	return DefaultResponseHeaderTimeout
 }
@@ -100,8 +110,11 @@ type upConn struct {
 	br     *bufio.Reader // reads through headerLimiter
 	bw     *bufio.Writer // writes through writeLimiter
 	idleAt time.Time
-	// writeWait is the progress deadline of each write (TryLimits.Header).
+	// writeWait is the progress deadline of each write (TryLimits.Write).
 	writeWait time.Duration
+	// werr is the last error writing to the instance, to tell it from an
+	// error reading the request body.
+	werr error
 	// cancelled is set when the request's context ended; deadlines set
 	// after it stay in the past (see setReadDeadline).
 	cancelled atomic.Bool
@@ -137,17 +150,29 @@ func (l headerLimiter) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// writeLimiter is the writer under an upConn's bufio.Writer: every write
-// must make progress within writeWait.
+// writeLimiter is the writer under an upConn's bufio.Writer: a write fails
+// only when the instance takes no byte for writeWait.
 type writeLimiter struct{ c *upConn }
 
 func (w writeLimiter) Write(p []byte) (int, error) {
 	c := w.c
-	c.Conn.SetWriteDeadline(time.Now().Add(c.writeWait))
-	if c.cancelled.Load() {
-		c.Conn.SetWriteDeadline(pastDeadline)
+	total := 0
+	for {
+		c.Conn.SetWriteDeadline(time.Now().Add(c.writeWait))
+		if c.cancelled.Load() {
+			c.Conn.SetWriteDeadline(pastDeadline)
+		}
+		n, err := c.Conn.Write(p)
+		total += n
+		if err != nil && n > 0 && n < len(p) && errors.Is(err, os.ErrDeadlineExceeded) && !c.cancelled.Load() {
+			p = p[n:] // slow but moving: a new deadline for the rest
+			continue
+		}
+		if err != nil {
+			c.werr = err
+		}
+		return total, err
 	}
-	return c.Conn.Write(p)
 }
 
 // pastDeadline interrupts any blocked read or write.
@@ -266,6 +291,12 @@ var errBodyTimeout = errors.New("timeout awaiting response body")
 // errTooManyInterim is an instance that sent more 1xx answers than allowed.
 var errTooManyInterim = errors.New("too many interim (1xx) answers")
 
+// errBadStatus is an answer whose status code is below 100.
+var errBadStatus = errors.New("malformed status code")
+
+// errUnaskedUpgrade is a 101 answer to a request that asked for no upgrade.
+var errUnaskedUpgrade = errors.New("101 Switching Protocols without an Upgrade request")
+
 // maxInterim bounds the 1xx answers before a final one.
 const maxInterim = 16
 
@@ -327,34 +358,56 @@ func (u *Upstream) exchange(c *upConn, req *http.Request, limits TryLimits) (*ht
 	// write on the connection, until the body is closed.
 	stop := context.AfterFunc(ctx, c.cancel)
 	c.setReadDeadline(time.Time{})
-	c.writeWait = limits.header()
-	if err := req.Write(c.bw); err != nil {
-		stop()
-		return nil, nil, u.connErr(ctx, err, c.br.Buffered() == 0)
+	c.writeWait = limits.write()
+	c.werr = nil
+	err := req.Write(c.bw)
+	if err == nil {
+		err = c.bw.Flush()
 	}
-	if err := c.bw.Flush(); err != nil {
-		stop()
-		return nil, nil, u.connErr(ctx, err, true)
+	var writeErr error
+	if err != nil {
+		if c.werr == nil || ctx.Err() != nil {
+			// Reading the request body failed (the caller tells whose
+			// fault it is), or the request was cancelled.
+			stop()
+			return nil, nil, u.connErr(ctx, err, false)
+		}
+		// The instance stopped taking the request: it may have answered
+		// early (413, 401) and closed. An answer already received is
+		// read; else the write error stands.
+		writeErr = err
+		c.setReadDeadline(time.Now().Add(earlyAnswerWait))
+	} else {
+		c.setReadDeadline(time.Now().Add(limits.header()))
 	}
-	c.setReadDeadline(time.Now().Add(limits.header()))
 	c.budget = maxResponseHeader
 	defer func() { c.budget = -1 }()
 	for interim := 0; ; interim++ {
 		resp, err := http.ReadResponse(c.br, req)
 		if err != nil {
 			stop()
+			if writeErr != nil {
+				return nil, nil, u.connErr(ctx, writeErr, interim == 0 && c.budget == maxResponseHeader)
+			}
 			// Stale only when not one byte of an answer came back.
 			return nil, nil, u.connErr(ctx, err, interim == 0 && c.budget == maxResponseHeader)
 		}
-		// Interim answers (100 Continue, 103 Early Hints), not 101.
-		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+		switch code := resp.StatusCode; {
+		case code < 100:
+			stop()
+			return nil, nil, fmt.Errorf("%w: %d", errBadStatus, code)
+		case code == http.StatusSwitchingProtocols && req.Header.Get("Upgrade") == "":
+			stop()
+			return nil, nil, errUnaskedUpgrade
+		case code < 200 && code != http.StatusSwitchingProtocols:
+			// Interim answers (100 Continue, 103 Early Hints).
 			if interim >= maxInterim {
 				stop()
 				return nil, nil, errTooManyInterim
 			}
-			if resp.StatusCode != http.StatusContinue {
+			if code != http.StatusContinue {
 				if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
-					if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+					if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
 						stop()
 						return nil, nil, err
 					}
@@ -362,10 +415,17 @@ func (u *Upstream) exchange(c *upConn, req *http.Request, limits TryLimits) (*ht
 			}
 			continue
 		}
+		if writeErr != nil {
+			resp.Close = true // the request was not sent whole: never reused
+		}
 		c.setReadDeadline(time.Time{})
 		return resp, stop, nil
 	}
 }
+
+// earlyAnswerWait is how long an answer is awaited after the instance
+// stopped taking the request: it was sent already, or it will not come.
+const earlyAnswerWait = 100 * time.Millisecond
 
 // connErr turns a connection error into the error Try returns: the
 // context's cause when it ended, errHeaderTimeout, errStaleConn (wrapping
@@ -392,10 +452,11 @@ func (u *Upstream) connErr(ctx context.Context, err error, mayBeStale bool) erro
 func (u *Upstream) wrap(hp *hostPool, c *upConn, req *http.Request, resp *http.Response, stop func() bool, limits TryLimits) *http.Response {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The connection now belongs to the upgrade (ReverseProxy needs an
-		// io.ReadWriteCloser body); it closes when the request's context
-		// ends, as ReverseProxy arranges.
+		// io.ReadWriteCloser body); it is closed when the request's
+		// context ends, whatever ReverseProxy does with it.
 		stop()
 		c.SetDeadline(time.Time{})
+		context.AfterFunc(req.Context(), func() { c.Conn.Close() })
 		resp.Body = &upgradedConn{upConn: c}
 		return resp
 	}

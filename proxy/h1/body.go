@@ -31,8 +31,9 @@ type body struct {
 	done      bool  // read to its end
 	err       error // sticky
 	closed    bool
-	trailer   int // trailer bytes so far
+	trailer   int // chunk-line and trailer bytes so far
 	sawLast   bool
+	head      [32]byte // the start of the line crlfLine read last
 }
 
 func (b *body) Read(p []byte) (int, error) {
@@ -109,7 +110,7 @@ func (b *body) read(p []byte) (int, error) {
 // extensions, CRLF. A bare LF is refused. The last chunk (size 0) is
 // followed by the trailer section, which is read and discarded.
 func (b *body) nextChunk() error {
-	line, err := b.crlfLine()
+	line, _, err := b.crlfLine()
 	if err != nil {
 		return err
 	}
@@ -138,11 +139,6 @@ func (b *body) nextChunk() error {
 		}
 		n = n<<4 | int64(d)
 	}
-	for _, c := range ext {
-		if (c < ' ' && c != '\t') || c == 0x7f {
-			return badRequest("malformed chunk extension")
-		}
-	}
 	if len(ext) > 0 {
 		if t := trimOWS(ext); len(t) > 0 && t[0] != ';' {
 			return badRequest("malformed chunk extension")
@@ -154,11 +150,11 @@ func (b *body) nextChunk() error {
 	}
 	b.sawLast = true
 	for {
-		line, err := b.crlfLine()
+		line, n, err := b.crlfLine()
 		if err != nil {
 			return err
 		}
-		if len(line) == 0 {
+		if n == 0 {
 			return nil
 		}
 		if line[0] == ' ' || line[0] == '\t' {
@@ -167,35 +163,50 @@ func (b *body) nextChunk() error {
 	}
 }
 
-// crlfLine reads one line that must end in CRLF, within the trailer budget.
-func (b *body) crlfLine() ([]byte, error) {
+// crlfLine reads one chunk-size or trailer line, which must end in CRLF
+// and hold no other control character than HTAB, however long it is within
+// the budget of maxTrailerBytes for all chunk extensions and trailers. It
+// returns the line's first bytes (up to len(b.head), enough for a chunk
+// size; valid until the next call) and the line's length.
+func (b *body) crlfLine() ([]byte, int, error) {
 	br := b.c.br
+	kept, n := 0, 0
+	cr := false // the previous byte was CR
 	for {
-		if i := indexLF(br); i >= 0 {
-			line, _ := br.Peek(i + 1)
-			b.trailer += i + 1
-			if b.trailer > maxTrailerBytes {
-				return nil, badRequest("chunk metadata too large")
+		if br.Buffered() == 0 {
+			if err := b.c.fill(); err != nil {
+				return nil, 0, b.mapErr(err)
 			}
-			if i == 0 || line[i-1] != '\r' {
-				return nil, badRequest("chunk line not terminated by CRLF")
-			}
-			out := line[:i-1]
-			for _, c := range out {
-				if c == '\r' {
-					return nil, badRequest("bare CR in chunk line")
+		}
+		buf, _ := br.Peek(br.Buffered())
+		for i, c := range buf {
+			switch {
+			case c == '\n':
+				br.Discard(i + 1)
+				if b.trailer += i + 1; b.trailer > maxTrailerBytes {
+					return nil, 0, badRequest("chunk metadata too large")
 				}
+				if !cr {
+					return nil, 0, badRequest("chunk line not terminated by CRLF")
+				}
+				return b.head[:kept], n, nil
+			case cr:
+				return nil, 0, badRequest("bare CR in chunk line")
+			case c == '\r':
+				cr = true
+			case (c < ' ' && c != '\t') || c == 0x7f:
+				return nil, 0, badRequest("control character in chunk line")
+			default:
+				if kept < len(b.head) {
+					b.head[kept] = c
+					kept++
+				}
+				n++
 			}
-			// The slice stays valid until the next read of br; callers
-			// only inspect it.
-			br.Discard(i + 1)
-			return out, nil
 		}
-		if br.Buffered() >= br.Size() || b.trailer+br.Buffered() > maxTrailerBytes {
-			return nil, badRequest("chunk line too long")
-		}
-		if err := b.c.fill(); err != nil {
-			return nil, b.mapErr(err)
+		br.Discard(len(buf))
+		if b.trailer += len(buf); b.trailer > maxTrailerBytes {
+			return nil, 0, badRequest("chunk metadata too large")
 		}
 	}
 }

@@ -213,8 +213,12 @@ func readHead(br *bufio.Reader, maxBytes int) (*head, error) {
 			return nil, badRequest("malformed Host header")
 		}
 	}
-	if req.URL.Host != "" {
-		// absolute-form: the target's authority wins over Host.
+	if req.URL.Host != "" || req.URL.Scheme != "" {
+		// absolute-form: the target's authority wins over Host, and is
+		// held to the same rules.
+		if req.URL.User != nil || req.URL.Host == "" || !validHost(req.URL.Host) {
+			return nil, badRequest("malformed authority in request target")
+		}
 		req.Host = req.URL.Host
 	}
 

@@ -302,6 +302,11 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		buf, _ := c.br.Peek(n)
 		hc.pending = append([]byte(nil), buf...)
 	}
+	if c.r.hasByte {
+		// A byte the background read took comes after what bufio holds.
+		hc.pending = append(hc.pending, c.r.byteBuf[0])
+		c.r.hasByte = false
+	}
 	rw := bufio.NewReadWriter(bufio.NewReaderSize(hc, 4096), bufio.NewWriterSize(hc, 4096))
 	return hc, rw, nil
 }

@@ -292,13 +292,22 @@ type conn struct {
 	remote   string // RemoteAddr, formatted once
 }
 
-// deadlineWriter gives every write to the client WriteTimeout to make
-// progress.
+// deadlineWriter fails a write to the client only when the client takes
+// no byte for WriteTimeout: a slow reader that keeps reading is not cut.
 type deadlineWriter struct{ c *conn }
 
 func (d deadlineWriter) Write(p []byte) (int, error) {
-	d.c.rwc.SetWriteDeadline(time.Now().Add(d.c.srv.writeTimeout()))
-	return d.c.rwc.Write(p)
+	total := 0
+	for {
+		d.c.rwc.SetWriteDeadline(time.Now().Add(d.c.srv.writeTimeout()))
+		n, err := d.c.rwc.Write(p)
+		total += n
+		if err != nil && n > 0 && n < len(p) && errors.Is(err, os.ErrDeadlineExceeded) {
+			p = p[n:]
+			continue
+		}
+		return total, err
+	}
 }
 
 var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -335,6 +344,17 @@ func (c *conn) serve() {
 		c.rwc.SetReadDeadline(start.Add(s.headerTimeout()))
 		if first {
 			first = false
+			// A new connection that has sent nothing is idle: Shutdown
+			// closes it rather than wait for its header timeout.
+			c.idle.Store(true)
+			if s.shuttingDown() {
+				return
+			}
+			if _, err := c.br.Peek(1); err != nil {
+				c.refuse(err)
+				return
+			}
+			c.idle.Store(false)
 			if b, err := c.br.Peek(1); err == nil && b[0] == 'P' && c.isH2Preface() {
 				handedOff = c.handOff(s)
 				return
@@ -437,6 +457,9 @@ func (c *conn) serveRequest(h *head) (keep bool) {
 	w := &response{c: c, req: req, header: make(http.Header, 8), closeAfter: h.closeAfter}
 	c.w = w
 	c.r.cancel = cancel
+	// The bytes after an Upgrade request belong to the upgraded stream:
+	// no background read may take them.
+	c.r.noWatch = h.upgrade
 	if b == nil && !h.upgrade {
 		c.r.bodyDone()
 	}
@@ -491,6 +514,7 @@ func (c *conn) runHandler(w *response, req *http.Request) (aborted bool) {
 type connReader struct {
 	c          *conn
 	cancel     context.CancelFunc // of the request in progress
+	noWatch    bool               // no background read for this request
 	hasByte    bool
 	byteBuf    [1]byte
 	bg         chan struct{} // non-nil while a background read runs
@@ -510,7 +534,7 @@ func (cr *connReader) Read(p []byte) (int, error) {
 // bodyDone starts the background read when the request has been read
 // whole and nothing of a next request is buffered.
 func (cr *connReader) bodyDone() {
-	if cr.bg != nil || cr.hasByte || cr.c.br.Buffered() > 0 || cr.cancel == nil {
+	if cr.bg != nil || cr.hasByte || cr.noWatch || cr.c.br.Buffered() > 0 || cr.cancel == nil {
 		return
 	}
 	cr.c.rwc.SetReadDeadline(time.Time{})
