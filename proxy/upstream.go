@@ -253,29 +253,14 @@ func (u *Upstream) dial(ctx context.Context, addr string) (*upConn, error) {
 	return c, nil
 }
 
-// alive reports whether an idle connection is still open, with one
-// non-blocking peek (recv MSG_PEEK|MSG_DONTWAIT): an open, quiet connection
-// has nothing to read; a closed one reads EOF or an error.
+// alive reports whether an idle connection may carry a request: nothing
+// is buffered from it and a non-blocking read finds nothing (quiet and
+// open), neither bytes the instance sent unasked nor EOF.
 func (c *upConn) alive() bool {
 	if c.br.Buffered() > 0 {
 		return false // the server sent something unasked: do not trust it
 	}
-	sc, ok := c.Conn.(syscall.Conn)
-	if !ok {
-		return true
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var buf [1]byte
-	open := false
-	err = rc.Read(func(fd uintptr) bool {
-		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		open = n <= 0 && (rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK)
-		return true // never wait
-	})
-	return err == nil && open
+	return quiet(c.Conn)
 }
 
 // errStaleConn marks a reused connection that the server had closed.
