@@ -76,7 +76,8 @@ h2spec:
 
 # Every fuzz target of every package (found with go test -list), one at a
 # time, each for FUZZTIME. New inputs that fail land in the package's
-# testdata/fuzz; the rest of the corpus stays in the Go build cache.
+# testdata/fuzz; the rest of the corpus stays in the Go build cache. One
+# worker each: with two, FuzzUpstreamAnswer (loopback sockets) stalls here.
 FUZZTIME ?= 30s
 fuzz:
 	@list=$$($(GO) test -list '^Fuzz' ./...) || { echo "$$list"; exit 1; }; \
@@ -85,7 +86,7 @@ fuzz:
 	for t in $$targets; do \
 	  pkg=$${t%%:*}; name=$${t#*:}; \
 	  echo "== $$name in $$pkg for $(FUZZTIME)"; \
-	  $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -parallel 1 $$pkg || exit 1; \
 	done
 
 clean:
