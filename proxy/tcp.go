@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/sluice-lb/sluice/balance"
+	"github.com/sluice-lb/sluice/proxy/h1"
 )
 
 // TCPOptions configure a TCP proxy for one service.
@@ -81,7 +82,7 @@ func NewTCPProxy(opts TCPOptions) *TCPProxy {
 		opts.DialTimeout = DefaultDialTimeout
 	}
 	if opts.IdleTimeout <= 0 {
-		opts.IdleTimeout = 2 * time.Minute
+		opts.IdleTimeout = h1.DefaultIdleTimeout
 	}
 	if opts.Service.Attempts <= 0 {
 		opts.Service.Attempts = 2

@@ -45,6 +45,8 @@ type Upstream struct {
 	idleTimeout time.Duration // an idle connection older than this is closed
 	defaults    TryLimits     // for RoundTrip
 	hosts       sync.Map      // addr -> *hostPool
+	reaperOnce  sync.Once     // starts reap
+	closed      atomic.Bool   // stops reap
 	bufs        sync.Pool     // *upConn buffers are per connection; this pools upBody
 }
 
@@ -199,6 +201,7 @@ func (u *Upstream) pool(addr string) *hostPool {
 		return hp.(*hostPool)
 	}
 	hp, _ := u.hosts.LoadOrStore(addr, &hostPool{idle: make(chan *upConn, u.maxIdle)})
+	u.reaperOnce.Do(func() { time.AfterFunc(u.idleTimeout/2, u.reap) })
 	return hp.(*hostPool)
 }
 
@@ -225,6 +228,49 @@ func (u *Upstream) put(hp *hostPool, c *upConn) {
 	default:
 		c.Close()
 	}
+}
+
+// reap closes the idle connections that have been idle for idleTimeout,
+// every idleTimeout/2, so that connections to an instance nobody asks for
+// any more do not stay open. It runs on a timer from the first pool on;
+// after Close it runs once more and stops.
+func (u *Upstream) reap() {
+	if u.closed.Load() {
+		return
+	}
+	u.hosts.Range(func(_, v any) bool {
+		hp := v.(*hostPool)
+		for n := len(hp.idle); n > 0; n-- {
+			select {
+			case c := <-hp.idle:
+				if time.Since(c.idleAt) < u.idleTimeout {
+					u.requeue(hp, c)
+				} else {
+					c.Close()
+				}
+			default:
+				return true
+			}
+		}
+		return true
+	})
+	time.AfterFunc(u.idleTimeout/2, u.reap)
+}
+
+// requeue puts back a connection that reap took, keeping its idle time.
+func (u *Upstream) requeue(hp *hostPool, c *upConn) {
+	select {
+	case hp.idle <- c:
+	default:
+		c.Close()
+	}
+}
+
+// Close closes every idle connection and stops the reaper; connections in
+// use are closed when their answers end.
+func (u *Upstream) Close() {
+	u.closed.Store(true)
+	u.CloseIdleConnections()
 }
 
 // CloseIdleConnections closes every idle connection.
@@ -268,6 +314,10 @@ var errStaleConn = errors.New("reused connection closed by the server")
 
 // errHeaderTimeout is an instance that did not answer within TryLimits.Header.
 var errHeaderTimeout = errors.New("timeout awaiting response headers")
+
+// errWriteTimeout is an instance that took no byte of the request for
+// TryLimits.Write.
+var errWriteTimeout = errors.New("timeout writing the request")
 
 // errBodyTimeout is an instance that stalled its answer's body for
 // TryLimits.Body.
@@ -355,7 +405,7 @@ func (u *Upstream) exchange(c *upConn, req *http.Request, limits TryLimits) (*ht
 			// Reading the request body failed (the caller tells whose
 			// fault it is), or the request was cancelled.
 			stop()
-			return nil, nil, u.connErr(ctx, err, false)
+			return nil, nil, u.connErr(ctx, err, false, false)
 		}
 		// The instance stopped taking the request: it may have answered
 		// early (413, 401) and closed. An answer already received is
@@ -372,10 +422,10 @@ func (u *Upstream) exchange(c *upConn, req *http.Request, limits TryLimits) (*ht
 		if err != nil {
 			stop()
 			if writeErr != nil {
-				return nil, nil, u.connErr(ctx, writeErr, interim == 0 && c.budget == maxResponseHeader)
+				return nil, nil, u.connErr(ctx, writeErr, interim == 0 && c.budget == maxResponseHeader, true)
 			}
 			// Stale only when not one byte of an answer came back.
-			return nil, nil, u.connErr(ctx, err, interim == 0 && c.budget == maxResponseHeader)
+			return nil, nil, u.connErr(ctx, err, interim == 0 && c.budget == maxResponseHeader, false)
 		}
 		switch code := resp.StatusCode; {
 		case code < 100:
@@ -413,9 +463,10 @@ func (u *Upstream) exchange(c *upConn, req *http.Request, limits TryLimits) (*ht
 const earlyAnswerWait = 100 * time.Millisecond
 
 // connErr turns a connection error into the error Try returns: the
-// context's cause when it ended, errHeaderTimeout, errStaleConn (wrapping
-// err) for a connection the server had closed before answering.
-func (u *Upstream) connErr(ctx context.Context, err error, mayBeStale bool) error {
+// context's cause when it ended, errWriteTimeout or errHeaderTimeout,
+// errStaleConn (wrapping err) for a connection the server had closed
+// before answering.
+func (u *Upstream) connErr(ctx context.Context, err error, mayBeStale, writing bool) error {
 	if ctx.Err() != nil {
 		if cause := context.Cause(ctx); cause != nil {
 			return cause
@@ -423,6 +474,9 @@ func (u *Upstream) connErr(ctx context.Context, err error, mayBeStale bool) erro
 		return ctx.Err()
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
+		if writing {
+			return fmt.Errorf("%w: %w", errWriteTimeout, err)
+		}
 		return fmt.Errorf("%w: %w", errHeaderTimeout, err)
 	}
 	if mayBeStale && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
@@ -463,7 +517,7 @@ func bodyAllowed(req *http.Request, resp *http.Response) bool {
 // upBody is a response body that recycles its connection: to the pool when
 // read to EOF and reusable, else closed. Each read that must wait on the
 // instance may wait TryLimits.Body; a stall fails with errBodyTimeout.
-// Read errors are kept in err for the caller's blame. upBody itself is
+// A read error keeps the connection from reuse (err). upBody itself is
 // pooled: after the first Close it must not be used.
 type upBody struct {
 	body     io.ReadCloser

@@ -143,7 +143,7 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 	// One account of sluice's own exhaustion (file descriptors, ports) for
 	// every listener: while it lasts, no listener accepts.
 	pressure := proxy.NewPressure(logger.Named("pressure"))
-	defer transport.CloseIdleConnections()
+	defer transport.Close()
 	// Access logs open before any listener serves, so a bad path stops
 	// the start with nothing running.
 	accessLogs := make([]*proxy.AccessLog, len(cfg.Listeners))
@@ -249,9 +249,9 @@ type server interface {
 	Close() error
 }
 
-// newServer returns the HTTP server of a listener with sluice's client-side
-// limits: 10 s to read request headers, 1 MiB of headers, idle keep-alive
-// connections closed after idle; HTTP/1.1 and HTTP/2 without TLS (h2c).
+// newServer returns the admin API's HTTP server: 10 s to read request
+// headers, 1 MiB of headers, idle keep-alive connections closed after
+// idle; HTTP/1.1 and HTTP/2 without TLS (h2c).
 func newServer(h http.Handler, errLog *log.Logger, idle time.Duration) *http.Server {
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)

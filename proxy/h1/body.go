@@ -1,7 +1,6 @@
 package h1
 
 import (
-	"bufio"
 	"errors"
 	"io"
 	"net/http"
@@ -14,10 +13,10 @@ import (
 const maxTrailerBytes = 64 << 10
 
 // errBodyTimeout is a request body that stalled for the body timeout.
-var errBodyTimeout = &Error{Status: http.StatusRequestTimeout, Reason: "request body timeout", Close: true}
+var errBodyTimeout = &Error{Status: http.StatusRequestTimeout, Reason: "request body timeout"}
 
 // errBodyIncomplete is a request body cut short by the client.
-var errBodyIncomplete = &Error{Status: http.StatusBadRequest, Reason: "request body incomplete", Close: true}
+var errBodyIncomplete = &Error{Status: http.StatusBadRequest, Reason: "request body incomplete"}
 
 // body is the request body of one request on a connection. Reads wait at
 // most the body timeout for each byte from the client; every failure is an
@@ -31,7 +30,7 @@ type body struct {
 	done      bool  // read to its end
 	err       error // sticky
 	closed    bool
-	trailer   int // chunk-line and trailer bytes so far
+	trailer   int // chunk-extension and trailer bytes so far
 	sawLast   bool
 	head      [32]byte // the start of the line crlfLine read last
 }
@@ -110,7 +109,9 @@ func (b *body) read(p []byte) (int, error) {
 // extensions, CRLF. A bare LF is refused. The last chunk (size 0) is
 // followed by the trailer section, which is read and discarded.
 func (b *body) nextChunk() error {
-	line, _, err := b.crlfLine()
+	// A chunk-size line is its size (at most 15 hex digits), then any
+	// extensions, which count against the trailer budget.
+	line, lineLen, err := b.crlfLine(maxTrailerBytes - b.trailer + 15 + 2)
 	if err != nil {
 		return err
 	}
@@ -123,6 +124,9 @@ func (b *body) nextChunk() error {
 	}
 	if len(size) == 0 || len(size) > 15 {
 		return badRequest("malformed chunk size")
+	}
+	if b.trailer += lineLen - len(size); b.trailer > maxTrailerBytes {
+		return errChunkMetaTooLarge
 	}
 	var n int64
 	for _, c := range size {
@@ -150,9 +154,12 @@ func (b *body) nextChunk() error {
 	}
 	b.sawLast = true
 	for {
-		line, n, err := b.crlfLine()
+		line, n, err := b.crlfLine(maxTrailerBytes - b.trailer + 2)
 		if err != nil {
 			return err
+		}
+		if b.trailer += n + 2; b.trailer > maxTrailerBytes {
+			return errChunkMetaTooLarge
 		}
 		if n == 0 {
 			return nil
@@ -164,13 +171,13 @@ func (b *body) nextChunk() error {
 }
 
 // crlfLine reads one chunk-size or trailer line, which must end in CRLF
-// and hold no other control character than HTAB, however long it is within
-// the budget of maxTrailerBytes for all chunk extensions and trailers. It
-// returns the line's first bytes (up to len(b.head), enough for a chunk
-// size; valid until the next call) and the line's length.
-func (b *body) crlfLine() ([]byte, int, error) {
+// and hold no other control character than HTAB, and be at most limit
+// bytes long (its CRLF included). It returns the line's first bytes (up to
+// len(b.head), enough for a chunk size; valid until the next call) and the
+// line's length without its CRLF. The caller charges the trailer budget.
+func (b *body) crlfLine(limit int) ([]byte, int, error) {
 	br := b.c.br
-	kept, n := 0, 0
+	kept, n, read := 0, 0, 0
 	cr := false // the previous byte was CR
 	for {
 		if br.Buffered() == 0 {
@@ -183,8 +190,8 @@ func (b *body) crlfLine() ([]byte, int, error) {
 			switch {
 			case c == '\n':
 				br.Discard(i + 1)
-				if b.trailer += i + 1; b.trailer > maxTrailerBytes {
-					return nil, 0, badRequest("chunk metadata too large")
+				if read+i+1 > limit {
+					return nil, 0, errChunkMetaTooLarge
 				}
 				if !cr {
 					return nil, 0, badRequest("chunk line not terminated by CRLF")
@@ -205,11 +212,13 @@ func (b *body) crlfLine() ([]byte, int, error) {
 			}
 		}
 		br.Discard(len(buf))
-		if b.trailer += len(buf); b.trailer > maxTrailerBytes {
-			return nil, 0, badRequest("chunk metadata too large")
+		if read += len(buf); read > limit {
+			return nil, 0, errChunkMetaTooLarge
 		}
 	}
 }
+
+var errChunkMetaTooLarge = badRequest("chunk extensions and trailers too large")
 
 // expectCRLF consumes the CRLF after a chunk's data.
 func (b *body) expectCRLF() error {
@@ -237,7 +246,7 @@ func (b *body) mapErr(err error) error {
 	if errors.As(err, &e) {
 		return e
 	}
-	return &Error{Status: http.StatusBadRequest, Reason: "request body: " + err.Error(), Close: true}
+	return &Error{Status: http.StatusBadRequest, Reason: "request body: " + err.Error()}
 }
 
 // Close marks the body closed; unread bytes make the connection unusable
@@ -245,17 +254,6 @@ func (b *body) mapErr(err error) error {
 func (b *body) Close() error {
 	b.closed = true
 	return nil
-}
-
-// indexLF returns the index of the first LF in br's buffer, or -1.
-func indexLF(br *bufio.Reader) int {
-	buf, _ := br.Peek(br.Buffered())
-	for i, c := range buf {
-		if c == '\n' {
-			return i
-		}
-	}
-	return -1
 }
 
 // readBody reads body bytes: from the buffer when it holds some, else from

@@ -10,19 +10,18 @@ import (
 )
 
 // Error is a request that sluice refuses on the client's account: it is
-// answered with Status (unless the client is gone) and, when Close is set,
-// the connection is closed after the answer, because the framing of what
-// follows on it cannot be trusted.
+// answered with Status (unless the client is gone) and the connection is
+// closed after the answer, because the framing of what follows on it
+// cannot be trusted.
 type Error struct {
-	Status int    // 400, 408, 413, 417, 431, 501 or 505
+	Status int    // 400, 405, 408, 417, 431, 501 or 505 (502 from the server itself)
 	Reason string // short, for the answer's body and the log
-	Close  bool
 }
 
 func (e *Error) Error() string { return "client error: " + e.Reason }
 
 func badRequest(reason string) *Error {
-	return &Error{Status: http.StatusBadRequest, Reason: reason, Close: true}
+	return &Error{Status: http.StatusBadRequest, Reason: reason}
 }
 
 // Limits of a request head.
@@ -52,7 +51,7 @@ type lineReader struct {
 	scratch []byte
 }
 
-var errHeadTooLarge = &Error{Status: http.StatusRequestHeaderFieldsTooLarge, Reason: "request head too large", Close: true}
+var errHeadTooLarge = &Error{Status: http.StatusRequestHeaderFieldsTooLarge, Reason: "request head too large"}
 
 // line returns the next line without its terminator. The slice is valid
 // until the next call. A bare CR inside the line is an error.
@@ -125,7 +124,7 @@ func readHead(br *bufio.Reader, maxBytes int) (*head, error) {
 		req.Proto, req.ProtoMajor, req.ProtoMinor = "HTTP/1.0", 1, 0
 	default:
 		if len(version) == 8 && bytes.HasPrefix(version, []byte("HTTP/")) && isDigit(version[5]) && version[6] == '.' && isDigit(version[7]) {
-			return nil, &Error{Status: http.StatusHTTPVersionNotSupported, Reason: "HTTP version not supported", Close: true}
+			return nil, &Error{Status: http.StatusHTTPVersionNotSupported, Reason: "HTTP version not supported"}
 		}
 		return nil, badRequest("malformed request line")
 	}
@@ -138,7 +137,7 @@ func readHead(br *bufio.Reader, maxBytes int) (*head, error) {
 	req.RequestURI = string(target)
 	switch {
 	case req.Method == http.MethodConnect:
-		return nil, &Error{Status: http.StatusMethodNotAllowed, Reason: "CONNECT is not supported", Close: true}
+		return nil, &Error{Status: http.StatusMethodNotAllowed, Reason: "CONNECT is not supported"}
 	case req.RequestURI == "*":
 		if req.Method != http.MethodOptions {
 			return nil, badRequest("asterisk-form target without OPTIONS")
@@ -249,7 +248,7 @@ func readHead(br *bufio.Reader, maxBytes int) (*head, error) {
 		case n == 0 || !strings.EqualFold(last, "chunked"):
 			return nil, badRequest("Transfer-Encoding does not end in chunked")
 		default:
-			return nil, &Error{Status: http.StatusNotImplemented, Reason: "unsupported transfer coding", Close: true}
+			return nil, &Error{Status: http.StatusNotImplemented, Reason: "unsupported transfer coding"}
 		}
 		delete(req.Header, "Transfer-Encoding")
 	} else if cls > 0 {
@@ -271,7 +270,7 @@ func readHead(br *bufio.Reader, maxBytes int) (*head, error) {
 	req.Close = h.closeAfter
 	if ex, ok := req.Header["Expect"]; ok {
 		if len(ex) != 1 || !strings.EqualFold(strings.TrimSpace(ex[0]), "100-continue") {
-			return nil, &Error{Status: http.StatusExpectationFailed, Reason: "unsupported expectation", Close: true}
+			return nil, &Error{Status: http.StatusExpectationFailed, Reason: "unsupported expectation"}
 		}
 		// sluice answers the expectation itself when the body is first
 		// read; the instance never sees it.

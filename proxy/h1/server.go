@@ -197,7 +197,8 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 func (s *Server) newConn(rwc net.Conn) *conn {
-	c := &conn{srv: s, rwc: rwc}
+	c := &conn{srv: s, rwc: rwc, accepted: time.Now()}
+	c.fresh.Store(true)
 	c.r = &connReader{c: c}
 	c.br = bufio.NewReaderSize(c.r, 4096)
 	c.bw = bufio.NewWriterSize(deadlineWriter{c}, 4096)
@@ -256,13 +257,17 @@ func (s *Server) beginShutdown() {
 	s.h2ln.Close()
 }
 
-// closeIdle closes the connections waiting for a request and returns how
-// many connections remain.
+// newConnGrace is how long Shutdown lets a new connection that has sent
+// nothing yet live: its request may be on the wire.
+const newConnGrace = 500 * time.Millisecond
+
+// closeIdle closes the connections waiting for a request (a new one only
+// after newConnGrace) and returns how many connections remain.
 func (s *Server) closeIdle() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		if c.idle.Load() {
+		if c.idle.Load() && (!c.fresh.Load() || time.Since(c.accepted) >= newConnGrace) {
 			c.rwc.Close()
 		}
 	}
@@ -286,6 +291,8 @@ type conn struct {
 	bw       *bufio.Writer
 	w        *response // the answer in progress
 	idle     atomic.Bool
+	fresh    atomic.Bool // no byte received yet
+	accepted time.Time
 	broken   bool // framing or a write failed: close after this request
 	linger   bool // the client may have sent bytes that were not read
 	hijacked bool
@@ -355,6 +362,7 @@ func (c *conn) serve() {
 				return
 			}
 			c.idle.Store(false)
+			c.fresh.Store(false)
 			if b, err := c.br.Peek(1); err == nil && b[0] == 'P' && c.isH2Preface() {
 				handedOff = c.handOff(s)
 				return
@@ -398,7 +406,7 @@ func (c *conn) refuse(err error) {
 	switch {
 	case errors.As(err, &e):
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		e = &Error{Status: http.StatusRequestTimeout, Reason: "request header timeout", Close: true}
+		e = &Error{Status: http.StatusRequestTimeout, Reason: "request header timeout"}
 	default:
 		return // EOF or a reset: nobody to answer
 	}
@@ -476,7 +484,7 @@ func (c *conn) serveRequest(h *head) (keep bool) {
 		// the connection is the only way to tell the client.
 		c.broken = true
 		if !w.wrote && ctx.Err() == nil {
-			c.writeError(&Error{Status: http.StatusBadGateway, Reason: "upstream failed", Close: true})
+			c.writeError(&Error{Status: http.StatusBadGateway, Reason: "upstream failed"})
 		}
 		return false
 	}

@@ -8,21 +8,25 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/sluice-lb/sluice/proxy"
+	"github.com/sluice-lb/sluice/proxy/h1"
 )
 
 // Defaults that are not derived from other values.
 const (
-	defaultConsulAddress = "127.0.0.1:8500"
-	defaultAdminAddress  = "127.0.0.1:9901"
-	defaultStrategy      = "weighted_round_robin"
-	defaultIdleTimeout   = 2 * time.Minute
+	defaultConsulAddress   = "127.0.0.1:8500"
+	defaultAdminAddress    = "127.0.0.1:9901"
+	defaultStrategy        = "weighted_round_robin"
+	defaultMaxEjectionTime = 300 * time.Second
 
-	defaultRequestHeaderTimeout  = 10 * time.Second
-	defaultRequestBodyTimeout    = 60 * time.Second
-	defaultResponseWriteTimeout  = 60 * time.Second
-	defaultResponseHeaderTimeout = 60 * time.Second
-	defaultResponseBodyTimeout   = 60 * time.Second
-	defaultMaxEjectionTime       = 300 * time.Second
+	// The timeouts' defaults are owned by the packages that apply them;
+	// the configuration fills them in so that validate shows them.
+	defaultIdleTimeout           = h1.DefaultIdleTimeout // tcp listeners too
+	defaultRequestHeaderTimeout  = h1.DefaultHeaderTimeout
+	defaultRequestBodyTimeout    = h1.DefaultBodyTimeout
+	defaultResponseWriteTimeout  = h1.DefaultWriteTimeout
+	defaultResponseHeaderTimeout = proxy.DefaultResponseHeaderTimeout
+	defaultResponseBodyTimeout   = proxy.DefaultResponseBodyTimeout
 )
 
 var (
