@@ -31,7 +31,10 @@ func echo(w http.ResponseWriter, r *http.Request) {
 	b, err := io.ReadAll(r.Body)
 	var e *Error
 	if errors.As(err, &e) {
-		w.Header().Set("Connection", "close")
+		if r.ProtoMajor == 1 {
+			// Over HTTP/2 it would end the connection's other streams.
+			w.Header().Set("Connection", "close")
+		}
 		w.WriteHeader(e.Status)
 		io.WriteString(w, e.Reason)
 		return
