@@ -8,7 +8,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 CONSUL_BIN ?= $(CURDIR)/bin/consul
 export CONSUL_BIN
 
-.PHONY: all build consul test unit e2e demo bench bench-balance bench-reaction vet fuzz h2spec clean
+.PHONY: all build consul test unit e2e demo bench bench-balance bench-reaction vet check fuzz h2spec clean
 
 all: build
 
@@ -32,8 +32,15 @@ consul:
 vet:
 	$(GO) vet ./...
 
+# go.mod and go.sum are tidy, and sluice builds for macOS and Windows too
+# (it is developed and tested on Linux).
+check:
+	$(GO) mod tidy -diff
+	GOOS=darwin $(GO) build ./...
+	GOOS=windows $(GO) build ./...
+
 # Unit and e2e tests, all with -race. e2e runs a real Consul agent.
-test: consul bin/sluice-race vet
+test: consul bin/sluice-race vet check
 	SLUICE_BIN=$(CURDIR)/bin/sluice-race $(GO) test -race -count=1 -timeout 15m ./...
 
 unit:
