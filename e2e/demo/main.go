@@ -113,7 +113,8 @@ sluice is running. Try:
   curl http://%[1]s/
   for i in $(seq 10); do curl -s http://%[1]s/; done      # demo-3 answers 3 of every 5
   curl http://%[2]s/v1/services                            # live pools
-  curl http://%[3]s/v1/agent/service/maintenance/demo-3?enable=true -X PUT   # drain demo-3 in Consul
+  curl -X PUT 'http://%[3]s/v1/agent/service/maintenance/demo-3?enable=true&reason=trying+a+drain'   # drain demo-3 in Consul
+  curl -X PUT 'http://%[3]s/v1/agent/service/maintenance/demo-3?enable=false'                        # and undo it
 Press Ctrl-C to stop everything the demo started.
 `, *front, *adminAddr, *consulAddr)
 

@@ -565,6 +565,57 @@ func TestValidationErrors(t *testing.T) {
 	}
 }
 
+func TestAdminAddressCollision(t *testing.T) {
+	// Addresses are compared as written, as among listeners.
+	const (
+		defaultTaken  = `Duplicate address: address "127.0.0.1:9901" is the admin interface's default address; use another one, or move the admin interface with an admin block`
+		adminFirst    = `Duplicate address: address "127.0.0.1:9000" is already used by the admin interface at test.hcl:1,1`
+		listenerFirst = `Duplicate address: address "127.0.0.1:9000" is already used by the listener at test.hcl:1,1`
+	)
+	admin := func(addr string) string { return "admin {\n  address = \"" + addr + "\"\n}\n" }
+	for _, tc := range []struct {
+		name string
+		src  string
+		want []string // formatted diagnostics; none for a valid file
+	}{
+		{"listener on the default admin address", listenerAddress("127.0.0.1:9901"),
+			[]string{"test.hcl:2,13: " + defaultTaken}},
+		{"listener on the default admin address, empty admin block", "admin {}\n" + listenerAddress("127.0.0.1:9901"),
+			[]string{"test.hcl:3,13: " + defaultTaken}},
+		{"tcp listener on the default admin address", "listener \"db\" {\n  address  = \"127.0.0.1:9901\"\n  protocol = \"tcp\"\n  service  = \"pg\"\n}\n",
+			[]string{"test.hcl:2,14: " + defaultTaken}},
+		{"admin block before the listener", admin("127.0.0.1:9000") + listenerAddress("127.0.0.1:9000"),
+			[]string{"test.hcl:5,13: " + adminFirst}},
+		{"admin block after the listener", listenerAddress("127.0.0.1:9000") + admin("127.0.0.1:9000"),
+			[]string{"test.hcl:8,13: " + listenerFirst}},
+		{"second of two listeners", okListener[1:] + admin("127.0.0.1:9000") + strings.Replace(listenerAddress("127.0.0.1:9000"), `"ok"`, `"other"`, 1),
+			[]string{"test.hcl:11,13: " + strings.Replace(adminFirst, "test.hcl:1,1", "test.hcl:7,1", 1)}},
+		{"two listeners on the default admin address", listenerAddress("127.0.0.1:9901") + strings.Replace(listenerAddress("127.0.0.1:9901"), `"ok"`, `"other"`, 1),
+			[]string{
+				"test.hcl:2,13: " + defaultTaken,
+				`test.hcl:8,13: Duplicate address: address "127.0.0.1:9901" is already used by the listener at test.hcl:1,1`,
+			}},
+		{"invalid admin address is reported once", admin("9000") + listenerAddress("9000"),
+			[]string{
+				`test.hcl:2,13: Invalid address: address must be "host:port", such as "127.0.0.1:8080"; got "9000"`,
+				`test.hcl:5,13: Invalid address: address must be "host:port", such as "127.0.0.1:8080"; got "9000"`,
+			}},
+		{"admin moved off the default", admin("127.0.0.1:9902") + listenerAddress("127.0.0.1:9901"), nil},
+		{"listener on the admin port of another host", admin("127.0.0.1:9000") + listenerAddress("127.0.0.2:9000"), nil},
+		{"same address written differently", listenerAddress("localhost:9901"), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, diags := Parse("test.hcl", []byte(tc.src), Options{Getenv: env(nil)})
+			if have := FormatDiagnostics(diags); !slices.Equal(tc.want, have) {
+				t.Errorf("want\n%s\nhave\n%s", strings.Join(tc.want, "\n"), strings.Join(have, "\n"))
+			}
+			if (cfg == nil) != (len(tc.want) > 0) {
+				t.Errorf("want a config only without errors, have %s", dump(cfg))
+			}
+		})
+	}
+}
+
 func TestImplementedStrategies(t *testing.T) {
 	for _, tc := range []struct {
 		name        string

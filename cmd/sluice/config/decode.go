@@ -94,7 +94,19 @@ type decoder struct {
 
 	listenerNames map[string]hcl.Range // name -> first listener block
 	addresses     map[string]hcl.Range // listener address -> first use
+	admin         adminAddress         // decoded before the listeners
 	serviceRefs   map[string]hcl.Range // service -> first route or tcp listener naming it
+}
+
+// adminAddress is the admin interface's address as decoded, for
+// listener() to compare with. Like listener addresses, it is compared as
+// written: "localhost:9901" and "127.0.0.1:9901" do not collide here (binding
+// fails at start instead).
+type adminAddress struct {
+	address string
+	ok      bool       // address is valid (invalid ones are reported already)
+	attr    *hcl.Range // the address expression; nil for the default
+	block   hcl.Range  // the admin block, when attr is set
 }
 
 func newDecoder(filename string, opts Options) *decoder {
@@ -151,7 +163,7 @@ func (d *decoder) file(body hcl.Body) *Config {
 	c := d.content(body, fileSchema)
 	cfg := &Config{
 		Consul:   d.consul(d.first(c.Blocks, "consul")),
-		Admin:    d.admin(d.first(c.Blocks, "admin")),
+		Admin:    d.decodeAdmin(d.first(c.Blocks, "admin")), // before the listeners
 		Services: map[string]*Service{},
 	}
 	for _, b := range c.Blocks.OfType("listener") {
@@ -220,11 +232,19 @@ func (d *decoder) consul(b *hcl.Block) Consul {
 	return c
 }
 
-func (d *decoder) admin(b *hcl.Block) Admin {
+// decodeAdmin decodes the admin block, if any, and records its address in
+// d.admin.
+func (d *decoder) decodeAdmin(b *hcl.Block) Admin {
 	a := Admin{Address: defaultAdminAddress}
+	d.admin = adminAddress{address: a.Address, ok: true}
 	if b != nil {
 		as := d.content(b.Body, adminSchema).Attributes
-		d.str(as, "address", &a.Address, hostPort)
+		if attr := as["address"]; attr != nil {
+			d.admin.ok = d.str(as, "address", &a.Address, hostPort)
+			d.admin.address = a.Address
+			d.admin.attr = attr.Expr.Range().Ptr()
+			d.admin.block = b.DefRange
+		}
 	}
 	return a
 }
@@ -249,6 +269,7 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 				"address %q is already used by the listener at %s", l.Address, pos(first))
 		} else {
 			d.addresses[l.Address] = b.DefRange
+			d.adminCollision(l.Address, a.Expr.Range(), b.DefRange)
 		}
 	}
 
@@ -310,6 +331,28 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 		d.serviceRef(as, &l.Service)
 	}
 	return l, true
+}
+
+// adminCollision reports a listener address equal to the admin interface's,
+// at whichever of the two address attributes comes later in the file (at
+// the listener's when the admin address is the default). Addresses are
+// compared as written, like listener addresses among themselves.
+func (d *decoder) adminCollision(address string, attr, block hcl.Range) {
+	adm := d.admin
+	if !adm.ok || address != adm.address {
+		return
+	}
+	switch {
+	case adm.attr == nil:
+		d.errorf(attr, "Duplicate address",
+			"address %q is the admin interface's default address; use another one, or move the admin interface with an admin block", address)
+	case adm.attr.Start.Byte > attr.Start.Byte:
+		d.errorf(*adm.attr, "Duplicate address",
+			"address %q is already used by the listener at %s", address, pos(block))
+	default:
+		d.errorf(attr, "Duplicate address",
+			"address %q is already used by the admin interface at %s", address, pos(adm.block))
+	}
 }
 
 // route decodes a route block whose label is "[host]/path-prefix"; ok is
