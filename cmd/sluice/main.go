@@ -47,6 +47,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if err := fs.Parse(args[1:]); err != nil {
 			return 2
 		}
+		if fs.NArg() > 0 {
+			fmt.Fprintf(stderr, "sluice: unexpected argument %q (the file is given with -config)\n", fs.Arg(0))
+			return 2
+		}
 		cfg, ok := load(*path, stderr)
 		if !ok {
 			return 1
@@ -60,6 +64,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 		if err := fs.Parse(args[1:]); err != nil {
+			return 2
+		}
+		if fs.NArg() > 0 {
+			fmt.Fprintf(stderr, "sluice: unexpected argument %q (the file is given with -config)\n", fs.Arg(0))
 			return 2
 		}
 		cfg, ok := load(*path, stderr)
