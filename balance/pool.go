@@ -98,9 +98,13 @@ type PoolOptions struct {
 type PassiveOptions struct {
 	ConsecutiveFailures int
 	EjectionTime        time.Duration
-	MaxEjectionTime     time.Duration // default max(300s, EjectionTime)
+	MaxEjectionTime     time.Duration // default max(DefaultMaxEjectionTime, EjectionTime)
 	MaxEjectionPercent  int
 }
+
+// DefaultMaxEjectionTime caps the doubling of ejections unless
+// PassiveOptions sets another cap.
+const DefaultMaxEjectionTime = 300 * time.Second
 
 // slowStartFloor is the share of its weight a slow-starting instance begins with.
 const slowStartFloor = 0.1
@@ -156,7 +160,7 @@ func NewPool(opts PoolOptions) *Pool {
 	}
 	if pv := opts.Passive; pv != nil && pv.MaxEjectionTime < pv.EjectionTime {
 		pv2 := *pv
-		pv2.MaxEjectionTime = max(300*time.Second, pv.EjectionTime)
+		pv2.MaxEjectionTime = max(DefaultMaxEjectionTime, pv.EjectionTime)
 		opts.Passive = &pv2
 	}
 	p := &Pool{opts: opts, events: make(chan func(*poolState)), failing: make(chan *Stats, 64)}

@@ -37,6 +37,10 @@ const (
 	HealthMaintenance Health = "maintenance"
 )
 
+// DefaultWeightKey is the service meta key that holds an instance's weight
+// unless the service names another.
+const DefaultWeightKey = "weight"
+
 // Weight bounds: a weight outside them is invalid and falls back.
 const (
 	MinWeight = 1
@@ -88,7 +92,7 @@ var _ HealthAPI = (*api.Health)(nil)
 type Options struct {
 	Service    string // required
 	Tag        string // only instances carrying this tag; "" for all
-	WeightKey  string // service meta key holding the weight; default "weight"
+	WeightKey  string // service meta key holding the weight; default DefaultWeightKey
 	Datacenter string // default: the agent's
 	// Stale allows any server to answer and uses the agent's cache
 	// (streaming backend), as Consul recommends for watches at scale.
@@ -118,7 +122,7 @@ type Watcher struct {
 // NewWatcher returns a watcher of opts.Service over h.
 func NewWatcher(h HealthAPI, opts Options) *Watcher {
 	if opts.WeightKey == "" {
-		opts.WeightKey = "weight"
+		opts.WeightKey = DefaultWeightKey
 	}
 	if opts.Wait <= 0 {
 		opts.Wait = 60 * time.Second

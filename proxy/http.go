@@ -38,7 +38,7 @@ type ServiceOptions struct {
 	Name string
 	Pool *balance.Pool
 	// Attempts is the number of instances a request may try, the first
-	// included; default 2, at most balance.MaxTries. See RoundTrip for
+	// included; default DefaultAttempts, at most balance.MaxTries. See RoundTrip for
 	// which failures are retried.
 	Attempts int
 	// PerTryTimeout bounds each try from the moment the request, its body
@@ -93,7 +93,10 @@ const (
 	DefaultDialTimeout           = 5 * time.Second
 	DefaultResponseHeaderTimeout = 60 * time.Second
 	DefaultResponseBodyTimeout   = 60 * time.Second
-	DefaultMaxReplayBody         = 64 << 10
+	// DefaultAttempts is the number of instances a request or connection
+	// may try, the first included.
+	DefaultAttempts      = 2
+	DefaultMaxReplayBody = 64 << 10
 )
 
 // NewHTTPHandler returns a handler that routes each request by host and path
@@ -185,7 +188,7 @@ type serviceProxy struct {
 func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger, fwd *forwarding) *serviceProxy {
 	attempts := svc.Attempts
 	if attempts <= 0 {
-		attempts = 2
+		attempts = DefaultAttempts
 	}
 	attempts = min(attempts, balance.MaxTries)
 	limits := TryLimits{Header: svc.ResponseHeaderTimeout, Write: svc.ResponseHeaderTimeout, Body: svc.ResponseBodyTimeout}

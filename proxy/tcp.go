@@ -85,7 +85,7 @@ func NewTCPProxy(opts TCPOptions) *TCPProxy {
 		opts.IdleTimeout = h1.DefaultIdleTimeout
 	}
 	if opts.Service.Attempts <= 0 {
-		opts.Service.Attempts = 2
+		opts.Service.Attempts = DefaultAttempts
 	}
 	opts.Service.Attempts = min(opts.Service.Attempts, balance.MaxTries)
 	if opts.Logger == nil {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/sluice-lb/sluice/balance"
+	"github.com/sluice-lb/sluice/discovery"
 	"github.com/sluice-lb/sluice/proxy"
 	"github.com/sluice-lb/sluice/proxy/h1"
 )
@@ -17,7 +19,7 @@ const (
 	defaultConsulAddress   = "127.0.0.1:8500"
 	defaultAdminAddress    = "127.0.0.1:9901"
 	defaultStrategy        = "weighted_round_robin"
-	defaultMaxEjectionTime = 300 * time.Second
+	defaultMaxEjectionTime = balance.DefaultMaxEjectionTime
 
 	// The timeouts' defaults are owned by the packages that apply them;
 	// the configuration fills them in so that validate shows them.
@@ -402,8 +404,8 @@ func defaultService(name string) *Service {
 	return &Service{
 		Name:      name,
 		Strategy:  defaultStrategy,
-		WeightKey: "weight",
-		Retry:     Retry{Attempts: 2},
+		WeightKey: discovery.DefaultWeightKey,
+		Retry:     Retry{Attempts: proxy.DefaultAttempts},
 
 		ResponseHeaderTimeout: defaultResponseHeaderTimeout,
 		ResponseBodyTimeout:   defaultResponseBodyTimeout,
