@@ -205,18 +205,10 @@ func runPool(t *testing.T, strategy string) *Pool {
 // setMembers applies members and waits until the owner has published them.
 func setMembers(t *testing.T, p *Pool, index uint64, ms ...Member) *Snapshot {
 	t.Helper()
-	before := p.Load().Version
 	if err := p.SetMembers(context.Background(), index, ms); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for p.Load().Version == before {
-		if time.Now().After(deadline) {
-			t.Fatal("snapshot not published")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	return p.Load()
+	return refresh(t, p)
 }
 
 func member(id string, weight int, consul string) Member {

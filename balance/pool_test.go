@@ -48,6 +48,33 @@ func failN(t *testing.T, p *Pool, id string, n int, err error) {
 	}
 }
 
+// refresh republishes p and waits for that very publication, whose clock
+// reading follows the call (and so any clock advance before it), and for
+// everything sent to the owner before it. Waiting instead for any version
+// newer than one read beforehand is not enough: a publication already under
+// way (a wake, a failure report, an earlier Refresh not waited for) may have
+// read the clock before an advance and still be the first newer version.
+func refresh(t *testing.T, p *Pool) *Snapshot {
+	t.Helper()
+	ver := make(chan uint64, 1)
+	if err := p.send(context.Background(), func(st *poolState) { ver <- st.version + 1 }); err != nil {
+		t.Fatal(err)
+	}
+	want := <-ver
+	timeout := time.After(5 * time.Second)
+	for {
+		snap := p.Load()
+		if snap.Version >= want {
+			return snap
+		}
+		select {
+		case <-snap.Next():
+		case <-timeout:
+			t.Fatalf("snapshot %d not published", want)
+		}
+	}
+}
+
 func runPassivePool(t *testing.T, clock *fakeClock, pv PassiveOptions, ids ...string) *Pool {
 	t.Helper()
 	build, _ := Lookup("round_robin")
@@ -87,35 +114,30 @@ func TestPassiveEjection(t *testing.T) {
 	failN(t, p, "b", 3, errBoom)
 	waitFor(t, "b ejected", func() bool { return status(p, "b").Ejected })
 	failN(t, p, "c", 3, errBoom)
-	before := p.Load().Version
-	p.Refresh(context.Background())
-	waitVersion(t, p, before)
+	// Wait until the owner has handled c's report (eject clears consec,
+	// then reported), so it is judged now and not after the clock moves.
+	cs := status(p, "c").Stats
+	waitFor(t, "c's report handled", func() bool { return cs.consec.Load() == 0 && !cs.reported.Load() })
+	refresh(t, p)
 	if status(p, "c").Ejected {
 		t.Fatal("more than max_ejection_percent ejected")
 	}
 
 	// The ejection ends after 10 s; the next one of a lasts 20 s.
 	clock.advance(10 * time.Second)
-	before = p.Load().Version
-	p.Refresh(context.Background())
-	waitVersion(t, p, before)
+	refresh(t, p)
 	if status(p, "a").Ejected || !status(p, "a").Eligible {
 		t.Fatal("a still ejected after ejection_time")
 	}
 	failN(t, p, "a", 3, errBoom)
 	waitFor(t, "a ejected again", func() bool { return status(p, "a").Ejected })
 	clock.advance(15 * time.Second)
-	p.Refresh(context.Background())
-	before = p.Load().Version
-	p.Refresh(context.Background())
-	waitVersion(t, p, before)
+	refresh(t, p)
 	if !status(p, "a").Ejected {
 		t.Fatal("second ejection did not double")
 	}
 	clock.advance(5 * time.Second)
-	before = p.Load().Version
-	p.Refresh(context.Background())
-	waitVersion(t, p, before)
+	refresh(t, p)
 	if status(p, "a").Ejected {
 		t.Fatal("second ejection outlasted 20 s")
 	}
@@ -148,11 +170,10 @@ func TestProbeVerdicts(t *testing.T) {
 		{"b", ProbePassing, false}, // Consul critical while the probe passes
 		{"zz", ProbePassing, false},
 	} {
-		before := p.Load().Version
 		if err := p.SetProbe(ctx, tc.id, tc.probe); err != nil {
 			t.Fatal(err)
 		}
-		waitVersion(t, p, before)
+		refresh(t, p)
 		m := status(p, tc.id)
 		if tc.id == "zz" {
 			if m.ID != "" {

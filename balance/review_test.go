@@ -1,7 +1,6 @@
 package balance
 
 import (
-	"context"
 	"testing"
 	"time"
 )
@@ -37,9 +36,7 @@ func TestEjectionKeepsWorkingAfterManyRepeats(t *testing.T) {
 		failN(t, p, "a", 1, errBoom)
 		waitFor(t, "a ejected", func() bool { return status(p, "a").Ejected })
 		clock.advance(300 * time.Second) // the cap
-		before := p.Load().Version
-		p.Refresh(context.Background())
-		waitVersion(t, p, before)
+		refresh(t, p)
 		if status(p, "a").Ejected {
 			t.Fatalf("ejection %d outlasted the 300 s cap", i+1)
 		}

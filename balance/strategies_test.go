@@ -497,11 +497,7 @@ func TestSlowStartRamp(t *testing.T) {
 		{3 * time.Second, map[string]int{"a": 1, "b": 2, "c": 2}},
 	} {
 		clock.advance(step.advance)
-		before := p.Load().Version
-		if err := p.Refresh(ctx); err != nil {
-			t.Fatal(err)
-		}
-		waitVersion(t, p, before)
+		refresh(t, p)
 		if w := weights(); fmt.Sprint(w) != fmt.Sprint(step.want) {
 			t.Fatalf("after %v: want %v, have %v", step.advance, step.want, w)
 		}
@@ -513,17 +509,6 @@ func TestSlowStartRamp(t *testing.T) {
 	setMembers(t, p, 4, ms...)
 	if w := weights(); w["a"] != 10 || w["b"] != 200 {
 		t.Fatalf("back from critical: want a at 10%%, have %v", w)
-	}
-}
-
-func waitVersion(t *testing.T, p *Pool, before uint64) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for p.Load().Version == before {
-		if time.Now().After(deadline) {
-			t.Fatal("snapshot not published")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
