@@ -47,7 +47,10 @@ type Upstream struct {
 	hosts       sync.Map      // addr -> *hostPool
 	reaperOnce  sync.Once     // starts reap
 	closed      atomic.Bool   // stops reap
-	bufs        sync.Pool     // *upConn buffers are per connection; this pools upBody
+	trackMu     sync.Mutex    // guards tracked and refs (Track)
+	tracked     map[string]map[string]bool
+	refs        map[string]int // address -> services that have it
+	bufs        sync.Pool      // *upConn buffers are per connection; this pools upBody
 }
 
 // TryLimits bound one exchange with an instance. A limit that runs out is
@@ -104,6 +107,9 @@ var _ http.RoundTripper = (*Upstream)(nil)
 // hostPool holds the idle connections to one instance.
 type hostPool struct {
 	idle chan *upConn
+	// dead is set when the address left every tracked service (see
+	// Track): the pool is out of Upstream.hosts and closes what it gets.
+	dead atomic.Bool
 }
 
 // upConn is one keep-alive connection.
@@ -228,6 +234,70 @@ func (u *Upstream) put(hp *hostPool, c *upConn) {
 	default:
 		c.Close()
 	}
+	if hp.dead.Load() {
+		// Forgotten meanwhile: forget sets dead before it drains, so a
+		// connection sent after its drain is closed here.
+		drain(hp)
+	}
+}
+
+// drain closes every idle connection of hp.
+func drain(hp *hostPool) {
+	for {
+		select {
+		case c := <-hp.idle:
+			c.Close()
+		default:
+			return
+		}
+	}
+}
+
+// Track tells the client the instance addresses of one service (the whole
+// set each time; nil when the service is gone). An address that is in no
+// tracked service any more is forgotten: its idle connections are closed
+// at once and its entry removed; connections in use close when their
+// answers end. Addresses that were never tracked are kept (and reaped when
+// idle). Track is for the pool owners, not the request path: it takes a
+// lock.
+func (u *Upstream) Track(service string, addrs []string) {
+	u.trackMu.Lock()
+	defer u.trackMu.Unlock()
+	if u.tracked == nil {
+		u.tracked, u.refs = map[string]map[string]bool{}, map[string]int{}
+	}
+	next := make(map[string]bool, len(addrs))
+	for _, a := range addrs {
+		next[a] = true
+	}
+	prev := u.tracked[service]
+	for a := range next {
+		if !prev[a] {
+			u.refs[a]++
+		}
+	}
+	for a := range prev {
+		if !next[a] {
+			if u.refs[a]--; u.refs[a] <= 0 {
+				delete(u.refs, a)
+				u.forget(a)
+			}
+		}
+	}
+	if len(next) == 0 {
+		delete(u.tracked, service)
+	} else {
+		u.tracked[service] = next
+	}
+}
+
+// forget removes addr's pool and closes its idle connections.
+func (u *Upstream) forget(addr string) {
+	if v, ok := u.hosts.LoadAndDelete(addr); ok {
+		hp := v.(*hostPool)
+		hp.dead.Store(true)
+		drain(hp)
+	}
 }
 
 // reap closes the idle connections that have been idle for idleTimeout,
@@ -276,15 +346,8 @@ func (u *Upstream) Close() {
 // CloseIdleConnections closes every idle connection.
 func (u *Upstream) CloseIdleConnections() {
 	u.hosts.Range(func(_, v any) bool {
-		hp := v.(*hostPool)
-		for {
-			select {
-			case c := <-hp.idle:
-				c.Close()
-			default:
-				return true
-			}
-		}
+		drain(v.(*hostPool))
+		return true
 	})
 }
 

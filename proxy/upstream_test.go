@@ -244,3 +244,64 @@ func TestUpstreamHeaderLimit(t *testing.T) {
 		t.Fatalf("want errHeaderTooLarge, have %v", err)
 	}
 }
+
+// TestUpstreamForgetsAddressesThatLeave: when an address is in no tracked
+// service any more, its idle connections close at once and its entry goes;
+// an address shared by two services stays until both drop it.
+func TestUpstreamForgetsAddressesThatLeave(t *testing.T) {
+	var open atomic.Int64
+	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	s.Start()
+	defer s.Close()
+	addr := hostOf(s)
+	u := NewUpstream()
+	defer u.Close()
+	u.Track("a", []string{addr})
+	u.Track("b", []string{addr})
+	upGet(t, u, http.MethodGet, addr, "/", "")
+	if n := open.Load(); n != 1 {
+		t.Fatalf("want 1 pooled connection, have %d", n)
+	}
+	u.Track("a", nil)
+	if _, ok := u.hosts.Load(addr); !ok || open.Load() != 1 {
+		t.Fatal("an address still tracked by b was forgotten")
+	}
+	u.Track("b", []string{})
+	deadline := time.Now().Add(5 * time.Second)
+	for open.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the idle connection of a forgotten address stayed open")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, ok := u.hosts.Load(addr); ok {
+		t.Fatal("the forgotten address keeps its entry")
+	}
+	// A request in flight when its address is forgotten closes its
+	// connection at the end instead of pooling it.
+	u.Track("a", []string{addr})
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	resp, err := u.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Track("a", nil)
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for open.Load() != 0 {
+		if time.Now().After(deadline.Add(5 * time.Second)) {
+			t.Fatal("a connection returned to a forgotten pool stayed open")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

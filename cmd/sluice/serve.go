@@ -65,6 +65,11 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 		return fmt.Errorf("cookie secret: %w", err)
 	}
 
+	// The upstream client outlives the pools (deferred first: closed last);
+	// each service's feed tells it which instance addresses are current.
+	transport := proxy.NewUpstream()
+	defer transport.Close()
+
 	// Pools and watchers live until every listener has drained.
 	poolCtx, stopPools := context.WithCancel(context.Background())
 	var bg sync.WaitGroup
@@ -129,7 +134,10 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 		bg.Add(3)
 		go func() { defer bg.Done(); pool.Run(poolCtx) }()
 		go func() { defer bg.Done(); w.Run(poolCtx, updates) }()
-		go func() { defer bg.Done(); feedPool(poolCtx, pool, updates) }()
+		go func() {
+			defer bg.Done()
+			feedPool(poolCtx, pool, updates, func(addrs []string) { transport.Track(name, addrs) })
+		}()
 	}
 
 	errLog := logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug})
@@ -139,11 +147,9 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 	var tcpWG sync.WaitGroup
 	drainCtx, drainNow := context.WithCancel(context.Background())
 	defer drainNow()
-	transport := proxy.NewUpstream()
 	// One account of sluice's own exhaustion (file descriptors, ports) for
 	// every listener: while it lasts, no listener accepts.
 	pressure := proxy.NewPressure(logger.Named("pressure"))
-	defer transport.Close()
 	// Access logs open before any listener serves, so a bad path stops
 	// the start with nothing running.
 	accessLogs := make([]*proxy.AccessLog, len(cfg.Listeners))
@@ -318,7 +324,8 @@ func closeAll(lns []net.Listener) {
 }
 
 // feedPool turns discovery updates into pool changes until ctx is done.
-func feedPool(ctx context.Context, pool *balance.Pool, updates <-chan discovery.Update) {
+// track is told the addresses of every new member set.
+func feedPool(ctx context.Context, pool *balance.Pool, updates <-chan discovery.Update, track func([]string)) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -333,6 +340,13 @@ func feedPool(ctx context.Context, pool *balance.Pool, updates <-chan discovery.
 				members[i] = balance.Member{ID: in.ID, Addr: in.HostPort(), Weight: in.Weight, Consul: string(in.Health), Invalid: in.Invalid}
 			}
 			_ = pool.SetMembers(ctx, u.Index, members)
+			addrs := make([]string, 0, len(members))
+			for _, m := range members {
+				if m.Invalid == "" {
+					addrs = append(addrs, m.Addr)
+				}
+			}
+			track(addrs)
 		}
 	}
 }
