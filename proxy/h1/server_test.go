@@ -66,6 +66,8 @@ func TestStrictFraming(t *testing.T) {
 		echo(w, r)
 	})})
 	smuggled := "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+	bodyFault := map[string]bool{"bad chunk size": true, "chunk longer than declared": true,
+		"bare LF chunk line": true, "bare LF after data": true, "huge chunk size": true}
 	for _, tc := range []struct {
 		name, req string
 		want      string // status line prefix of the only answer
@@ -109,7 +111,9 @@ func TestStrictFraming(t *testing.T) {
 			if !strings.Contains(have, "Connection: close") {
 				t.Fatalf("the answer does not say Connection: close: %q", have)
 			}
-			if strings.Contains(tc.req, "0\r\n\r\n") && strings.HasSuffix(tc.want, "400 ") && !strings.Contains(tc.req, "Content-Length") && strings.Contains(tc.req, "HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n") {
+			// A bad head never reaches the handler; a bad body does, once
+			// (the handler's body read fails with the 400).
+			if bodyFault[tc.name] {
 				if served.Load() != before+1 {
 					t.Fatalf("body errors reach the handler once")
 				}
