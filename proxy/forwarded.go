@@ -76,42 +76,32 @@ func (f *forwarding) set(pr *httputil.ProxyRequest) {
 }
 
 // client returns the client address of an outgoing request whose
-// X-Forwarded-For set has written.
+// X-Forwarded-For set has written (one line, ending with the peer).
 func (f *forwarding) client(req *http.Request) netip.Addr {
 	peer := peerAddr(req.RemoteAddr)
 	if len(f.trusted) == 0 || !f.trusts(peer) {
 		return peer
 	}
 	client := peer
-	for _, line := range reverseLines(req.Header["X-Forwarded-For"]) {
-		for line != "" {
-			var hop string
-			if i := strings.LastIndexByte(line, ','); i >= 0 {
-				hop, line = line[i+1:], line[:i]
-			} else {
-				hop, line = line, ""
-			}
-			a, err := netip.ParseAddr(strings.TrimSpace(hop))
-			if err != nil {
-				return client
-			}
-			client = a.Unmap()
-			if !f.trusts(client) {
-				return client
-			}
+	line := ""
+	if v := req.Header["X-Forwarded-For"]; len(v) > 0 {
+		line = v[0]
+	}
+	for line != "" {
+		var hop string
+		if i := strings.LastIndexByte(line, ','); i >= 0 {
+			hop, line = line[i+1:], line[:i]
+		} else {
+			hop, line = line, ""
+		}
+		a, err := netip.ParseAddr(strings.TrimSpace(hop))
+		if err != nil {
+			return client
+		}
+		client = a.Unmap()
+		if !f.trusts(client) {
+			return client
 		}
 	}
 	return client
-}
-
-// reverseLines returns header lines last first; XFF set by set has one.
-func reverseLines(v []string) []string {
-	if len(v) <= 1 {
-		return v
-	}
-	r := make([]string, len(v))
-	for i, s := range v {
-		r[len(v)-1-i] = s
-	}
-	return r
 }

@@ -235,14 +235,10 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 				// for the access log only.
 				status, abort = 499, true
 			case errors.As(err, &ce):
+				// The server closes an HTTP/1.1 connection whose body
+				// failed (its answer says so); on h2 only this stream
+				// failed.
 				status = ce.status()
-				if r.ProtoMajor == 1 {
-					// The rest of the body would be read as a
-					// request. On HTTP/2 only this stream failed;
-					// net/http would take Connection: close for a
-					// GOAWAY that ends the client's other streams.
-					w.Header().Set("Connection", "close")
-				}
 				writeJSONError(w, status, ce.reason(), svc.Name)
 			default:
 				logger.Debug("upstream failed", "service", svc.Name, "error", err)

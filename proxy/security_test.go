@@ -237,8 +237,8 @@ func TestClientFaultsAreNotBlamed(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for i := 0; i < 3; i++ {
-				if have := rawClient(t, f.URL, tc.req); !strings.HasPrefix(have, tc.want) {
-					t.Fatalf("want %q, have %q", tc.want, have)
+				if have := rawClient(t, f.URL, tc.req); !strings.HasPrefix(have, tc.want) || !strings.Contains(have, "Connection: close") {
+					t.Fatalf("want %q with Connection: close, have %q", tc.want, have)
 				}
 			}
 			if n := failures(p, "a"); n != 0 {

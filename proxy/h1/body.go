@@ -63,25 +63,8 @@ func (b *body) Read(p []byte) (int, error) {
 }
 
 func (b *body) read(p []byte) (int, error) {
-	if !b.chunked {
-		if b.remaining == 0 {
-			return 0, io.EOF
-		}
-		if int64(len(p)) > b.remaining {
-			p = p[:b.remaining]
-		}
-		n, err := b.c.readBody(p)
-		b.remaining -= int64(n)
-		if err != nil {
-			return n, b.mapErr(err)
-		}
-		if b.remaining == 0 {
-			return n, io.EOF
-		}
-		return n, nil
-	}
 	for b.remaining == 0 {
-		if b.sawLast {
+		if !b.chunked || b.sawLast {
 			return 0, io.EOF
 		}
 		if err := b.nextChunk(); err != nil {
@@ -93,16 +76,16 @@ func (b *body) read(p []byte) (int, error) {
 	}
 	n, err := b.c.readBody(p)
 	b.remaining -= int64(n)
-	if err != nil {
+	switch {
+	case err != nil:
 		return n, b.mapErr(err)
-	}
-	if b.remaining == 0 {
+	case b.remaining > 0:
+		return n, nil
+	case b.chunked:
 		// The chunk's data ends with exactly CRLF.
-		if err := b.expectCRLF(); err != nil {
-			return n, err
-		}
+		return n, b.expectCRLF()
 	}
-	return n, nil
+	return n, io.EOF
 }
 
 // nextChunk reads a chunk-size line (RFC 9112 §7.1): 1*HEXDIG, optional

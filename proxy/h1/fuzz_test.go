@@ -48,7 +48,7 @@ func FuzzReadHead(f *testing.F) {
 			t.Fatal("HTTP/1.1 without exactly one Host")
 		}
 		for k, vv := range r.Header {
-			if !validFieldName(k) {
+			if !isToken(k) {
 				t.Fatalf("bad field name %q", k)
 			}
 			for _, v := range vv {

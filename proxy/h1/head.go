@@ -349,10 +349,10 @@ func parseContentLength(b []byte) (int64, bool) {
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
-// isToken reports whether b is an RFC 9110 token.
-func isToken(b []byte) bool {
-	for _, c := range b {
-		if c >= 0x80 || tokenTable[c] == 0 {
+// isToken reports whether b is an RFC 9110 token (a method, a field name).
+func isToken[T string | []byte](b T) bool {
+	for i := 0; i < len(b); i++ {
+		if c := b[i]; c >= 0x80 || tokenTable[c] == 0 {
 			return false
 		}
 	}

@@ -201,7 +201,7 @@ func (w *response) commit(final bool) {
 	default:
 		w.closeAfter = true // HTTP/1.0: the body ends with the connection
 	}
-	if w.c.srv.shuttingDown() || w.req.Close {
+	if w.c.srv.shuttingDown() || w.req.Close || w.c.broken {
 		w.closeAfter = true
 	}
 	bw := w.c.bw
@@ -351,7 +351,7 @@ func writeStatusLine(bw *bufio.Writer, code int) {
 // http.TrailerPrefix) are skipped.
 func writeHeaders(bw *bufio.Writer, h http.Header) {
 	for k, vv := range h {
-		if strings.HasPrefix(k, http.TrailerPrefix) || !validFieldName(k) {
+		if strings.HasPrefix(k, http.TrailerPrefix) || !isToken(k) {
 			continue
 		}
 		for _, v := range vv {
@@ -373,13 +373,4 @@ func writeHeaderLine(bw *bufio.Writer, k, v string) {
 	}
 	bw.WriteString(v)
 	bw.WriteString("\r\n")
-}
-
-func validFieldName(k string) bool {
-	for i := 0; i < len(k); i++ {
-		if c := k[i]; c >= 0x80 || tokenTable[c] == 0 {
-			return false
-		}
-	}
-	return k != ""
 }

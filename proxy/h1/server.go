@@ -79,6 +79,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	h2        *http.Server
+	baseCtx   context.Context // of every request: carries ServerContextKey
 	h2ln      *chanListener
 	shutdown  atomic.Bool
 	inShut    chan struct{} // closed when Shutdown or Close starts
@@ -135,6 +136,7 @@ func (s *Server) init() {
 		// by h2Writer.
 		HTTP2: &http.HTTP2Config{WriteByteTimeout: s.writeTimeout()},
 	}
+	s.baseCtx = context.WithValue(context.Background(), http.ServerContextKey, s.h2)
 	go s.h2.Serve(s.h2ln)
 }
 
@@ -444,7 +446,7 @@ func (c *conn) lingerClose() {
 // connection may carry another.
 func (c *conn) serveRequest(h *head) (keep bool) {
 	s := c.srv
-	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), http.ServerContextKey, s.h2))
+	ctx, cancel := context.WithCancel(s.baseCtx)
 	defer cancel()
 	req := h.req.WithContext(ctx)
 	if c.remote == "" {
@@ -577,11 +579,10 @@ func (cr *connReader) abortPendingRead() {
 
 // chanListener hands connections to net/http's h2c server.
 type chanListener struct {
-	ch     chan net.Conn
-	done   chan struct{}
-	once   sync.Once
-	addr   net.Addr
-	closed atomic.Bool
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr net.Addr
 }
 
 func newChanListener() *chanListener {
