@@ -27,8 +27,11 @@ func rawBackend(t *testing.T, serve func(net.Conn)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// mu orders every wg.Add before the cleanup's wg.Wait: a connection
+	// accepted after cleanup began is closed, not served.
 	var mu sync.Mutex
 	var conns []net.Conn
+	var closed bool
 	var wg sync.WaitGroup
 	go func() {
 		for {
@@ -37,15 +40,21 @@ func rawBackend(t *testing.T, serve func(net.Conn)) string {
 				return
 			}
 			mu.Lock()
+			if closed {
+				mu.Unlock()
+				c.Close()
+				return
+			}
 			conns = append(conns, c)
-			mu.Unlock()
 			wg.Add(1)
+			mu.Unlock()
 			go func() { defer wg.Done(); defer c.Close(); serve(c) }()
 		}
 	}()
 	t.Cleanup(func() {
 		ln.Close()
 		mu.Lock()
+		closed = true
 		for _, c := range conns {
 			c.Close()
 		}
