@@ -27,6 +27,7 @@ type Stats struct {
 	inflight atomic.Int64
 	requests atomic.Uint64
 	failures atomic.Uint64
+	errors   [numErrorKinds]atomic.Uint64 // by ErrorKind, for metrics
 	// ewma is the peak EWMA of response time in nanoseconds (float64
 	// bits), last the clock reading of its last update; see ewma.go.
 	ewma atomic.Uint64
@@ -197,4 +198,55 @@ func picked(ep *Endpoint) (PickResult, error) {
 	ep.Stats.inflight.Add(1)
 	ep.Stats.requests.Add(1)
 	return PickResult{Endpoint: ep}, nil
+}
+
+// ErrorKind classifies an instance's failure for metrics
+// (sluice_upstream_errors_total's kind label).
+type ErrorKind uint8
+
+const (
+	ErrorConnect  ErrorKind = iota // the connection could not be made
+	ErrorTimeout                   // no answer, or the answer stalled, within its timeout
+	ErrorReset                     // the connection broke (reset, or closed early)
+	ErrorProtocol                  // the answer was malformed (bad framing, bad status line)
+	ErrorStatus                    // a 5xx answer
+	numErrorKinds
+)
+
+// ErrorKinds lists every ErrorKind, in order.
+func ErrorKinds() []ErrorKind {
+	return []ErrorKind{ErrorConnect, ErrorTimeout, ErrorReset, ErrorProtocol, ErrorStatus}
+}
+
+// String is the kind's label value.
+func (k ErrorKind) String() string {
+	switch k {
+	case ErrorConnect:
+		return "connect"
+	case ErrorTimeout:
+		return "timeout"
+	case ErrorReset:
+		return "reset"
+	case ErrorProtocol:
+		return "protocol"
+	case ErrorStatus:
+		return "status"
+	}
+	return "unknown"
+}
+
+// CountError counts one failure of the instance by kind. It takes no lock
+// and does not allocate.
+func (s *Stats) CountError(k ErrorKind) {
+	if k < numErrorKinds {
+		s.errors[k].Add(1)
+	}
+}
+
+// Errors reports the failures of kind k counted so far.
+func (s *Stats) Errors(k ErrorKind) uint64 {
+	if k < numErrorKinds {
+		return s.errors[k].Load()
+	}
+	return 0
 }

@@ -1,0 +1,239 @@
+// Package metrics holds sluice's Prometheus metrics: the families, and the
+// label children that the request path uses.
+//
+// Contract: label children are resolved when a route, listener or service
+// is built (Route, Listener, Service), never per request; the request path
+// then only increments and observes. Instance-level series are not kept
+// here: PoolCollector derives them from the pool snapshots at scrape time,
+// so an instance that leaves a pool takes its series with it.
+//
+// Every method is safe on a nil *Metrics and on nil children, which record
+// nothing: code under test may run without a registry.
+package metrics
+
+import (
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the families sluice registers once per process. They outlive
+// configuration generations: a reload keeps every counter counting.
+type Metrics struct {
+	requests    *prometheus.CounterVec   // listener, route, service, code
+	duration    *prometheus.HistogramVec // listener, route, service
+	retries     *prometheus.CounterVec   // service
+	openConns   *prometheus.GaugeVec     // listener, protocol
+	tcpBytes    *prometheus.CounterVec   // listener, direction
+	reloads     *prometheus.CounterVec   // result
+	lastSuccess prometheus.Gauge
+}
+
+// Reload results, the values of sluice_config_reloads_total's label.
+const (
+	ReloadSuccess = "success"
+	ReloadFailure = "failure"
+)
+
+// New creates the families and registers them with reg.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_requests_total",
+			Help: "HTTP requests answered, by listener, route (the configured host and path prefix), service and status code; 499 is a client that went away.",
+		}, []string{"listener", "route", "service", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "sluice_request_duration_seconds",
+			Help:    "Time from the start of forwarding to the end of the answer's body, by listener, route and service.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"listener", "route", "service"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_retries_total",
+			Help: "Tries beyond the first, by service (HTTP requests and TCP connections).",
+		}, []string{"service"}),
+		openConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_open_connections",
+			Help: "Client connections open, by listener and protocol (http or tcp).",
+		}, []string{"listener", "protocol"}),
+		tcpBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_tcp_bytes_total",
+			Help: "Bytes proxied by tcp listeners, by listener and direction (in: client to instance, out: instance to client).",
+		}, []string{"listener", "direction"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_config_reloads_total",
+			Help: "Configuration reloads (SIGHUP), by result (success or failure).",
+		}, []string{"result"}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_config_last_reload_success_timestamp_seconds",
+			Help: "Unix time of the last successful configuration load (the start counts as one).",
+		}),
+	}
+	// Both results are exported from the start, at 0.
+	m.reloads.WithLabelValues(ReloadSuccess)
+	m.reloads.WithLabelValues(ReloadFailure)
+	reg.MustRegister(m.requests, m.duration, m.retries, m.openConns, m.tcpBytes, m.reloads, m.lastSuccess)
+	return m
+}
+
+// Reloaded counts a reload with its result; a success (and the start, with
+// counted false) sets the last-success time to at.
+func (m *Metrics) Reloaded(result string, counted bool, at time.Time) {
+	if m == nil {
+		return
+	}
+	if counted {
+		m.reloads.WithLabelValues(result).Inc()
+	}
+	if result == ReloadSuccess {
+		m.lastSuccess.Set(float64(at.UnixNano()) / 1e9)
+	}
+}
+
+// firstCode and lastCode bound the status codes counted by their own
+// child; others are counted under "other".
+const (
+	firstCode = 100
+	lastCode  = 599
+)
+
+// Route is the children of one route of one listener. Its zero value and
+// nil record nothing.
+type Route struct {
+	vec      *prometheus.CounterVec
+	labels   [3]string // listener, route, service
+	duration prometheus.Observer
+	// codes holds the counter of each status code, resolved at the first
+	// answer with that code (one label lookup per route and code, ever).
+	codes [lastCode - firstCode + 2]atomic.Pointer[prometheus.Counter]
+}
+
+// Route returns the children of a route. route is the configured host and
+// path prefix ("api.example.com/v1", "/"), never a request's path.
+func (m *Metrics) Route(listener, route, service string) *Route {
+	if m == nil {
+		return nil
+	}
+	return &Route{
+		vec:      m.requests,
+		labels:   [3]string{listener, route, service},
+		duration: m.duration.WithLabelValues(listener, route, service),
+	}
+}
+
+// Observe counts one answered request with its status code and how long
+// it took. It takes no lock and does not allocate once the code has been
+// seen on this route.
+func (r *Route) Observe(code int, d time.Duration) {
+	if r == nil {
+		return
+	}
+	i := len(r.codes) - 1 // "other"
+	if code >= firstCode && code <= lastCode {
+		i = code - firstCode
+	}
+	c := r.codes[i].Load()
+	if c == nil {
+		label := "other"
+		if i < len(r.codes)-1 {
+			label = strconv.Itoa(code)
+		}
+		counter := r.vec.WithLabelValues(r.labels[0], r.labels[1], r.labels[2], label)
+		r.codes[i].CompareAndSwap(nil, &counter)
+		c = r.codes[i].Load()
+	}
+	(*c).Inc()
+	r.duration.Observe(d.Seconds())
+}
+
+// DeleteRoute removes the series of a route that a reload removed.
+func (m *Metrics) DeleteRoute(listener, route string) {
+	if m == nil {
+		return
+	}
+	m.requests.DeletePartialMatch(prometheus.Labels{"listener": listener, "route": route})
+	m.duration.DeletePartialMatch(prometheus.Labels{"listener": listener, "route": route})
+}
+
+// Service is the children of one service. nil records nothing.
+type Service struct {
+	retries prometheus.Counter
+}
+
+// Service returns the children of a service.
+func (m *Metrics) Service(name string) *Service {
+	if m == nil {
+		return nil
+	}
+	return &Service{retries: m.retries.WithLabelValues(name)}
+}
+
+// Retried counts one try beyond the first.
+func (s *Service) Retried() {
+	if s != nil {
+		s.retries.Inc()
+	}
+}
+
+// DeleteService removes the series of a service that a reload removed.
+func (m *Metrics) DeleteService(name string) {
+	if m == nil {
+		return
+	}
+	m.retries.DeleteLabelValues(name)
+}
+
+// Listener is the children of one listener. nil records nothing.
+type Listener struct {
+	open     prometheus.Gauge
+	bytesIn  prometheus.Counter // client to instance (tcp only)
+	bytesOut prometheus.Counter // instance to client (tcp only)
+}
+
+// Listener returns the children of a listener; protocol is "http" or "tcp".
+func (m *Metrics) Listener(name, protocol string) *Listener {
+	if m == nil {
+		return nil
+	}
+	l := &Listener{open: m.openConns.WithLabelValues(name, protocol)}
+	if protocol == "tcp" {
+		l.bytesIn = m.tcpBytes.WithLabelValues(name, "in")
+		l.bytesOut = m.tcpBytes.WithLabelValues(name, "out")
+	}
+	return l
+}
+
+// ConnOpened and ConnClosed track one client connection.
+func (l *Listener) ConnOpened() {
+	if l != nil {
+		l.open.Inc()
+	}
+}
+
+// ConnClosed: see ConnOpened.
+func (l *Listener) ConnClosed() {
+	if l != nil {
+		l.open.Dec()
+	}
+}
+
+// TCPBytes counts bytes a tcp listener proxied: in from the client to the
+// instance, out from the instance to the client.
+func (l *Listener) TCPBytes(in, out int64) {
+	if l == nil || l.bytesIn == nil {
+		return
+	}
+	l.bytesIn.Add(float64(in))
+	l.bytesOut.Add(float64(out))
+}
+
+// DeleteListener removes the series of a listener that a reload removed,
+// once its connections have drained.
+func (m *Metrics) DeleteListener(name string) {
+	if m == nil {
+		return
+	}
+	m.openConns.DeletePartialMatch(prometheus.Labels{"listener": name})
+	m.tcpBytes.DeletePartialMatch(prometheus.Labels{"listener": name})
+}
