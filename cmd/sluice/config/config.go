@@ -112,8 +112,8 @@ type Listener struct {
 	// Address is "host:port" with a non-empty host and a port from 1 to
 	// 65535, unique among listeners (compared as written). Required.
 	Address string
-	// Protocol is "http" (default) or "tcp".
-	Protocol string
+	// Protocol is ProtocolHTTP (default) or ProtocolTCP.
+	Protocol Protocol
 	// Routes are the http listener's routes in file order; at least one.
 	// Empty for tcp listeners.
 	Routes []Route
@@ -149,6 +149,17 @@ type Listener struct {
 	// listeners.
 	Service string
 }
+
+// Protocol is what a listener speaks to its clients.
+type Protocol string
+
+const (
+	ProtocolHTTP Protocol = "http" // HTTP/1.1 and h2c, routed by host and path
+	ProtocolTCP  Protocol = "tcp"  // bytes, to one service
+)
+
+// Protocols lists every Protocol, in documentation order.
+func Protocols() []Protocol { return []Protocol{ProtocolHTTP, ProtocolTCP} }
 
 // Route sends matching HTTP requests to a service. It is written as
 // `route "[host]/path-prefix" { service = "name" }`; route labels are

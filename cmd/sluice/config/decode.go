@@ -253,7 +253,7 @@ func (d *decoder) decodeAdmin(b *hcl.Block) Admin {
 
 // listener decodes one listener block; ok is false for a duplicate name.
 func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
-	l = Listener{Name: b.Labels[0], Protocol: "http"}
+	l = Listener{Name: b.Labels[0], Protocol: ProtocolHTTP}
 	if first, dup := d.listenerNames[l.Name]; dup {
 		d.errorf(b.DefRange, "Duplicate listener", "listener %q is already defined at %s", l.Name, pos(first))
 		return l, false
@@ -275,9 +275,9 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 		}
 	}
 
-	protocolOK := d.str(as, "protocol", &l.Protocol, oneOf("http", "tcp"))
-	isHTTP := protocolOK && l.Protocol == "http"
-	isTCP := protocolOK && l.Protocol == "tcp"
+	protocolOK := enum(d, as, "protocol", &l.Protocol, Protocols())
+	isHTTP := protocolOK && l.Protocol == ProtocolHTTP
+	isTCP := protocolOK && l.Protocol == ProtocolTCP
 
 	routes := c.Blocks.OfType("route")
 	if isTCP {

@@ -299,6 +299,21 @@ func durationSyntax(s string) bool {
 }
 
 // oneOf accepts exactly the allowed strings.
+// enum decodes a string attribute whose value must be one of allowed,
+// into a string type of its own (a protocol, a mode).
+func enum[T ~string](d *decoder, as hcl.Attributes, name string, dst *T, allowed []T) bool {
+	names := make([]string, len(allowed))
+	for i, v := range allowed {
+		names[i] = string(v)
+	}
+	s := string(*dst)
+	if !d.str(as, name, &s, oneOf(names...)) {
+		return false
+	}
+	*dst = T(s)
+	return true
+}
+
 func oneOf(allowed ...string) check[string] {
 	quoted := make([]string, len(allowed))
 	for i, s := range allowed {
