@@ -9,19 +9,30 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// Consul health of a member, as aggregated by discovery.
+// Health is a member's health in the service registry: the aggregate of
+// its node and service checks in Consul (see discovery). Passing and
+// warning members are eligible, critical and maintenance ones are not.
+type Health string
+
+// The values of Health, as Consul names them.
 const (
-	ConsulPassing     = "passing"
-	ConsulWarning     = "warning"
-	ConsulCritical    = "critical"
-	ConsulMaintenance = "maintenance"
+	HealthPassing     Health = "passing"
+	HealthWarning     Health = "warning"
+	HealthCritical    Health = "critical"
+	HealthMaintenance Health = "maintenance"
 )
 
-// Probe states of a member's active health check.
+// eligible reports whether the registry lets a member with health h serve.
+func (h Health) eligible() bool { return h == HealthPassing || h == HealthWarning }
+
+// ProbeState is the verdict of a member's active health check (SetProbe).
+type ProbeState string
+
+// The values of ProbeState.
 const (
-	ProbeUnknown = "unknown" // no probe configured, or no verdict yet
-	ProbePassing = "passing"
-	ProbeFailing = "failing"
+	ProbeUnknown ProbeState = "unknown" // no probe configured, or no verdict yet
+	ProbePassing ProbeState = "passing"
+	ProbeFailing ProbeState = "failing"
 )
 
 // Member is one instance as the service registry reports it: the input of
@@ -30,7 +41,7 @@ type Member struct {
 	ID     string // unique within the service; see SetMembers for repeats
 	Addr   string // host:port; "" makes the member invalid
 	Weight int    // >= 1; values below 1 count as 1
-	Consul string // ConsulPassing, ConsulWarning, ConsulCritical or ConsulMaintenance
+	Consul Health
 	// Invalid, when not "", says why the registry entry cannot be used
 	// (a bad address or port, say): the member is listed with this reason
 	// but never eligible.
@@ -43,9 +54,9 @@ type MemberStatus struct {
 	ID       string
 	Addr     string
 	Weight   int
-	Consul   string
+	Consul   Health
 	Invalid  string // see Member.Invalid
-	Probe    string
+	Probe    ProbeState
 	Ejected  bool
 	Eligible bool
 	Stats    *Stats
@@ -135,9 +146,9 @@ type poolState struct {
 	consulError string
 	members     []Member // sorted by ID
 	stats       map[string]*Stats
-	eligible    map[string]bool   // last published eligibility, for transition logs
-	since       map[string]int64  // clock when an instance last became eligible; absent = warm
-	probes      map[string]string // active probe verdicts; absent = ProbeUnknown
+	eligible    map[string]bool       // last published eligibility, for transition logs
+	since       map[string]int64      // clock when an instance last became eligible; absent = warm
+	probes      map[string]ProbeState // active probe verdicts; absent = ProbeUnknown
 	ejections   map[string]*ejection
 }
 
@@ -179,7 +190,7 @@ func (p *Pool) Load() *Snapshot { return p.snap.Load() }
 func (p *Pool) Run(ctx context.Context) {
 	st := &poolState{
 		stats: map[string]*Stats{}, eligible: map[string]bool{}, since: map[string]int64{},
-		probes: map[string]string{}, ejections: map[string]*ejection{},
+		probes: map[string]ProbeState{}, ejections: map[string]*ejection{},
 	}
 	// wake fires when a slow start needs its next step or an ejection ends.
 	wake := time.NewTimer(time.Hour)
@@ -256,7 +267,7 @@ func (p *Pool) SetError(ctx context.Context, err error) error {
 
 // SetProbe records the verdict of an instance's active probe: ProbePassing,
 // ProbeFailing or ProbeUnknown. Verdicts for unknown instances are dropped.
-func (p *Pool) SetProbe(ctx context.Context, id, state string) error {
+func (p *Pool) SetProbe(ctx context.Context, id string, state ProbeState) error {
 	return p.send(ctx, func(st *poolState) {
 		if _, ok := st.stats[id]; ok {
 			st.probes[id] = state
@@ -361,7 +372,7 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 				p.opts.Logger.Info("instance ejection ended", "service", p.opts.Service, "instance", m.ID)
 			}
 		}
-		ms.Eligible = ms.Invalid == "" && (ms.Consul == ConsulPassing || ms.Consul == ConsulWarning) && ms.Probe != ProbeFailing && !ms.Ejected
+		ms.Eligible = ms.Invalid == "" && (ms.Consul.eligible()) && ms.Probe != ProbeFailing && !ms.Ejected
 		if was, known := st.eligible[m.ID]; !known || was != ms.Eligible {
 			if known || !ms.Eligible {
 				p.opts.Logger.Info("instance eligibility changed", "service", p.opts.Service, "instance", m.ID,
@@ -404,8 +415,8 @@ func reason(ms MemberStatus) string {
 		return "eligible"
 	case ms.Invalid != "":
 		return "invalid: " + ms.Invalid
-	case ms.Consul != ConsulPassing && ms.Consul != ConsulWarning:
-		return "consul " + ms.Consul
+	case !ms.Consul.eligible():
+		return "consul " + string(ms.Consul)
 	case ms.Probe == ProbeFailing:
 		return "probe failing"
 	default:

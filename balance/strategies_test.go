@@ -480,12 +480,12 @@ func TestSlowStartRamp(t *testing.T) {
 		return w
 	}
 	// The first answer is warm: no ramp.
-	setMembers(t, p, 1, member("a", 1, ConsulPassing), member("b", 2, ConsulPassing))
+	setMembers(t, p, 1, member("a", 1, HealthPassing), member("b", 2, HealthPassing))
 	if w := weights(); w["a"] != 1 || w["b"] != 2 {
 		t.Fatalf("first answer must not slow-start: %v", w)
 	}
 	// c arrives: 10% at once, linear to 100% over 30 s.
-	ms := []Member{member("a", 1, ConsulPassing), member("b", 2, ConsulPassing), member("c", 2, ConsulPassing)}
+	ms := []Member{member("a", 1, HealthPassing), member("b", 2, HealthPassing), member("c", 2, HealthPassing)}
 	setMembers(t, p, 2, ms...)
 	for _, step := range []struct {
 		advance time.Duration
@@ -503,9 +503,9 @@ func TestSlowStartRamp(t *testing.T) {
 		}
 	}
 	// Back from critical ramps again; a steady instance does not.
-	ms[0].Consul = ConsulCritical
+	ms[0].Consul = HealthCritical
 	setMembers(t, p, 3, ms...)
-	ms[0].Consul = ConsulPassing
+	ms[0].Consul = HealthPassing
 	setMembers(t, p, 4, ms...)
 	if w := weights(); w["a"] != 10 || w["b"] != 200 {
 		t.Fatalf("back from critical: want a at 10%%, have %v", w)
