@@ -515,7 +515,7 @@ func TestSlowStartRamp(t *testing.T) {
 // BenchmarkPickSticky covers the sticky decorator: a valid cookie, a
 // source address, a header value.
 func BenchmarkPickSticky(b *testing.B) {
-	for _, mode := range []string{StickyCookie, StickySourceIP, StickyHeader} {
+	for _, mode := range StickyModes() {
 		for _, n := range []int{3, 100, 10000} {
 			weights := make([]int, n)
 			for i := range weights {
@@ -559,10 +559,10 @@ func BenchmarkBuildSticky(b *testing.B) {
 	for i, ep := range eps {
 		ep.ID = fmt.Sprintf("web-%05d", i)
 	}
-	for _, mode := range []string{StickyCookie, StickySourceIP} {
+	for _, mode := range []StickyMode{StickyCookie, StickySourceIP} {
 		opts := cookieOpts("secret")
 		opts.Mode = mode
-		b.Run("sticky_"+mode+"/new/10000", func(b *testing.B) {
+		b.Run("sticky_"+string(mode)+"/new/10000", func(b *testing.B) {
 			for b.Loop() {
 				build, _ := NewBuilder("web", "weighted_round_robin", &opts)
 				build(eps, testShared(realClock))
@@ -570,10 +570,23 @@ func BenchmarkBuildSticky(b *testing.B) {
 		})
 		build, _ := NewBuilder("web", "weighted_round_robin", &opts)
 		build(eps, testShared(realClock))
-		b.Run("sticky_"+mode+"/rebuild/10000", func(b *testing.B) {
+		b.Run("sticky_"+string(mode)+"/rebuild/10000", func(b *testing.B) {
 			for b.Loop() {
 				build(eps, testShared(realClock))
 			}
 		})
+	}
+}
+
+func TestParseStickyMode(t *testing.T) {
+	for _, m := range StickyModes() {
+		if have, err := ParseStickyMode(string(m)); err != nil || have != m {
+			t.Errorf("ParseStickyMode(%q): have %q %v", m, have, err)
+		}
+	}
+	for _, s := range []string{"", "Cookie", "ip", "source_ip "} {
+		if have, err := ParseStickyMode(s); err == nil {
+			t.Errorf("ParseStickyMode(%q): want an error, have %q", s, have)
+		}
 	}
 }
