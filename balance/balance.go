@@ -36,13 +36,18 @@ type Stats struct {
 	// set while a report of this instance waits for the pool owner.
 	consec   atomic.Int64
 	reported atomic.Bool
+	// threshold is the passive ejection's failure threshold, 0 without
+	// passive ejection; the pool owner stores it, the request path reads it.
+	threshold atomic.Int64
+	// ejections counts the passive ejections of this instance (owner only
+	// writes).
+	ejections atomic.Uint64
 	// Set once when the pool creates the Stats: the instance ID, the
-	// pool's clock and, with passive ejection, the failure threshold and
-	// the owner's channel for instances that reach it.
-	id        string
-	clock     func() int64
-	threshold int64
-	failing   chan<- *Stats
+	// pool's clock and the owner's channel for instances that reach the
+	// threshold.
+	id      string
+	clock   func() int64
+	failing chan<- *Stats
 }
 
 // newStats returns counters that read time from clock (nanoseconds, monotonic).
@@ -56,6 +61,10 @@ func (s *Stats) Requests() uint64 { return s.requests.Load() }
 
 // Failures reports how many picks of this instance ended with a non-nil Done error.
 func (s *Stats) Failures() uint64 { return s.failures.Load() }
+
+// Ejections reports how many times passive ejection took this instance out
+// of rotation while it was in the pool.
+func (s *Stats) Ejections() uint64 { return s.ejections.Load() }
 
 // Endpoint is one eligible instance as a picker sees it. Endpoints are
 // immutable and belong to one snapshot; Stats is shared across snapshots.
@@ -174,10 +183,11 @@ func (r PickResult) Cancel() { r.Endpoint.Stats.inflight.Add(-1) }
 // owner without blocking: at most one report waits at a time, and a report
 // that finds the channel full is retried by the next failure.
 func (s *Stats) fail() {
-	if s.threshold <= 0 {
+	threshold := s.threshold.Load()
+	if threshold <= 0 {
 		return
 	}
-	if s.consec.Add(1) >= s.threshold && s.reported.CompareAndSwap(false, true) {
+	if s.consec.Add(1) >= threshold && s.reported.CompareAndSwap(false, true) {
 		select {
 		case s.failing <- s:
 		default:

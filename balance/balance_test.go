@@ -211,7 +211,7 @@ func setMembers(t *testing.T, p *Pool, index uint64, ms ...Member) *Snapshot {
 	return refresh(t, p)
 }
 
-func member(id string, weight int, consul string) Member {
+func member(id string, weight int, consul Health) Member {
 	return Member{ID: id, Addr: "127.0.0.1:1", Weight: weight, Consul: consul}
 }
 
@@ -221,10 +221,10 @@ func TestPoolEligibility(t *testing.T) {
 		t.Fatal("new pool must not be synced")
 	}
 	snap := setMembers(t, p, 7,
-		member("d", 1, ConsulMaintenance),
-		member("a", 1, ConsulPassing),
-		member("c", 1, ConsulCritical),
-		member("b", 1, ConsulWarning),
+		member("d", 1, HealthMaintenance),
+		member("a", 1, HealthPassing),
+		member("c", 1, HealthCritical),
+		member("b", 1, HealthWarning),
 	)
 	if !snap.Synced || snap.ConsulIndex != 7 {
 		t.Fatalf("want synced at index 7, have %v %d", snap.Synced, snap.ConsulIndex)
@@ -249,7 +249,7 @@ func TestPoolEligibility(t *testing.T) {
 
 func TestPoolCarriesStateAcrossUpdates(t *testing.T) {
 	p := runPool(t, "weighted_round_robin")
-	ms := []Member{member("a", 1, ConsulPassing), member("b", 1, ConsulPassing), member("c", 3, ConsulPassing)}
+	ms := []Member{member("a", 1, HealthPassing), member("b", 1, HealthPassing), member("c", 3, HealthPassing)}
 	snap := setMembers(t, p, 1, ms...)
 	first := sequence(t, snap.Picker, 2)
 	held, _ := snap.Picker.Pick(PickInfo{}) // stays in flight across the update
@@ -276,7 +276,7 @@ func TestPoolCarriesStateAcrossUpdates(t *testing.T) {
 
 func TestPoolErrorKeepsMembers(t *testing.T) {
 	p := runPool(t, "round_robin")
-	setMembers(t, p, 5, member("a", 1, ConsulPassing))
+	setMembers(t, p, 5, member("a", 1, HealthPassing))
 	before := p.Load().Version
 	if err := p.SetError(context.Background(), fmt.Errorf("connection refused")); err != nil {
 		t.Fatal(err)
@@ -289,7 +289,7 @@ func TestPoolErrorKeepsMembers(t *testing.T) {
 	if snap.ConsulError != "connection refused" || len(snap.Eligible) != 1 || snap.ConsulIndex != 5 {
 		t.Fatalf("want last good set with error, have err=%q eligible=%d index=%d", snap.ConsulError, len(snap.Eligible), snap.ConsulIndex)
 	}
-	snap = setMembers(t, p, 6, member("a", 1, ConsulPassing))
+	snap = setMembers(t, p, 6, member("a", 1, HealthPassing))
 	if snap.ConsulError != "" {
 		t.Fatalf("error not cleared: %q", snap.ConsulError)
 	}
@@ -301,7 +301,7 @@ func TestConcurrentPicksDuringRebuilds(t *testing.T) {
 	for _, strategy := range Implemented() {
 		t.Run(strategy, func(t *testing.T) {
 			p := runPool(t, strategy)
-			setMembers(t, p, 1, member("a", 1, ConsulPassing), member("b", 2, ConsulPassing))
+			setMembers(t, p, 1, member("a", 1, HealthPassing), member("b", 2, HealthPassing))
 			stop := make(chan struct{})
 			var wg sync.WaitGroup
 			for g := 0; g < 4; g++ {
@@ -323,9 +323,9 @@ func TestConcurrentPicksDuringRebuilds(t *testing.T) {
 				}()
 			}
 			for i := 0; i < 60; i++ {
-				ms := []Member{member("a", 1+i%3, ConsulPassing), member("b", 2, ConsulPassing)}
+				ms := []Member{member("a", 1+i%3, HealthPassing), member("b", 2, HealthPassing)}
 				if i%2 == 0 {
-					ms = append(ms, member("c", 3, ConsulPassing))
+					ms = append(ms, member("c", 3, HealthPassing))
 				}
 				setMembers(t, p, uint64(i+2), ms...)
 			}

@@ -2,6 +2,7 @@ package balance
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -9,19 +10,30 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// Consul health of a member, as aggregated by discovery.
+// Health is a member's health in the service registry: the aggregate of
+// its node and service checks in Consul (see discovery). Passing and
+// warning members are eligible, critical and maintenance ones are not.
+type Health string
+
+// The values of Health, as Consul names them.
 const (
-	ConsulPassing     = "passing"
-	ConsulWarning     = "warning"
-	ConsulCritical    = "critical"
-	ConsulMaintenance = "maintenance"
+	HealthPassing     Health = "passing"
+	HealthWarning     Health = "warning"
+	HealthCritical    Health = "critical"
+	HealthMaintenance Health = "maintenance"
 )
 
-// Probe states of a member's active health check.
+// eligible reports whether the registry lets a member with health h serve.
+func (h Health) eligible() bool { return h == HealthPassing || h == HealthWarning }
+
+// ProbeState is the verdict of a member's active health check (SetProbe).
+type ProbeState string
+
+// The values of ProbeState.
 const (
-	ProbeUnknown = "unknown" // no probe configured, or no verdict yet
-	ProbePassing = "passing"
-	ProbeFailing = "failing"
+	ProbeUnknown ProbeState = "unknown" // no probe configured, or no verdict yet
+	ProbePassing ProbeState = "passing"
+	ProbeFailing ProbeState = "failing"
 )
 
 // Member is one instance as the service registry reports it: the input of
@@ -30,7 +42,7 @@ type Member struct {
 	ID     string // unique within the service; see SetMembers for repeats
 	Addr   string // host:port; "" makes the member invalid
 	Weight int    // >= 1; values below 1 count as 1
-	Consul string // ConsulPassing, ConsulWarning, ConsulCritical or ConsulMaintenance
+	Consul Health
 	// Invalid, when not "", says why the registry entry cannot be used
 	// (a bad address or port, say): the member is listed with this reason
 	// but never eligible.
@@ -43,9 +55,9 @@ type MemberStatus struct {
 	ID       string
 	Addr     string
 	Weight   int
-	Consul   string
+	Consul   Health
 	Invalid  string // see Member.Invalid
-	Probe    string
+	Probe    ProbeState
 	Ejected  bool
 	Eligible bool
 	Stats    *Stats
@@ -63,9 +75,14 @@ type Snapshot struct {
 	// ConsulError is the last watch error, cleared by the next good answer.
 	// While it is set the members of the last good answer keep serving.
 	ConsulError string
-	Members     []MemberStatus // every known member, sorted by ID
-	Eligible    []*Endpoint    // the members the picker chooses from, sorted by ID
-	Picker      Picker
+	// ConsulErrors counts the failed registry queries (SetError) so far.
+	ConsulErrors uint64
+	// ConsulLastSuccess is the wall-clock time of the last registry answer
+	// (SetMembers); zero before the first.
+	ConsulLastSuccess time.Time
+	Members           []MemberStatus // every known member, sorted by ID
+	Eligible          []*Endpoint    // the members the picker chooses from, sorted by ID
+	Picker            Picker
 	// next is closed when the following snapshot is published.
 	next chan struct{}
 }
@@ -73,7 +90,8 @@ type Snapshot struct {
 // Next returns a channel that is closed once a newer snapshot is published.
 func (s *Snapshot) Next() <-chan struct{} { return s.next }
 
-// PoolOptions configure a Pool.
+// PoolOptions configure a Pool. Strategy, Builder, SlowStart and Passive
+// are the initial Policy; SetPolicy replaces them.
 type PoolOptions struct {
 	Service  string  // required
 	Strategy string  // strategy name, for status output
@@ -82,11 +100,21 @@ type PoolOptions struct {
 	// after the first registry answer (new, or back from ineligible)
 	// linearly from 10% to 100% over this time; 0 disables it.
 	SlowStart time.Duration
-	// Passive enables passive ejection; nil disables it.
+	// Passive enables passive ejection; nil disables it. The pool keeps a
+	// copy: changing *Passive after NewPool has no effect.
 	Passive *PassiveOptions
 	// Clock returns monotonic nanoseconds; default: time since NewPool.
 	Clock  func() int64
 	Logger hclog.Logger
+}
+
+// Policy is the part of PoolOptions a running pool can change (SetPolicy):
+// the fields of the same names there.
+type Policy struct {
+	Strategy  string
+	Builder   Builder // required
+	SlowStart time.Duration
+	Passive   *PassiveOptions
 }
 
 // PassiveOptions configure passive ejection: an instance whose picks end
@@ -117,10 +145,14 @@ const slowStartScale = 100
 // Set methods hand changes to it, and it publishes a new Snapshot after
 // each. Load may be called from any goroutine at any time.
 type Pool struct {
-	opts   PoolOptions
-	shared Shared
-	snap   atomic.Pointer[Snapshot]
-	events chan func(*poolState)
+	// opts holds the fields that never change: Service, Clock, Logger.
+	// Its policy fields are cleared by NewPool; the policy lives in
+	// poolState, read and written only by the owner.
+	opts    PoolOptions
+	initial Policy // the policy Run starts with
+	shared  Shared
+	snap    atomic.Pointer[Snapshot]
+	events  chan func(*poolState)
 	// failing receives the Stats of instances that reached the passive
 	// failure threshold; sends never block (see Stats.fail).
 	failing chan *Stats
@@ -128,17 +160,20 @@ type Pool struct {
 
 // poolState is owned by the Run goroutine.
 type poolState struct {
-	version     uint64
-	synced      bool
-	warm        bool // a synced snapshot was published: later arrivals slow-start
-	consulIndex uint64
-	consulError string
-	members     []Member // sorted by ID
-	stats       map[string]*Stats
-	eligible    map[string]bool   // last published eligibility, for transition logs
-	since       map[string]int64  // clock when an instance last became eligible; absent = warm
-	probes      map[string]string // active probe verdicts; absent = ProbeUnknown
-	ejections   map[string]*ejection
+	policy            Policy // Passive normalised (see normalisePassive)
+	version           uint64
+	synced            bool
+	warm              bool // a synced snapshot was published: later arrivals slow-start
+	consulIndex       uint64
+	consulError       string
+	consulErrors      uint64    // SetError calls so far
+	consulLastSuccess time.Time // wall clock of the last SetMembers; zero before
+	members           []Member  // sorted by ID
+	stats             map[string]*Stats
+	eligible          map[string]bool       // last published eligibility, for transition logs
+	since             map[string]int64      // clock when an instance last became eligible; absent = warm
+	probes            map[string]ProbeState // active probe verdicts; absent = ProbeUnknown
+	ejections         map[string]*ejection
 }
 
 // ejection is the passive-ejection record of one instance.
@@ -158,15 +193,25 @@ func NewPool(opts PoolOptions) *Pool {
 		base := time.Now()
 		opts.Clock = func() int64 { return int64(time.Since(base)) + 1 }
 	}
-	if pv := opts.Passive; pv != nil && pv.MaxEjectionTime < pv.EjectionTime {
-		pv2 := *pv
-		pv2.MaxEjectionTime = max(DefaultMaxEjectionTime, pv.EjectionTime)
-		opts.Passive = &pv2
-	}
-	p := &Pool{opts: opts, events: make(chan func(*poolState)), failing: make(chan *Stats, 64)}
+	initial := Policy{Strategy: opts.Strategy, Builder: opts.Builder, SlowStart: opts.SlowStart, Passive: normalisePassive(opts.Passive)}
+	opts.Strategy, opts.Builder, opts.SlowStart, opts.Passive = "", nil, 0, nil
+	p := &Pool{opts: opts, initial: initial, events: make(chan func(*poolState)), failing: make(chan *Stats, 64)}
 	p.shared.clock = opts.Clock
-	p.snap.Store(&Snapshot{Service: opts.Service, Strategy: opts.Strategy, Picker: emptyPicker{}, next: make(chan struct{})})
+	p.snap.Store(&Snapshot{Service: opts.Service, Strategy: initial.Strategy, Picker: emptyPicker{}, next: make(chan struct{})})
 	return p
+}
+
+// normalisePassive returns a copy of pv with MaxEjectionTime defaulted
+// (see PassiveOptions), or nil.
+func normalisePassive(pv *PassiveOptions) *PassiveOptions {
+	if pv == nil {
+		return nil
+	}
+	c := *pv
+	if c.MaxEjectionTime < c.EjectionTime {
+		c.MaxEjectionTime = max(DefaultMaxEjectionTime, c.EjectionTime)
+	}
+	return &c
 }
 
 // Service returns the service name.
@@ -178,8 +223,9 @@ func (p *Pool) Load() *Snapshot { return p.snap.Load() }
 // Run applies changes and publishes snapshots until ctx is done.
 func (p *Pool) Run(ctx context.Context) {
 	st := &poolState{
-		stats: map[string]*Stats{}, eligible: map[string]bool{}, since: map[string]int64{},
-		probes: map[string]string{}, ejections: map[string]*ejection{},
+		policy: p.initial,
+		stats:  map[string]*Stats{}, eligible: map[string]bool{}, since: map[string]int64{},
+		probes: map[string]ProbeState{}, ejections: map[string]*ejection{},
 	}
 	// wake fires when a slow start needs its next step or an ejection ends.
 	wake := time.NewTimer(time.Hour)
@@ -240,10 +286,12 @@ func (p *Pool) SetMembers(ctx context.Context, index uint64, members []Member) e
 		kept = append(kept, m)
 	}
 	ms = kept
+	now := time.Now()
 	return p.send(ctx, func(st *poolState) {
 		st.synced = true
 		st.consulIndex = index
 		st.consulError = ""
+		st.consulLastSuccess = now
 		st.members = ms
 	})
 }
@@ -251,12 +299,15 @@ func (p *Pool) SetMembers(ctx context.Context, index uint64, members []Member) e
 // SetError records a failed registry query; the current members keep serving.
 func (p *Pool) SetError(ctx context.Context, err error) error {
 	msg := err.Error()
-	return p.send(ctx, func(st *poolState) { st.consulError = msg })
+	return p.send(ctx, func(st *poolState) {
+		st.consulError = msg
+		st.consulErrors++
+	})
 }
 
 // SetProbe records the verdict of an instance's active probe: ProbePassing,
 // ProbeFailing or ProbeUnknown. Verdicts for unknown instances are dropped.
-func (p *Pool) SetProbe(ctx context.Context, id, state string) error {
+func (p *Pool) SetProbe(ctx context.Context, id string, state ProbeState) error {
 	return p.send(ctx, func(st *poolState) {
 		if _, ok := st.stats[id]; ok {
 			st.probes[id] = state
@@ -264,10 +315,57 @@ func (p *Pool) SetProbe(ctx context.Context, id, state string) error {
 	})
 }
 
+// ClearProbes resets every instance's probe verdict to ProbeUnknown, for a
+// service whose active probe was removed. It blocks until the owner takes
+// the change or ctx is done. The caller must first stop the service's
+// prober: a verdict set after ClearProbes stands.
+func (p *Pool) ClearProbes(ctx context.Context) error {
+	return p.send(ctx, func(st *poolState) { clear(st.probes) })
+}
+
+// SetPolicy replaces the pool's strategy, builder, slow start and passive
+// ejection; the next snapshot, published at once, carries a picker from
+// pol.Builder. It blocks until the owner takes the change or ctx is done.
+//
+// Everything the pool learnt stays: the rotation position (Shared), every
+// instance's Stats (in-flight, requests, EWMA, failures in a row), probe
+// verdicts, ejections and slow-start clocks. In detail:
+//   - Passive: the new threshold applies to the next failure; a changed
+//     ejection time or percentage to the next ejection. Ejections in
+//     progress run to the end fixed when they began, also when Passive
+//     becomes nil, which stops new ejections and clears the failure counts.
+//   - SlowStart: an instance still ramping continues on the new window
+//     from the time it became eligible (done if that is already past);
+//     0 ends every ramp at once.
+//   - A sticky builder brings its own cookie values: cookies stay valid
+//     when pol.Builder was made with the same secret and cookie settings.
+func (p *Pool) SetPolicy(ctx context.Context, pol Policy) error {
+	if pol.Builder == nil {
+		return errors.New("balance: SetPolicy without a Builder")
+	}
+	pol.Passive = normalisePassive(pol.Passive)
+	return p.send(ctx, func(st *poolState) {
+		st.policy = pol
+		threshold := int64(0)
+		if pol.Passive != nil {
+			threshold = int64(pol.Passive.ConsecutiveFailures)
+		}
+		for _, s := range st.stats {
+			s.threshold.Store(threshold)
+			if threshold <= 0 {
+				s.consec.Store(0)
+			}
+		}
+		if pol.SlowStart <= 0 {
+			clear(st.since)
+		}
+	})
+}
+
 // eject takes the instance of s out of rotation if the passive policy
 // allows; it reports whether anything changed.
 func (p *Pool) eject(st *poolState, s *Stats) bool {
-	pv := p.opts.Passive
+	pv := st.policy.Passive
 	if pv == nil || st.stats[s.id] != s {
 		s.reported.Store(false)
 		return false // an instance that left, or a stale report
@@ -306,6 +404,7 @@ func (p *Pool) eject(st *poolState, s *Stats) bool {
 	d = min(d, pv.MaxEjectionTime)
 	e.count++
 	e.until = now + int64(d)
+	s.ejections.Add(1)
 	p.opts.Logger.Warn("instance ejected", "service", p.opts.Service, "instance", s.id,
 		"consecutive_failures", pv.ConsecutiveFailures, "for", d)
 	return true
@@ -318,14 +417,16 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 	now := p.opts.Clock()
 	st.version++
 	snap := &Snapshot{
-		Service:     p.opts.Service,
-		Strategy:    p.opts.Strategy,
-		Version:     st.version,
-		Synced:      st.synced,
-		ConsulIndex: st.consulIndex,
-		ConsulError: st.consulError,
-		Members:     make([]MemberStatus, 0, len(st.members)),
-		next:        make(chan struct{}),
+		Service:           p.opts.Service,
+		Strategy:          st.policy.Strategy,
+		Version:           st.version,
+		Synced:            st.synced,
+		ConsulIndex:       st.consulIndex,
+		ConsulError:       st.consulError,
+		ConsulErrors:      st.consulErrors,
+		ConsulLastSuccess: st.consulLastSuccess,
+		Members:           make([]MemberStatus, 0, len(st.members)),
+		next:              make(chan struct{}),
 	}
 	seen := make(map[string]bool, len(st.members))
 	for _, m := range st.members {
@@ -334,9 +435,9 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		if stats == nil {
 			stats = newStats(p.opts.Clock)
 			stats.id = m.ID
-			if pv := p.opts.Passive; pv != nil {
-				stats.threshold = int64(pv.ConsecutiveFailures)
-				stats.failing = p.failing
+			stats.failing = p.failing
+			if pv := st.policy.Passive; pv != nil {
+				stats.threshold.Store(int64(pv.ConsecutiveFailures))
 			}
 			st.stats[m.ID] = stats
 			p.opts.Logger.Info("instance added", "service", p.opts.Service, "instance", m.ID, "address", m.Addr, "consul", m.Consul)
@@ -361,13 +462,13 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 				p.opts.Logger.Info("instance ejection ended", "service", p.opts.Service, "instance", m.ID)
 			}
 		}
-		ms.Eligible = ms.Invalid == "" && (ms.Consul == ConsulPassing || ms.Consul == ConsulWarning) && ms.Probe != ProbeFailing && !ms.Ejected
+		ms.Eligible = ms.Invalid == "" && (ms.Consul.eligible()) && ms.Probe != ProbeFailing && !ms.Ejected
 		if was, known := st.eligible[m.ID]; !known || was != ms.Eligible {
 			if known || !ms.Eligible {
 				p.opts.Logger.Info("instance eligibility changed", "service", p.opts.Service, "instance", m.ID,
 					"eligible", ms.Eligible, "reason", reason(ms), "consul", ms.Consul, "probe", ms.Probe, "ejected", ms.Ejected)
 			}
-			if ms.Eligible && st.warm && p.opts.SlowStart > 0 {
+			if ms.Eligible && st.warm && st.policy.SlowStart > 0 {
 				st.since[m.ID] = now
 			}
 			st.eligible[m.ID] = ms.Eligible
@@ -378,7 +479,7 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		}
 	}
 	if p.applySlowStart(st, snap.Eligible, now) {
-		wake = minWake(wake, max(p.opts.SlowStart/100, 100*time.Millisecond))
+		wake = minWake(wake, max(st.policy.SlowStart/100, 100*time.Millisecond))
 	}
 	for id := range st.stats {
 		if !seen[id] {
@@ -390,7 +491,7 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 			p.opts.Logger.Info("instance removed", "service", p.opts.Service, "instance", id)
 		}
 	}
-	snap.Picker = p.opts.Builder(snap.Eligible, &p.shared)
+	snap.Picker = st.policy.Builder(snap.Eligible, &p.shared)
 	prev := p.snap.Swap(snap)
 	close(prev.next)
 	st.warm = st.warm || st.synced
@@ -404,8 +505,8 @@ func reason(ms MemberStatus) string {
 		return "eligible"
 	case ms.Invalid != "":
 		return "invalid: " + ms.Invalid
-	case ms.Consul != ConsulPassing && ms.Consul != ConsulWarning:
-		return "consul " + ms.Consul
+	case !ms.Consul.eligible():
+		return "consul " + string(ms.Consul)
 	case ms.Probe == ProbeFailing:
 		return "probe failing"
 	default:
@@ -425,10 +526,10 @@ func minWake(a, b time.Duration) time.Duration {
 // slowStartScale and a ramping one by 10%..100% of that, linear in time.
 // It reports whether an instance is still ramping.
 func (p *Pool) applySlowStart(st *poolState, eps []*Endpoint, now int64) (ramping bool) {
-	if p.opts.SlowStart <= 0 || len(st.since) == 0 {
+	if st.policy.SlowStart <= 0 || len(st.since) == 0 {
 		return false
 	}
-	window := int64(p.opts.SlowStart)
+	window := int64(st.policy.SlowStart)
 	for id, since := range st.since {
 		if now-since >= window || !st.eligible[id] {
 			delete(st.since, id)

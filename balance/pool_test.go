@@ -85,7 +85,7 @@ func runPassivePool(t *testing.T, clock *fakeClock, pv PassiveOptions, ids ...st
 	t.Cleanup(func() { cancel(); <-done })
 	var ms []Member
 	for _, id := range ids {
-		ms = append(ms, member(id, 1, ConsulPassing))
+		ms = append(ms, member(id, 1, HealthPassing))
 	}
 	setMembers(t, p, 1, ms...)
 	return p
@@ -159,10 +159,11 @@ func TestPassiveCancelIsNeutral(t *testing.T) {
 
 func TestProbeVerdicts(t *testing.T) {
 	p := runPool(t, "round_robin")
-	setMembers(t, p, 1, member("a", 1, ConsulPassing), member("b", 1, ConsulCritical))
+	setMembers(t, p, 1, member("a", 1, HealthPassing), member("b", 1, HealthCritical))
 	ctx := context.Background()
 	for _, tc := range []struct {
-		id, probe    string
+		id           string
+		probe        ProbeState
 		wantEligible bool
 	}{
 		{"a", ProbeFailing, false}, // probe failing while Consul passes
@@ -195,7 +196,7 @@ func TestSnapshotNext(t *testing.T) {
 		t.Fatal("Next closed before a newer snapshot")
 	default:
 	}
-	setMembers(t, p, 1, member("a", 1, ConsulPassing))
+	setMembers(t, p, 1, member("a", 1, HealthPassing))
 	select {
 	case <-first.Next():
 	case <-time.After(5 * time.Second):
@@ -205,13 +206,13 @@ func TestSnapshotNext(t *testing.T) {
 
 func TestPoolInvalidMembers(t *testing.T) {
 	p := runPool(t, "round_robin")
-	bad := member("b", 1, ConsulPassing)
+	bad := member("b", 1, HealthPassing)
 	bad.Invalid = "invalid port"
-	noAddr := member("c", 1, ConsulPassing)
+	noAddr := member("c", 1, HealthPassing)
 	noAddr.Addr = ""
-	dup1, dup2 := member("e", 1, ConsulPassing), member("e", 5, ConsulPassing)
+	dup1, dup2 := member("e", 1, HealthPassing), member("e", 5, HealthPassing)
 	dup2.Addr = "127.0.0.1:2"
-	snap := setMembers(t, p, 1, dup1, member("a", 1, ConsulPassing), bad, noAddr, dup2)
+	snap := setMembers(t, p, 1, dup1, member("a", 1, HealthPassing), bad, noAddr, dup2)
 
 	want := []struct{ id, addr, invalid string }{
 		{"a", "127.0.0.1:1", ""},
@@ -245,7 +246,7 @@ func TestPoolInvalidMembers(t *testing.T) {
 	// Fixed in the next answer: eligible with the counters it had.
 	stats := snap.Members[1].Stats
 	bad.Invalid = ""
-	setMembers(t, p, 2, member("a", 1, ConsulPassing), bad)
+	setMembers(t, p, 2, member("a", 1, HealthPassing), bad)
 	if m := status(p, "b"); !m.Eligible || m.Invalid != "" || m.Stats != stats {
 		t.Errorf("fixed member: want eligible with its stats, have %+v", m)
 	}

@@ -8,16 +8,36 @@ import (
 	"time"
 )
 
-// Sticky modes.
+// StickyMode says where a sticky service finds a request's affinity key.
+type StickyMode string
+
+// The values of StickyMode, as the configuration names them.
 const (
-	StickyCookie   = "cookie"
-	StickySourceIP = "source_ip"
-	StickyHeader   = "header"
+	StickyCookie   StickyMode = "cookie"    // a signed cookie that sluice sets
+	StickySourceIP StickyMode = "source_ip" // the client's address
+	StickyHeader   StickyMode = "header"    // a request header's value
 )
+
+// StickyModes lists every StickyMode, in documentation order. The caller
+// owns the returned slice.
+func StickyModes() []StickyMode {
+	return []StickyMode{StickyCookie, StickySourceIP, StickyHeader}
+}
+
+// ParseStickyMode returns the StickyMode named s, exactly as StickyModes
+// spells it.
+func ParseStickyMode(s string) (StickyMode, error) {
+	for _, m := range StickyModes() {
+		if string(m) == s {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("unknown sticky mode %q", s)
+}
 
 // StickyOptions configure session affinity, a decorator over any strategy.
 type StickyOptions struct {
-	Mode string // StickyCookie, StickySourceIP or StickyHeader
+	Mode StickyMode
 	// Cookie mode: the cookie's name, lifetime and HMAC key. Processes
 	// that share Secret honour each other's cookies.
 	CookieName string
@@ -98,7 +118,7 @@ func (b *stickyBuilder) newCookie(id string) stickyCookie {
 //     strategy.
 type sticky struct {
 	inner     Picker
-	mode      string
+	mode      StickyMode
 	eps       []*Endpoint
 	mg        *maglev
 	byValue   map[string]*Endpoint

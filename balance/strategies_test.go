@@ -480,12 +480,12 @@ func TestSlowStartRamp(t *testing.T) {
 		return w
 	}
 	// The first answer is warm: no ramp.
-	setMembers(t, p, 1, member("a", 1, ConsulPassing), member("b", 2, ConsulPassing))
+	setMembers(t, p, 1, member("a", 1, HealthPassing), member("b", 2, HealthPassing))
 	if w := weights(); w["a"] != 1 || w["b"] != 2 {
 		t.Fatalf("first answer must not slow-start: %v", w)
 	}
 	// c arrives: 10% at once, linear to 100% over 30 s.
-	ms := []Member{member("a", 1, ConsulPassing), member("b", 2, ConsulPassing), member("c", 2, ConsulPassing)}
+	ms := []Member{member("a", 1, HealthPassing), member("b", 2, HealthPassing), member("c", 2, HealthPassing)}
 	setMembers(t, p, 2, ms...)
 	for _, step := range []struct {
 		advance time.Duration
@@ -503,9 +503,9 @@ func TestSlowStartRamp(t *testing.T) {
 		}
 	}
 	// Back from critical ramps again; a steady instance does not.
-	ms[0].Consul = ConsulCritical
+	ms[0].Consul = HealthCritical
 	setMembers(t, p, 3, ms...)
-	ms[0].Consul = ConsulPassing
+	ms[0].Consul = HealthPassing
 	setMembers(t, p, 4, ms...)
 	if w := weights(); w["a"] != 10 || w["b"] != 200 {
 		t.Fatalf("back from critical: want a at 10%%, have %v", w)
@@ -515,7 +515,7 @@ func TestSlowStartRamp(t *testing.T) {
 // BenchmarkPickSticky covers the sticky decorator: a valid cookie, a
 // source address, a header value.
 func BenchmarkPickSticky(b *testing.B) {
-	for _, mode := range []string{StickyCookie, StickySourceIP, StickyHeader} {
+	for _, mode := range StickyModes() {
 		for _, n := range []int{3, 100, 10000} {
 			weights := make([]int, n)
 			for i := range weights {
@@ -559,10 +559,10 @@ func BenchmarkBuildSticky(b *testing.B) {
 	for i, ep := range eps {
 		ep.ID = fmt.Sprintf("web-%05d", i)
 	}
-	for _, mode := range []string{StickyCookie, StickySourceIP} {
+	for _, mode := range []StickyMode{StickyCookie, StickySourceIP} {
 		opts := cookieOpts("secret")
 		opts.Mode = mode
-		b.Run("sticky_"+mode+"/new/10000", func(b *testing.B) {
+		b.Run("sticky_"+string(mode)+"/new/10000", func(b *testing.B) {
 			for b.Loop() {
 				build, _ := NewBuilder("web", "weighted_round_robin", &opts)
 				build(eps, testShared(realClock))
@@ -570,10 +570,23 @@ func BenchmarkBuildSticky(b *testing.B) {
 		})
 		build, _ := NewBuilder("web", "weighted_round_robin", &opts)
 		build(eps, testShared(realClock))
-		b.Run("sticky_"+mode+"/rebuild/10000", func(b *testing.B) {
+		b.Run("sticky_"+string(mode)+"/rebuild/10000", func(b *testing.B) {
 			for b.Loop() {
 				build(eps, testShared(realClock))
 			}
 		})
+	}
+}
+
+func TestParseStickyMode(t *testing.T) {
+	for _, m := range StickyModes() {
+		if have, err := ParseStickyMode(string(m)); err != nil || have != m {
+			t.Errorf("ParseStickyMode(%q): have %q %v", m, have, err)
+		}
+	}
+	for _, s := range []string{"", "Cookie", "ip", "source_ip "} {
+		if have, err := ParseStickyMode(s); err == nil {
+			t.Errorf("ParseStickyMode(%q): want an error, have %q", s, have)
+		}
 	}
 }

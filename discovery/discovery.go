@@ -24,17 +24,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
-)
 
-// Health is the aggregate of an instance's node and service checks.
-type Health string
-
-// The health values an Instance may carry.
-const (
-	HealthPassing     Health = "passing"
-	HealthWarning     Health = "warning"
-	HealthCritical    Health = "critical"
-	HealthMaintenance Health = "maintenance"
+	"github.com/sluice-lb/sluice/balance"
 )
 
 // DefaultWeightKey is the service meta key that holds an instance's weight
@@ -60,8 +51,8 @@ type Instance struct {
 	Port      int
 	Tags      []string
 	Meta      map[string]string
-	Health    Health
-	Weight    int // MinWeight..MaxWeight
+	Health    balance.Health // the aggregate of its node and service checks
+	Weight    int            // MinWeight..MaxWeight
 	// Invalid, when not "", says why the instance cannot be used: its
 	// address is empty, not an IP address nor a hostname (see
 	// checkAddress), its port is outside 1-65535, or Consul listed it more
@@ -369,21 +360,21 @@ func isHostname(s string) bool {
 
 // aggregateHealth folds node and service checks: maintenance wins, then
 // critical, then warning; no checks is passing.
-func aggregateHealth(checks api.HealthChecks) Health {
-	h := HealthPassing
+func aggregateHealth(checks api.HealthChecks) balance.Health {
+	h := balance.HealthPassing
 	for _, c := range checks {
 		if c == nil {
 			continue
 		}
 		if c.CheckID == api.NodeMaint || strings.HasPrefix(c.CheckID, api.ServiceMaintPrefix) {
-			return HealthMaintenance
+			return balance.HealthMaintenance
 		}
 		switch c.Status {
 		case api.HealthCritical:
-			h = HealthCritical
+			h = balance.HealthCritical
 		case api.HealthWarning:
-			if h == HealthPassing {
-				h = HealthWarning
+			if h == balance.HealthPassing {
+				h = balance.HealthWarning
 			}
 		}
 	}
@@ -409,7 +400,7 @@ func (w *Watcher) weight(in Instance, weights api.AgentWeights) int {
 		}
 	}
 	cw := weights.Passing
-	if in.Health == HealthWarning {
+	if in.Health == balance.HealthWarning {
 		cw = weights.Warning
 	}
 	if cw >= MinWeight && cw <= MaxWeight {

@@ -13,6 +13,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/sluice-lb/sluice/balance"
 )
 
 // answer is one scripted reply of fakeHealth.
@@ -262,15 +264,15 @@ func TestAggregateHealth(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		checks []*api.HealthCheck
-		want   Health
+		want   balance.Health
 	}{
-		{"no checks", nil, HealthPassing},
-		{"all passing", []*api.HealthCheck{check("serfHealth", api.HealthPassing), check("svc", api.HealthPassing)}, HealthPassing},
-		{"service warning", []*api.HealthCheck{check("serfHealth", api.HealthPassing), check("svc", api.HealthWarning)}, HealthWarning},
-		{"service critical", []*api.HealthCheck{check("svc", api.HealthCritical), check("svc2", api.HealthWarning)}, HealthCritical},
-		{"node critical", []*api.HealthCheck{check("serfHealth", api.HealthCritical), check("svc", api.HealthPassing)}, HealthCritical},
-		{"node maintenance", []*api.HealthCheck{check("svc", api.HealthCritical), check("_node_maintenance", api.HealthCritical)}, HealthMaintenance},
-		{"service maintenance", []*api.HealthCheck{check("_service_maintenance:web-1", api.HealthCritical)}, HealthMaintenance},
+		{"no checks", nil, balance.HealthPassing},
+		{"all passing", []*api.HealthCheck{check("serfHealth", api.HealthPassing), check("svc", api.HealthPassing)}, balance.HealthPassing},
+		{"service warning", []*api.HealthCheck{check("serfHealth", api.HealthPassing), check("svc", api.HealthWarning)}, balance.HealthWarning},
+		{"service critical", []*api.HealthCheck{check("svc", api.HealthCritical), check("svc2", api.HealthWarning)}, balance.HealthCritical},
+		{"node critical", []*api.HealthCheck{check("serfHealth", api.HealthCritical), check("svc", api.HealthPassing)}, balance.HealthCritical},
+		{"node maintenance", []*api.HealthCheck{check("svc", api.HealthCritical), check("_node_maintenance", api.HealthCritical)}, balance.HealthMaintenance},
+		{"service maintenance", []*api.HealthCheck{check("_service_maintenance:web-1", api.HealthCritical)}, balance.HealthMaintenance},
 	} {
 		if have := aggregateHealth(tc.checks); have != tc.want {
 			t.Errorf("%s: want %s, have %s", tc.name, tc.want, have)
@@ -371,7 +373,7 @@ func TestInstanceConversion(t *testing.T) {
 	if ins[1].Tags[0] != "blue" || ins[1].Meta["k"] != "v" {
 		t.Errorf("instance aliases api data: %v %v", ins[1].Tags, ins[1].Meta)
 	}
-	if ins[1].Node != "n1" || ins[1].ServiceID != "web-1" || ins[1].Health != HealthPassing {
+	if ins[1].Node != "n1" || ins[1].ServiceID != "web-1" || ins[1].Health != balance.HealthPassing {
 		t.Errorf("node/health: %+v", ins[1])
 	}
 }

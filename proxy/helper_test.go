@@ -140,7 +140,7 @@ func helperProxy() int {
 	go pool.Run(ctx)
 	var members []balance.Member
 	for i, addr := range strings.Split(os.Getenv("SLUICE_PROXY_BACKENDS"), ",") {
-		members = append(members, balance.Member{ID: fmt.Sprintf("up-%d", i), Addr: addr, Weight: 1, Consul: balance.ConsulPassing})
+		members = append(members, balance.Member{ID: fmt.Sprintf("up-%d", i), Addr: addr, Weight: 1, Consul: balance.HealthPassing})
 	}
 	if err := pool.SetMembers(ctx, 1, members); err != nil {
 		return fail(err)

@@ -11,7 +11,7 @@ import (
 	"github.com/sluice-lb/sluice/balance"
 )
 
-func probeState(p *balance.Pool, id string) string {
+func probeState(p *balance.Pool, id string) balance.ProbeState {
 	for _, m := range p.Load().Members {
 		if m.ID == id {
 			return m.Probe
@@ -40,7 +40,7 @@ func TestProberRiseFall(t *testing.T) {
 	go func() { pr.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
-	wait := func(id, want string) {
+	wait := func(id string, want balance.ProbeState) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
 		for probeState(p, id) != want {

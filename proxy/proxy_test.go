@@ -65,7 +65,7 @@ func pool(t *testing.T, strategy string, members ...balance.Member) *balance.Poo
 }
 
 func m(id, addr string, weight int) balance.Member {
-	return balance.Member{ID: id, Addr: addr, Weight: weight, Consul: balance.ConsulPassing}
+	return balance.Member{ID: id, Addr: addr, Weight: weight, Consul: balance.HealthPassing}
 }
 
 func hostOf(s *httptest.Server) string { return strings.TrimPrefix(s.URL, "http://") }

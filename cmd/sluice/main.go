@@ -13,7 +13,6 @@ import (
 	"runtime/pprof"
 	"strings"
 
-	"github.com/sluice-lb/sluice/balance"
 	"github.com/sluice-lb/sluice/cmd/sluice/config"
 )
 
@@ -103,7 +102,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 // load parses and validates a file, printing every problem as
 // FILE:LINE,COL: message.
 func load(path string, stderr io.Writer) (*config.Config, bool) {
-	cfg, diags := config.Load(path, config.Options{Implemented: balance.Implemented()})
+	cfg, diags := config.Load(path, config.Options{})
 	if diags.HasErrors() {
 		for _, line := range config.FormatDiagnostics(diags) {
 			fmt.Fprintln(stderr, line)

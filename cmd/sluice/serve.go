@@ -337,7 +337,7 @@ func feedPool(ctx context.Context, pool *balance.Pool, updates <-chan discovery.
 			}
 			members := make([]balance.Member, len(u.Instances))
 			for i, in := range u.Instances {
-				members[i] = balance.Member{ID: in.ID, Addr: in.HostPort(), Weight: in.Weight, Consul: string(in.Health), Invalid: in.Invalid}
+				members[i] = balance.Member{ID: in.ID, Addr: in.HostPort(), Weight: in.Weight, Consul: in.Health, Invalid: in.Invalid}
 			}
 			_ = pool.SetMembers(ctx, u.Index, members)
 			addrs := make([]string, 0, len(members))

@@ -76,8 +76,8 @@ func serviceStatus(s *balance.Snapshot) Service {
 	}
 	for _, m := range s.Members {
 		out.Instances = append(out.Instances, Instance{
-			ID: m.ID, Address: m.Addr, Weight: m.Weight, Consul: m.Consul, Invalid: m.Invalid,
-			Probe: m.Probe, Ejected: m.Ejected, Eligible: m.Eligible,
+			ID: m.ID, Address: m.Addr, Weight: m.Weight, Consul: string(m.Consul), Invalid: m.Invalid,
+			Probe: string(m.Probe), Ejected: m.Ejected, Eligible: m.Eligible,
 			Inflight: m.Stats.Inflight(), Requests: m.Stats.Requests(),
 		})
 	}

@@ -32,9 +32,9 @@ func TestServicesAndHealthz(t *testing.T) {
 	}
 
 	web.SetMembers(ctx, 42, []balance.Member{
-		{ID: "web-1", Addr: "127.0.0.1:9001", Weight: 3, Consul: balance.ConsulPassing},
-		{ID: "web-2", Addr: "127.0.0.1:9002", Weight: 1, Consul: balance.ConsulCritical},
-		{ID: "web-3", Addr: "127.0.0.1:0", Weight: 1, Consul: balance.ConsulPassing, Invalid: "invalid port"},
+		{ID: "web-1", Addr: "127.0.0.1:9001", Weight: 3, Consul: balance.HealthPassing},
+		{ID: "web-2", Addr: "127.0.0.1:9002", Weight: 1, Consul: balance.HealthCritical},
+		{ID: "web-3", Addr: "127.0.0.1:0", Weight: 1, Consul: balance.HealthPassing, Invalid: "invalid port"},
 	})
 	deadline := time.Now().Add(5 * time.Second)
 	for !web.Load().Synced && time.Now().Before(deadline) {

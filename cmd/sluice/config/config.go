@@ -40,24 +40,12 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+
+	"github.com/sluice-lb/sluice/balance"
 )
 
-// KnownStrategies returns the load-balancing strategy names the
-// configuration language accepts, in documentation order. The caller owns
-// the returned slice.
-func KnownStrategies() []string {
-	return []string{"round_robin", "weighted_round_robin", "least_connections", "p2c", "random", "ip_hash", "ewma"}
-}
-
-// Options tune validation. The zero value accepts every known strategy and
-// reads the process environment.
+// Options tune validation. The zero value reads the process environment.
 type Options struct {
-	// Implemented lists the strategies the running binary implements. A
-	// known strategy missing from this list is an error
-	// (`strategy "X" is not yet implemented; available: a, b`), including
-	// the default strategy of a service that does not name one. nil means
-	// every known strategy is implemented.
-	Implemented []string
 	// Getenv reads the environment defaults CONSUL_HTTP_ADDR and
 	// CONSUL_HTTP_TOKEN. nil means os.Getenv.
 	Getenv func(string) string
@@ -179,8 +167,8 @@ type Service struct {
 	Name string
 	// Tag filters instances by Consul tag. Default "" (no filter).
 	Tag string
-	// Strategy is one of KnownStrategies and one of Options.Implemented.
-	// Default "weighted_round_robin".
+	// Strategy is one of balance.Implemented. Default
+	// "weighted_round_robin".
 	Strategy string
 	// WeightKey is the service meta key holding an instance's weight.
 	// Default "weight"; never empty.
@@ -208,8 +196,8 @@ type Service struct {
 
 // Sticky is session affinity.
 type Sticky struct {
-	// Mode is "cookie" (default), "source_ip" or "header".
-	Mode string
+	// Mode is one of balance.StickyModes. Default balance.StickyCookie.
+	Mode balance.StickyMode
 	// Cookie is the affinity cookie's name, an RFC 6265 token. Default
 	// "sluice_" + the service name. Checked when mode is "cookie" or when
 	// written explicitly.

@@ -8,11 +8,14 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/sluice-lb/sluice/balance"
 )
 
 const fullExample = `consul {
@@ -307,7 +310,7 @@ func TestFormatThreeMistakes(t *testing.T) {
 		t.Errorf("want nil config with errors, have %s", dump(cfg))
 	}
 	want := []string{
-		`conf/sluice.hcl:2,16: Invalid strategy: strategy must be one of "round_robin", "weighted_round_robin", "least_connections", "p2c", "random", "ip_hash", "ewma"; got "fastest"`,
+		`conf/sluice.hcl:2,16: Invalid strategy: strategy must be one of "ewma", "ip_hash", "least_connections", "p2c", "random", "round_robin", "weighted_round_robin"; got "fastest"`,
 		`conf/sluice.hcl:3,3: Unsupported argument: An argument named "color" is not expected here.`,
 		`conf/sluice.hcl:4,16: Invalid slow_start: slow_start must be a duration string such as "2s"; got "soon"`,
 	}
@@ -523,7 +526,7 @@ func TestValidationErrors(t *testing.T) {
 
 		// Service fields.
 		{"unknown strategy", "service \"web\" {\n  strategy = \"fastest\"\n}\n" + okListener, nil,
-			"2,14", `strategy must be one of "round_robin", "weighted_round_robin", "least_connections", "p2c", "random", "ip_hash", "ewma"; got "fastest"`},
+			"2,14", `strategy must be one of "ewma", "ip_hash", "least_connections", "p2c", "random", "round_robin", "weighted_round_robin"; got "fastest"`},
 		{"empty weight key", "service \"web\" {\n  weight_key = \"\"\n}\n" + okListener, nil,
 			"2,16", `Invalid weight_key: weight_key must not be empty; got ""`},
 		{"unknown sticky mode", serviceBlock("sticky", `mode = "sticky"`), nil,
@@ -616,54 +619,29 @@ func TestAdminAddressCollision(t *testing.T) {
 	}
 }
 
-func TestImplementedStrategies(t *testing.T) {
-	for _, tc := range []struct {
-		name        string
-		src         string
-		implemented []string
-		want        []string // formatted diagnostics; nil means valid
-	}{
-		{
-			name:        "explicit strategy not implemented",
-			src:         "service \"web\" {\n  strategy = \"ewma\"\n}\n" + okListener,
-			implemented: []string{"round_robin", "weighted_round_robin"},
-			want: []string{
-				`test.hcl:2,14: Invalid strategy: strategy "ewma" is not yet implemented; available: round_robin, weighted_round_robin`,
-			},
-		},
-		{
-			name:        "explicit strategy implemented",
-			src:         "service \"web\" {\n  strategy = \"ewma\"\n}\n" + okListener,
-			implemented: []string{"ewma"},
-		},
-		{
-			name:        "nil means all",
-			src:         "service \"web\" {\n  strategy = \"ip_hash\"\n}\n" + okListener,
-			implemented: nil,
-		},
-		{
-			name:        "default strategy of a service block",
-			src:         "service \"web\" {}\n" + okListener,
-			implemented: []string{"round_robin"},
-			want: []string{
-				`test.hcl:1,1: Invalid strategy: strategy "weighted_round_robin" is not yet implemented; available: round_robin (this is the default strategy; set strategy in a service block)`,
-			},
-		},
-		{
-			name:        "default strategy of a referenced service",
-			src:         okListener[1:],
-			implemented: []string{"round_robin"},
-			want: []string{
-				`test.hcl:4,15: Invalid strategy: strategy "weighted_round_robin" is not yet implemented; available: round_robin (this is the default strategy; set strategy in a service block)`,
-			},
-		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, diags := Parse("test.hcl", []byte(tc.src), Options{Implemented: tc.implemented, Getenv: env(nil)})
-			if have := FormatDiagnostics(diags); !slices.Equal(tc.want, have) {
-				t.Errorf("want\n%s\nhave\n%s", strings.Join(tc.want, "\n"), strings.Join(have, "\n"))
-			}
-		})
+// TestStrategiesFromBalance: the configuration accepts exactly the
+// strategies balance implements, and its default is one of them.
+func TestStrategiesFromBalance(t *testing.T) {
+	names := balance.Implemented()
+	if !slices.Contains(names, defaultStrategy) {
+		t.Fatalf("default strategy %q not in balance.Implemented() %v", defaultStrategy, names)
+	}
+	for _, name := range names {
+		src := "service \"web\" {\n  strategy = \"" + name + "\"\n}\n" + okListener
+		cfg, diags := Parse("test.hcl", []byte(src), Options{Getenv: env(nil)})
+		if diags.HasErrors() || cfg.Services["web"].Strategy != name {
+			t.Errorf("strategy %q: have %s %v", name, dump(cfg), FormatDiagnostics(diags))
+		}
+	}
+	quoted := make([]string, len(names))
+	for i, name := range names {
+		quoted[i] = strconv.Quote(name)
+	}
+	src := "service \"web\" {\n  strategy = \"fastest\"\n}\n" + okListener
+	_, diags := Parse("test.hcl", []byte(src), Options{Getenv: env(nil)})
+	want := []string{`test.hcl:2,14: Invalid strategy: strategy must be one of ` + strings.Join(quoted, ", ") + `; got "fastest"`}
+	if have := FormatDiagnostics(diags); !slices.Equal(want, have) {
+		t.Errorf("want\n%s\nhave\n%s", strings.Join(want, "\n"), strings.Join(have, "\n"))
 	}
 }
 
@@ -740,13 +718,6 @@ func TestFormatDiagnostics(t *testing.T) {
 	}
 	if have := FormatDiagnostics(diags); !slices.Equal(want, have) {
 		t.Errorf("want\n%s\nhave\n%s", strings.Join(want, "\n"), strings.Join(have, "\n"))
-	}
-}
-
-func TestKnownStrategiesIsACopy(t *testing.T) {
-	KnownStrategies()[0] = "changed"
-	if have := KnownStrategies()[0]; have != "round_robin" {
-		t.Errorf("want round_robin, have %q", have)
 	}
 }
 

@@ -3,7 +3,6 @@ package config
 import (
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -97,7 +96,7 @@ type decoder struct {
 	listenerNames map[string]hcl.Range // name -> first listener block
 	addresses     map[string]hcl.Range // listener address -> first use
 	admin         adminAddress         // decoded before the listeners
-	serviceRefs   map[string]hcl.Range // service -> first route or tcp listener naming it
+	serviceRefs   map[string]bool      // services a route or tcp listener names
 }
 
 // adminAddress is the admin interface's address as decoded, for
@@ -120,7 +119,7 @@ func newDecoder(filename string, opts Options) *decoder {
 		opts:          opts,
 		listenerNames: map[string]hcl.Range{},
 		addresses:     map[string]hcl.Range{},
-		serviceRefs:   map[string]hcl.Range{},
+		serviceRefs:   map[string]bool{},
 	}
 }
 
@@ -191,10 +190,9 @@ func (d *decoder) file(body hcl.Body) *Config {
 			cfg.Services[name] = svc
 		}
 	}
-	for name, ref := range d.serviceRefs {
+	for name := range d.serviceRefs {
 		if _, ok := blocks[name]; !ok {
 			cfg.Services[name] = defaultService(name)
-			d.implemented(defaultStrategy, ref, false)
 		}
 	}
 	return cfg
@@ -393,9 +391,7 @@ func (d *decoder) route(b *hcl.Block, seen map[string]hcl.Range) (r Route, ok bo
 // records the reference.
 func (d *decoder) serviceRef(as hcl.Attributes, dst *string) {
 	if d.str(as, "service", dst, nonEmpty) {
-		if _, seen := d.serviceRefs[*dst]; !seen {
-			d.serviceRefs[*dst] = as["service"].Expr.Range()
-		}
+		d.serviceRefs[*dst] = true
 	}
 }
 
@@ -423,11 +419,7 @@ func (d *decoder) service(b *hcl.Block) *Service {
 	c := d.content(b.Body, serviceSchema)
 	as := c.Attributes
 	d.str(as, "tag", &s.Tag)
-	if a := as["strategy"]; a == nil {
-		d.implemented(s.Strategy, b.DefRange, false)
-	} else if d.str(as, "strategy", &s.Strategy, oneOf(KnownStrategies()...)) {
-		d.implemented(s.Strategy, a.Expr.Range(), true)
-	}
+	d.str(as, "strategy", &s.Strategy, oneOf(balance.Implemented()...))
 	d.str(as, "weight_key", &s.WeightKey, nonEmpty)
 	d.duration(as, "slow_start", &s.SlowStart)
 	d.duration(as, "response_header_timeout", &s.ResponseHeaderTimeout, positive)
@@ -439,35 +431,21 @@ func (d *decoder) service(b *hcl.Block) *Service {
 	return s
 }
 
-// implemented reports a known strategy that Options.Implemented lacks, at
-// subject; explicit says whether the strategy was written or defaulted.
-func (d *decoder) implemented(strategy string, subject hcl.Range, explicit bool) {
-	if d.opts.Implemented == nil || slices.Contains(d.opts.Implemented, strategy) {
-		return
-	}
-	detail := fmt.Sprintf("strategy %q is not yet implemented; available: %s",
-		strategy, strings.Join(d.opts.Implemented, ", "))
-	if !explicit {
-		detail += " (this is the default strategy; set strategy in a service block)"
-	}
-	d.errorf(subject, "Invalid strategy", "%s", detail)
-}
-
 func (d *decoder) sticky(b *hcl.Block, service string) *Sticky {
 	if b == nil {
 		return nil
 	}
-	s := &Sticky{Mode: "cookie", Cookie: "sluice_" + service, TTL: time.Hour}
+	s := &Sticky{Mode: balance.StickyCookie, Cookie: "sluice_" + service, TTL: time.Hour}
 	as := d.content(b.Body, stickySchema).Attributes
-	modeOK := d.str(as, "mode", &s.Mode, oneOf("cookie", "source_ip", "header"))
+	modeOK := d.stickyMode(as, &s.Mode)
 	if as["cookie"] != nil {
 		d.str(as, "cookie", &s.Cookie, token)
-	} else if modeOK && s.Mode == "cookie" && token(s.Cookie) != "" {
+	} else if modeOK && s.Mode == balance.StickyCookie && token(s.Cookie) != "" {
 		d.errorf(b.DefRange, "Invalid cookie",
 			"default cookie name %q is not a valid cookie name; set cookie explicitly", s.Cookie)
 	}
 	headerOK := d.str(as, "header", &s.Header, emptyOr(token))
-	if modeOK && headerOK && s.Mode == "header" && s.Header == "" {
+	if modeOK && headerOK && s.Mode == balance.StickyHeader && s.Header == "" {
 		rng := b.DefRange
 		if a := as["header"]; a != nil {
 			rng = a.Expr.Range()
@@ -477,6 +455,26 @@ func (d *decoder) sticky(b *hcl.Block, service string) *Sticky {
 	d.duration(as, "ttl", &s.TTL, positive)
 	d.str(as, "secret", &s.Secret)
 	return s
+}
+
+// stickyMode decodes a sticky block's mode attribute, one of
+// balance.StickyModes, into dst.
+func (d *decoder) stickyMode(as hcl.Attributes, dst *balance.StickyMode) bool {
+	modes := balance.StickyModes()
+	names := make([]string, len(modes))
+	for i, m := range modes {
+		names[i] = string(m)
+	}
+	s := string(*dst)
+	if !d.str(as, "mode", &s, oneOf(names...)) {
+		return false
+	}
+	m, err := balance.ParseStickyMode(s)
+	if err != nil {
+		return false // not reached: oneOf accepts exactly these names
+	}
+	*dst = m
+	return true
 }
 
 func (d *decoder) healthCheck(b *hcl.Block) *HealthCheck {
