@@ -8,12 +8,26 @@ LDFLAGS    := -X main.version=$(VERSION)
 CONSUL_BIN ?= $(CURDIR)/bin/consul
 export CONSUL_BIN
 
-.PHONY: all build consul test unit e2e demo bench bench-balance bench-reaction vet check fuzz h2spec clean
+.PHONY: all build install consul test unit e2e demo bench bench-balance bench-reaction vet check fuzz h2spec clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/sluice ./cmd/sluice
+
+# bin/sluice into $(DESTDIR)$(PREFIX)/bin; with INSTALL_UNIT=1 also
+# packaging/sluice.service into $(DESTDIR)/etc/systemd/system, its ExecStart
+# pointing at $(PREFIX)/bin/sluice. No configuration, no user: see README.md,
+# "Install and run as a service".
+PREFIX ?= /usr/local
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 bin/sluice $(DESTDIR)$(PREFIX)/bin/sluice
+ifeq ($(INSTALL_UNIT),1)
+	install -d $(DESTDIR)/etc/systemd/system
+	sed 's|/usr/local/bin/sluice|$(PREFIX)/bin/sluice|' packaging/sluice.service > $(DESTDIR)/etc/systemd/system/sluice.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/sluice.service
+endif
 
 # The race-enabled binary that the e2e tests run.
 bin/sluice-race: FORCE
