@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -99,12 +100,31 @@ const (
 	DefaultMaxReplayBody = 64 << 10
 )
 
-// NewHTTPHandler returns a handler that routes each request by host and path
-// prefix (longest prefix wins; at equal length a route naming the host wins
-// over one for any host) and forwards it to an instance of the route's
-// service. Unrouted requests get 404, a service with no eligible instance
-// 503, and a request whose every try failed 502, each with a JSON body.
-func NewHTTPHandler(opts HTTPOptions) http.Handler {
+// HTTPHandler routes each request by host and path prefix (longest prefix
+// wins; at equal length a route naming the host wins over one for any host)
+// and forwards it to an instance of the route's service. Unrouted requests
+// get 404, a service with no eligible instance 503, and a request whose
+// every try failed 502, each with a JSON body.
+//
+// Its routing table (routes, service options, trusted proxies, replay
+// limit, access log) is an immutable value behind an atomic pointer:
+// Update swaps it for the requests that start afterwards, and a request in
+// flight finishes on the table it started with. The request path does one
+// atomic load. Transport, Pressure and Logger are fixed when the handler is
+// made.
+type HTTPHandler struct {
+	table     atomic.Pointer[router]
+	transport *Upstream
+	pressure  *Pressure
+	logger    hclog.Logger
+	errLog    *log.Logger
+	buffers   *bufferPool // ReverseProxy copy buffers, shared by every table
+}
+
+var _ http.Handler = (*HTTPHandler)(nil)
+
+// NewHTTPHandler returns a handler with opts; see HTTPHandler.
+func NewHTTPHandler(opts HTTPOptions) *HTTPHandler {
 	if opts.Transport == nil {
 		opts.Transport = NewUpstream()
 	}
@@ -114,30 +134,51 @@ func NewHTTPHandler(opts HTTPOptions) http.Handler {
 	if opts.Pressure == nil {
 		opts.Pressure = NewPressure(opts.Logger)
 	}
+	h := &HTTPHandler{
+		transport: opts.Transport,
+		pressure:  opts.Pressure,
+		logger:    opts.Logger,
+		errLog:    opts.Logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+		buffers:   &bufferPool{},
+	}
+	h.Update(opts)
+	return h
+}
+
+// Update replaces the routing table with one built from opts, for the
+// requests that start after it returns; requests in flight finish on the
+// table they started with. opts.Transport, opts.Pressure and opts.Logger
+// are ignored: those of NewHTTPHandler stay. Update may be called
+// concurrently with ServeHTTP; concurrent Updates leave one of the tables.
+func (h *HTTPHandler) Update(opts HTTPOptions) {
 	if opts.MaxReplayBody <= 0 {
 		opts.MaxReplayBody = DefaultMaxReplayBody
 	}
-	errLog := opts.Logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug})
-	buffers := &bufferPool{}
-	bySvc := map[string]*serviceProxy{}
-	h := &router{listener: opts.Listener, log: opts.AccessLog}
+	opts.Transport, opts.Pressure, opts.Logger = h.transport, h.pressure, h.logger
+	rt := &router{listener: opts.Listener, log: opts.AccessLog}
 	fwd := &forwarding{trusted: opts.TrustedProxies}
+	bySvc := map[string]*serviceProxy{}
 	for _, r := range opts.Routes {
 		sp := bySvc[r.Service.Name]
 		if sp == nil {
-			sp = newServiceProxy(r.Service, &opts, buffers, errLog, fwd)
+			sp = newServiceProxy(r.Service, &opts, h.buffers, h.errLog, fwd)
 			bySvc[r.Service.Name] = sp
 		}
-		h.routes = append(h.routes, route{host: strings.ToLower(r.Host), prefix: r.PathPrefix, svc: sp})
+		rt.routes = append(rt.routes, route{host: strings.ToLower(r.Host), prefix: r.PathPrefix, svc: sp})
 	}
-	sort.SliceStable(h.routes, func(i, j int) bool {
-		a, b := h.routes[i], h.routes[j]
+	sort.SliceStable(rt.routes, func(i, j int) bool {
+		a, b := rt.routes[i], rt.routes[j]
 		if len(a.prefix) != len(b.prefix) {
 			return len(a.prefix) > len(b.prefix)
 		}
 		return a.host != "" && b.host == ""
 	})
-	return h
+	h.table.Store(rt)
+}
+
+// ServeHTTP serves r on the current routing table.
+func (h *HTTPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.table.Load().ServeHTTP(w, r)
 }
 
 type route struct {
@@ -146,8 +187,8 @@ type route struct {
 	svc    *serviceProxy
 }
 
-// router is immutable after NewHTTPHandler; routes are sorted so that the
-// first match is the best.
+// router is one routing table, immutable once published; routes are
+// sorted so that the first match is the best.
 type router struct {
 	listener string
 	routes   []route

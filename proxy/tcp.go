@@ -64,9 +64,12 @@ type TCPOptions struct {
 // descriptors (see connect). For a second after an exhaustion the accept
 // loop admits one client at a time, each once the previous one has its
 // instance connection (or was given up).
+//
+// The options other than Logger and Pressure can be replaced with Update;
+// each connection keeps the options it was accepted with.
 type TCPProxy struct {
-	opts     TCPOptions
-	dialer   net.Dialer
+	cfg      atomic.Pointer[tcpConfig]
+	logger   hclog.Logger
 	pressure *Pressure
 	wg       sync.WaitGroup
 	// established counts the connections with an instance open now;
@@ -76,8 +79,32 @@ type TCPProxy struct {
 	shedding    atomic.Bool
 }
 
+// tcpConfig is one generation of a TCPProxy's options, immutable once
+// published.
+type tcpConfig struct {
+	opts   TCPOptions // defaults applied
+	dialer net.Dialer
+}
+
 // NewTCPProxy returns a proxy; call Serve with a listener.
 func NewTCPProxy(opts TCPOptions) *TCPProxy {
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	pr := opts.Pressure
+	if pr == nil {
+		pr = NewPressure(opts.Logger)
+	}
+	p := &TCPProxy{logger: opts.Logger, pressure: pr}
+	p.Update(opts)
+	return p
+}
+
+// Update replaces the service options, dial and idle timeouts, listener
+// name and access log for the connections accepted after it returns;
+// open connections keep theirs. opts.Logger and opts.Pressure are
+// ignored: those of NewTCPProxy stay. Safe to call concurrently with Serve.
+func (p *TCPProxy) Update(opts TCPOptions) {
 	if opts.DialTimeout <= 0 {
 		opts.DialTimeout = DefaultDialTimeout
 	}
@@ -88,15 +115,8 @@ func NewTCPProxy(opts TCPOptions) *TCPProxy {
 		opts.Service.Attempts = DefaultAttempts
 	}
 	opts.Service.Attempts = min(opts.Service.Attempts, balance.MaxTries)
-	if opts.Logger == nil {
-		opts.Logger = hclog.NewNullLogger()
-	}
-	pr := opts.Pressure
-	if pr == nil {
-		pr = NewPressure(opts.Logger)
-	}
-	return &TCPProxy{opts: opts, pressure: pr,
-		dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}}
+	opts.Logger, opts.Pressure = p.logger, p.pressure
+	p.cfg.Store(&tcpConfig{opts: opts, dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}})
 }
 
 // Serve accepts connections until ln is closed, then waits for the open
@@ -117,11 +137,12 @@ func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) {
 			if errors.Is(err, net.ErrClosed) {
 				break
 			}
-			if p.pressure.Report(p.opts.Listener, err) {
+			listener := p.cfg.Load().opts.Listener
+			if p.pressure.Report(listener, err) {
 				continue // counted, logged and paused by the Pressure
 			}
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			p.opts.Logger.Warn("accept failed", "listener", p.opts.Listener, "error", err, "retry_in", delay)
+			p.logger.Warn("accept failed", "listener", listener, "error", err, "retry_in", delay)
 			time.Sleep(delay)
 			continue
 		}
@@ -162,19 +183,21 @@ func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) { p.handle(c
 func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan struct{}) {
 	defer client.Close()
 	start := time.Now()
-	svc := &p.opts.Service
-	upstream, res, attempts, cancelled := p.connect(ctx, client)
+	cfg := p.cfg.Load()
+	opts := &cfg.opts
+	svc := &opts.Service
+	upstream, res, attempts, cancelled := p.connect(ctx, cfg, client)
 	if dialed != nil {
 		close(dialed)
 	}
 	if cancelled {
 		return
 	}
-	entry := logEntry{listener: p.opts.Listener, service: svc.Name, client: client.RemoteAddr().String(),
+	entry := logEntry{listener: opts.Listener, service: svc.Name, client: client.RemoteAddr().String(),
 		tcp: true, start: start, attempts: attempts}
 	if upstream == nil {
-		if p.opts.AccessLog != nil {
-			p.opts.AccessLog.write(&entry)
+		if opts.AccessLog != nil {
+			opts.AccessLog.write(&entry)
 		}
 		return
 	}
@@ -182,7 +205,7 @@ func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan stru
 	defer p.established.Add(-1)
 	entry.instance = res.Endpoint.ID
 
-	s := &tcpSession{idle: p.opts.IdleTimeout}
+	s := &tcpSession{idle: opts.IdleTimeout}
 	s.active.Store(time.Now().UnixNano())
 	stop := context.AfterFunc(ctx, func() {
 		s.end(partyShutdown, nil)
@@ -206,12 +229,12 @@ func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan stru
 		res.Done(nil)
 	case verdictFailure:
 		res.Done(err)
-		p.opts.Logger.Debug("instance failed the connection", "service", svc.Name, "instance", res.Endpoint.ID, "error", err)
+		p.logger.Debug("instance failed the connection", "service", svc.Name, "instance", res.Endpoint.ID, "error", err)
 	default:
 		res.Cancel()
 	}
-	if p.opts.AccessLog != nil {
-		p.opts.AccessLog.write(&entry)
+	if opts.AccessLog != nil {
+		opts.AccessLog.write(&entry)
 	}
 }
 
@@ -227,23 +250,24 @@ func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan stru
 // end could free a descriptor, and no other waiting client is giving up:
 // waiting clients accepted in a burst could otherwise hold the last
 // descriptors until DialTimeout, each waiting for another's.
-func (p *TCPProxy) connect(ctx context.Context, client net.Conn) (upstream net.Conn, res balance.PickResult, attempts int, cancelled bool) {
+func (p *TCPProxy) connect(ctx context.Context, cfg *tcpConfig, client net.Conn) (upstream net.Conn, res balance.PickResult, attempts int, cancelled bool) {
 	var info balance.PickInfo
 	if ap, err := netip.ParseAddrPort(client.RemoteAddr().String()); err == nil {
 		info.Client = ap.Addr().Unmap()
 	}
-	svc := &p.opts.Service
+	opts := &cfg.opts
+	svc := &opts.Service
 	var localDeadline time.Time // set at the first local exhaustion
 	for attempts < svc.Attempts {
 		r, err := svc.Pool.Load().Picker.Pick(info)
 		if err != nil {
-			p.opts.Logger.Debug("no instance for connection", "service", svc.Name, "error", err)
+			p.logger.Debug("no instance for connection", "service", svc.Name, "error", err)
 			return nil, res, attempts, false
 		}
-		c, err := p.dialer.DialContext(ctx, "tcp", r.Endpoint.Addr)
+		c, err := cfg.dialer.DialContext(ctx, "tcp", r.Endpoint.Addr)
 		if err == nil {
 			p.established.Add(1) // handle subtracts it when the connection ends
-			p.pressure.Report(p.opts.Listener, nil)
+			p.pressure.Report(opts.Listener, nil)
 			r.Responded()
 			return c, r, attempts + 1, false
 		}
@@ -251,16 +275,16 @@ func (p *TCPProxy) connect(ctx context.Context, client net.Conn) (upstream net.C
 			r.Cancel()
 			return nil, res, attempts, true
 		}
-		if p.pressure.Report(p.opts.Listener, err) {
+		if p.pressure.Report(opts.Listener, err) {
 			r.Cancel()
 			retried := !localDeadline.IsZero()
 			if !retried {
-				localDeadline = time.Now().Add(p.opts.DialTimeout)
+				localDeadline = time.Now().Add(opts.DialTimeout)
 			}
 			if retried && p.established.Load() == 0 && p.shedding.CompareAndSwap(false, true) {
 				// Shed one waiting client at a time: its descriptor
 				// lets another waiter dial.
-				p.opts.Logger.Debug("closing connection: out of local resources", "service", svc.Name, "error", err)
+				p.logger.Debug("closing connection: out of local resources", "service", svc.Name, "error", err)
 				client.Close()
 				p.shedding.Store(false)
 				return nil, res, attempts, false
@@ -272,7 +296,7 @@ func (p *TCPProxy) connect(ctx context.Context, client net.Conn) (upstream net.C
 				return nil, res, attempts, true
 			}
 			if werr != nil || time.Now().After(localDeadline) {
-				p.opts.Logger.Debug("closing connection: out of local resources", "service", svc.Name, "error", err)
+				p.logger.Debug("closing connection: out of local resources", "service", svc.Name, "error", err)
 				return nil, res, attempts, false
 			}
 			continue
@@ -280,7 +304,7 @@ func (p *TCPProxy) connect(ctx context.Context, client net.Conn) (upstream net.C
 		attempts++
 		r.Done(err)
 		info.Tried.Add(r.Endpoint)
-		p.opts.Logger.Debug("dial failed", "service", svc.Name, "instance", r.Endpoint.ID, "error", err)
+		p.logger.Debug("dial failed", "service", svc.Name, "instance", r.Endpoint.ID, "error", err)
 	}
 	return nil, res, attempts, false
 }
