@@ -138,7 +138,7 @@ func (s *Server) currentTimeouts() *Timeouts {
 	return &s.fieldTimeouts
 }
 
-func (s *Server) shuttingDown() bool          { return s.shutdown.Load() }
+func (s *Server) shuttingDown() bool { return s.shutdown.Load() }
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d > 0 {
