@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -241,7 +242,6 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 		attempts: attempts, limits: limits, maxReplay: opts.MaxReplayBody, fwd: fwd, pressure: opts.Pressure,
 		cookie: svc.StickyCookie, header: http.CanonicalHeaderKey(svc.StickyHeader), log: opts.AccessLog,
 	}
-	bt.bodies.New = func() any { return &doneBody{} }
 	logger := opts.Logger
 	sp := &serviceProxy{name: svc.Name}
 	sp.rp = &httputil.ReverseProxy{
@@ -329,7 +329,6 @@ type balancingTransport struct {
 	cookie    string // sticky cookie name, or ""
 	header    string // canonical sticky header name, or ""
 	log       *AccessLog
-	bodies    sync.Pool // of *doneBody
 }
 
 // errStatus marks a 5xx answer as a failure of the instance.
@@ -378,11 +377,29 @@ type upstreamError struct {
 func (e *upstreamError) Error() string { return e.err.Error() }
 func (e *upstreamError) Unwrap() error { return e.err }
 
+// forward is the state of one request in RoundTrip: the copy of the
+// request that each try sends, with its own URL and body (RoundTrip never
+// modifies the request it was given), and the response body wrapper. It
+// is RoundTrip's one allocation per request; it is not recycled, so a
+// response body closed twice never touches another request's state.
+type forward struct {
+	out    http.Request
+	url    url.URL
+	replay replayBody // a buffered body, replayed per try
+	client clientBody // a streamed body
+	body   doneBody
+}
+
+// RoundTrip forwards req; see balancingTransport. It does not modify req:
+// each try sends a shallow copy with its own URL (the instance's address)
+// and body. It allocates one forward per request, plus the buffer of a
+// replayable body and an error value when it fails.
 func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var start time.Time // only the access log needs it
 	if t.log != nil {
 		start = time.Now()
 	}
+	x := &forward{}
 	var info balance.PickInfo
 	info.Client = t.fwd.client(req)
 	switch {
@@ -408,10 +425,11 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			// The transport closes the body when a dial fails; clientBody
 			// keeps it open for the next try, tells whether any of it was
 			// read and keeps the client's read error for the blame.
-			cb = &clientBody{ReadCloser: req.Body}
-			req.Body = cb
+			cb = &x.client
+			cb.ReadCloser = req.Body
 		}
 	}
+	out := &x.out
 	var last *upstreamError
 	for attempt := 1; ; attempt++ {
 		res, err := t.pool.Load().Picker.Pick(info)
@@ -422,11 +440,18 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			return nil, &upstreamError{err: err, attempts: attempt - 1, start: start}
 		}
 		ep := res.Endpoint
-		req.URL.Host = ep.Addr
-		if body != nil {
-			req.Body = io.NopCloser(bytes.NewReader(body))
+		*out = *req
+		x.url = *req.URL
+		x.url.Host = ep.Addr
+		out.URL = &x.url
+		switch {
+		case body != nil:
+			x.replay.Reset(body)
+			out.Body = &x.replay
+		case cb != nil:
+			out.Body = cb
 		}
-		resp, err := t.up.Try(req, t.limits)
+		resp, err := t.up.Try(out, t.limits)
 		if err != nil {
 			if cb != nil && cb.err != nil {
 				res.Cancel() // the client's body failed: not the instance's fault
@@ -485,7 +510,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			}
 			return resp, nil
 		}
-		db := t.bodies.Get().(*doneBody)
+		db := &x.body
 		db.ReadCloser, db.res, db.failed, db.ctx, db.owner = resp.Body, res, failed, req.Context(), t
 		db.entry = entry
 		resp.Body = db
@@ -561,10 +586,16 @@ func (g *clientBody) Read(p []byte) (int, error) {
 
 func (g *clientBody) Close() error { return nil }
 
-// doneBody ends the pick when ReverseProxy closes the response body, which
-// it does exactly once, and writes the access log line. A read error (the
-// answer broke or stalled) is the instance's failure unless the client had
-// gone. It is recycled through the transport's pool.
+// replayBody is a buffered request body, rewound for each try.
+type replayBody struct{ bytes.Reader }
+
+func (*replayBody) Close() error { return nil }
+
+// doneBody ends the pick when the response body is closed, and writes the
+// access log line. A read error (the answer broke or stalled) is the
+// instance's failure unless the client had gone. Close is idempotent: the
+// first one ends the pick, later ones do nothing. Read and Close are for
+// one goroutine at a time, as for any response body.
 type doneBody struct {
 	io.ReadCloser
 	res     balance.PickResult
@@ -573,6 +604,7 @@ type doneBody struct {
 	ctx     context.Context // the request's
 	owner   *balancingTransport
 	entry   logEntry
+	closed  atomic.Bool
 }
 
 func (b *doneBody) Read(p []byte) (int, error) {
@@ -585,6 +617,9 @@ func (b *doneBody) Read(p []byte) (int, error) {
 }
 
 func (b *doneBody) Close() error {
+	if !b.closed.CompareAndSwap(false, true) {
+		return nil
+	}
 	err := b.ReadCloser.Close()
 	switch {
 	case b.readErr != nil && b.ctx.Err() != nil:
@@ -596,12 +631,9 @@ func (b *doneBody) Close() error {
 	default:
 		b.res.Done(nil)
 	}
-	owner := b.owner
-	if owner.log != nil {
-		owner.log.write(&b.entry)
+	if b.owner.log != nil {
+		b.owner.log.write(&b.entry)
 	}
-	*b = doneBody{}
-	owner.bodies.Put(b)
 	return err
 }
 
