@@ -15,7 +15,9 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"net/textproto"
 	"net/url"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,6 +28,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/sluice-lb/sluice/balance"
 	"github.com/sluice-lb/sluice/proxy/h1"
+	"github.com/sluice-lb/sluice/proxy/metrics"
 )
 
 // Route sends requests whose host and path match to a service's pool.
@@ -33,7 +36,15 @@ type Route struct {
 	Host       string // lowercase host without port; "" matches any host
 	PathPrefix string // plain string prefix of the URL path, starting with "/"
 	Service    ServiceOptions
+	// Label is the route's label value in metrics; default Host +
+	// PathPrefix as configured ("api.example.com/v1", "/").
+	Label string
 }
+
+// NoRouteLabel is the route label of requests that match no route (404);
+// their service label is "". No configured route has it: a route's label
+// holds its path prefix, which starts with "/".
+const NoRouteLabel = "none"
 
 // ServiceOptions is the forwarding policy of one service.
 type ServiceOptions struct {
@@ -88,6 +99,12 @@ type HTTPOptions struct {
 	// Logger receives upstream errors at Debug; nothing is logged per
 	// request at the default Info level.
 	Logger hclog.Logger
+	// Metrics, when set, counts every answered request by route and
+	// status code with its duration (from the start of forwarding; for a
+	// 404, from routing), retries by service and upstream errors by
+	// instance; children are resolved when a table is built. The open
+	// connections gauge is the handler's (see ConnOpened). nil: none.
+	Metrics *metrics.Metrics
 }
 
 // Defaults of the upstream transport.
@@ -115,6 +132,7 @@ const (
 // made.
 type HTTPHandler struct {
 	table     atomic.Pointer[router]
+	conns     *metrics.Listener // fixed at NewHTTPHandler; nil-safe
 	transport *Upstream
 	pressure  *Pressure
 	logger    hclog.Logger
@@ -141,10 +159,20 @@ func NewHTTPHandler(opts HTTPOptions) *HTTPHandler {
 		logger:    opts.Logger,
 		errLog:    opts.Logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 		buffers:   &bufferPool{},
+		conns:     opts.Metrics.Listener(opts.Listener, "http"),
 	}
 	h.Update(opts)
 	return h
 }
+
+// ConnOpened and ConnClosed count the open client connections of the
+// listener in the gauge of NewHTTPHandler's Metrics and Listener (an
+// Update does not move it), so that an HTTPHandler can be an h1.Server's
+// ConnCounter. Without Metrics they do nothing.
+func (h *HTTPHandler) ConnOpened() { h.conns.ConnOpened() }
+
+// ConnClosed: see ConnOpened.
+func (h *HTTPHandler) ConnClosed() { h.conns.ConnClosed() }
 
 // Update replaces the routing table with one built from opts, for the
 // requests that start after it returns; requests in flight finish on the
@@ -156,15 +184,16 @@ func (h *HTTPHandler) Update(opts HTTPOptions) {
 		opts.MaxReplayBody = DefaultMaxReplayBody
 	}
 	opts.Transport, opts.Pressure, opts.Logger = h.transport, h.pressure, h.logger
-	rt := &router{listener: opts.Listener, log: opts.AccessLog}
+	rt := &router{listener: opts.Listener, log: opts.AccessLog,
+		noRoute: opts.Metrics.Route(opts.Listener, NoRouteLabel, "")}
 	fwd := &forwarding{trusted: opts.TrustedProxies}
-	bySvc := map[string]*serviceProxy{}
+	// One ReverseProxy per route, so that its metrics children are at hand.
 	for _, r := range opts.Routes {
-		sp := bySvc[r.Service.Name]
-		if sp == nil {
-			sp = newServiceProxy(r.Service, &opts, h.buffers, h.errLog, fwd)
-			bySvc[r.Service.Name] = sp
+		label := r.Label
+		if label == "" {
+			label = r.Host + r.PathPrefix
 		}
+		sp := newServiceProxy(r.Service, &opts, h.buffers, h.errLog, fwd, opts.Metrics.Route(opts.Listener, label, r.Service.Name))
 		rt.routes = append(rt.routes, route{host: strings.ToLower(r.Host), prefix: r.PathPrefix, svc: sp})
 	}
 	sort.SliceStable(rt.routes, func(i, j int) bool {
@@ -194,6 +223,7 @@ type router struct {
 	listener string
 	routes   []route
 	log      *AccessLog
+	noRoute  *metrics.Route // nil-safe
 }
 
 func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -205,10 +235,12 @@ func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	start := time.Now()
 	writeJSONError(w, http.StatusNotFound, "no route", "")
+	h.noRoute.Observe(http.StatusNotFound, time.Since(start))
 	if h.log != nil {
 		h.log.write(&logEntry{listener: h.listener, client: r.RemoteAddr, method: r.Method, path: r.URL.Path,
-			status: http.StatusNotFound, start: time.Now()})
+			status: http.StatusNotFound, start: start})
 	}
 }
 
@@ -220,14 +252,15 @@ func requestHost(hostport string) string {
 	return hostport
 }
 
-// serviceProxy forwards to one service. The ReverseProxy's transport does
-// the picking, so failover can re-pick without re-running the handler.
+// serviceProxy forwards one route's requests to its service. The
+// ReverseProxy's transport does the picking, so failover can re-pick
+// without re-running the handler.
 type serviceProxy struct {
 	name string
 	rp   *httputil.ReverseProxy
 }
 
-func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger, fwd *forwarding) *serviceProxy {
+func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger, fwd *forwarding, rm *metrics.Route) *serviceProxy {
 	attempts := svc.Attempts
 	if attempts <= 0 {
 		attempts = DefaultAttempts
@@ -241,6 +274,7 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 		listener: opts.Listener, service: svc.Name, pool: svc.Pool, up: opts.Transport,
 		attempts: attempts, limits: limits, maxReplay: opts.MaxReplayBody, fwd: fwd, pressure: opts.Pressure,
 		cookie: svc.StickyCookie, header: http.CanonicalHeaderKey(svc.StickyHeader), log: opts.AccessLog,
+		route: rm, svcm: opts.Metrics.Service(svc.Name),
 	}
 	logger := opts.Logger
 	sp := &serviceProxy{name: svc.Name}
@@ -285,14 +319,20 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 				logger.Debug("upstream failed", "service", svc.Name, "error", err)
 				writeJSONError(w, status, "upstream failed", svc.Name)
 			}
-			if bt.log != nil {
+			if bt.log != nil || bt.route != nil {
 				e := logEntry{listener: bt.listener, service: svc.Name, client: r.RemoteAddr, method: r.Method,
 					path: r.URL.Path, status: status, start: time.Now()}
 				var ue *upstreamError
-				if errors.As(err, &ue) {
+				switch {
+				case errors.As(err, &ue):
 					e.instance, e.attempts, e.start = ue.instance, ue.attempts, ue.start
+				case ce != nil && !ce.start.IsZero():
+					e.start = ce.start
 				}
-				bt.log.write(&e)
+				bt.route.Observe(status, time.Since(e.start))
+				if bt.log != nil {
+					bt.log.write(&e)
+				}
 			}
 			if abort {
 				// Drops the connection (HTTP/1.1) or resets the stream (h2).
@@ -329,6 +369,8 @@ type balancingTransport struct {
 	cookie    string // sticky cookie name, or ""
 	header    string // canonical sticky header name, or ""
 	log       *AccessLog
+	route     *metrics.Route   // nil-safe
+	svcm      *metrics.Service // nil-safe
 }
 
 // errStatus marks a 5xx answer as a failure of the instance.
@@ -395,8 +437,8 @@ type forward struct {
 // and body. It allocates one forward per request, plus the buffer of a
 // replayable body and an error value when it fails.
 func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	var start time.Time // only the access log needs it
-	if t.log != nil {
+	var start time.Time // only the access log and metrics need it
+	if t.log != nil || t.route != nil {
 		start = time.Now()
 	}
 	x := &forward{}
@@ -440,6 +482,9 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			return nil, &upstreamError{err: err, attempts: attempt - 1, start: start}
 		}
 		ep := res.Endpoint
+		if attempt > 1 {
+			t.svcm.Retried()
+		}
 		*out = *req
 		x.url = *req.URL
 		x.url.Host = ep.Addr
@@ -459,7 +504,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			}
 			if req.Context().Err() != nil {
 				res.Cancel() // the client went away
-				return nil, err
+				return nil, &upstreamError{err: err, instance: ep.ID, attempts: attempt, start: start}
 			}
 			if t.pressure.Report(t.listener, err) {
 				// sluice is out of descriptors or ports: not the
@@ -467,7 +512,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 				res.Cancel()
 				return nil, &upstreamError{err: fmt.Errorf("%w: %w", errExhausted, err), instance: ep.ID, attempts: attempt, start: start}
 			}
-			res.Done(err)
+			blame(res, err)
 			last = &upstreamError{err: err, instance: ep.ID, attempts: attempt, start: start}
 			dialed := !isDialError(err) || (cb != nil && cb.read)
 			if attempt >= t.attempts || (dialed && !(idempotent && replayable)) {
@@ -488,7 +533,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 					io.Copy(io.Discard, resp.Body)
 				}
 				resp.Body.Close()
-				res.Done(errStatus)
+				blame(res, errStatus)
 				last = &upstreamError{err: fmt.Errorf("status %d", resp.StatusCode), instance: ep.ID, attempts: attempt, start: start}
 				continue
 			}
@@ -505,6 +550,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			// The upgraded connection is not counted as in flight.
 			res.Done(nil)
+			t.route.Observe(resp.StatusCode, time.Since(start))
 			if t.log != nil {
 				t.log.write(&entry)
 			}
@@ -556,6 +602,36 @@ func cookieValue(lines []string, name string) string {
 		}
 	}
 	return ""
+}
+
+// blame ends a pick with the instance's failure err, counting it by kind.
+func blame(res balance.PickResult, err error) {
+	res.Endpoint.Stats.CountError(errorKind(err))
+	res.Done(err)
+}
+
+// errorKind classifies an instance's failure: a 5xx answer (errStatus), a
+// failed dial (connect, whatever the cause), a timeout (a deadline or a
+// timeout net.Error), a malformed answer (protocol), else a connection
+// that broke (reset).
+func errorKind(err error) balance.ErrorKind {
+	var ne net.Error
+	var pe textproto.ProtocolError
+	switch {
+	case errors.Is(err, errStatus):
+		return balance.ErrorStatus
+	case isDialError(err):
+		return balance.ErrorConnect
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return balance.ErrorTimeout
+	case errors.Is(err, errBadStatus), errors.Is(err, errUnaskedUpgrade), errors.Is(err, errTooManyInterim),
+		errors.Is(err, errHeaderTooLarge), errors.As(err, &pe),
+		// net/http's framing errors are not exported types.
+		strings.Contains(err.Error(), "malformed"):
+		return balance.ErrorProtocol
+	}
+	return balance.ErrorReset
 }
 
 // isDialError reports whether err is a failure to connect, so that nothing
@@ -625,12 +701,13 @@ func (b *doneBody) Close() error {
 	case b.readErr != nil && b.ctx.Err() != nil:
 		b.res.Cancel() // the client went away mid-answer
 	case b.readErr != nil:
-		b.res.Done(b.readErr)
+		blame(b.res, b.readErr)
 	case b.failed:
-		b.res.Done(errStatus)
+		blame(b.res, errStatus)
 	default:
 		b.res.Done(nil)
 	}
+	b.owner.route.Observe(b.entry.status, time.Since(b.entry.start))
 	if b.owner.log != nil {
 		b.owner.log.write(&b.entry)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/sluice-lb/sluice/balance"
 	"github.com/sluice-lb/sluice/proxy/h1"
+	"github.com/sluice-lb/sluice/proxy/metrics"
 )
 
 // TCPOptions configure a TCP proxy for one service.
@@ -36,6 +37,11 @@ type TCPOptions struct {
 	// between the listeners of a process. Nil: a private one that logs to
 	// Logger.
 	Pressure *Pressure
+	// Metrics, when set, counts open client connections (from accept to
+	// close), the bytes of each connection in both directions (added when
+	// it ends), retries by service and dial failures and failed
+	// connections by instance. nil: none.
+	Metrics *metrics.Metrics
 }
 
 // TCPProxy forwards each accepted connection to an instance of one service,
@@ -82,8 +88,10 @@ type TCPProxy struct {
 // tcpConfig is one generation of a TCPProxy's options, immutable once
 // published.
 type tcpConfig struct {
-	opts   TCPOptions // defaults applied
-	dialer net.Dialer
+	opts     TCPOptions // defaults applied
+	dialer   net.Dialer
+	listener *metrics.Listener // nil-safe
+	svcm     *metrics.Service  // nil-safe
 }
 
 // NewTCPProxy returns a proxy; call Serve with a listener.
@@ -116,7 +124,8 @@ func (p *TCPProxy) Update(opts TCPOptions) {
 	}
 	opts.Service.Attempts = min(opts.Service.Attempts, balance.MaxTries)
 	opts.Logger, opts.Pressure = p.logger, p.pressure
-	p.cfg.Store(&tcpConfig{opts: opts, dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}})
+	p.cfg.Store(&tcpConfig{opts: opts, dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second},
+		listener: opts.Metrics.Listener(opts.Listener, "tcp"), svcm: opts.Metrics.Service(opts.Service.Name)})
 }
 
 // Serve accepts connections until ln is closed, then waits for the open
@@ -186,6 +195,8 @@ func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan stru
 	cfg := p.cfg.Load()
 	opts := &cfg.opts
 	svc := &opts.Service
+	cfg.listener.ConnOpened()
+	defer cfg.listener.ConnClosed()
 	upstream, res, attempts, cancelled := p.connect(ctx, cfg, client)
 	if dialed != nil {
 		close(dialed)
@@ -224,11 +235,12 @@ func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan stru
 	entry.bytes = s.copyToClient(client, upstream)
 	<-done
 	entry.bytesIn = in
+	cfg.listener.TCPBytes(in, entry.bytes)
 	switch v, err := s.verdict(entry.bytes); v {
 	case verdictSuccess:
 		res.Done(nil)
 	case verdictFailure:
-		res.Done(err)
+		blame(res, err)
 		p.logger.Debug("instance failed the connection", "service", svc.Name, "instance", res.Endpoint.ID, "error", err)
 	default:
 		res.Cancel()
@@ -258,11 +270,16 @@ func (p *TCPProxy) connect(ctx context.Context, cfg *tcpConfig, client net.Conn)
 	opts := &cfg.opts
 	svc := &opts.Service
 	var localDeadline time.Time // set at the first local exhaustion
+	counted := 0                // tries beyond the first counted in metrics
 	for attempts < svc.Attempts {
 		r, err := svc.Pool.Load().Picker.Pick(info)
 		if err != nil {
 			p.logger.Debug("no instance for connection", "service", svc.Name, "error", err)
 			return nil, res, attempts, false
+		}
+		if attempts > counted { // not a dial again after local exhaustion
+			counted = attempts
+			cfg.svcm.Retried()
 		}
 		c, err := cfg.dialer.DialContext(ctx, "tcp", r.Endpoint.Addr)
 		if err == nil {
@@ -302,7 +319,7 @@ func (p *TCPProxy) connect(ctx context.Context, cfg *tcpConfig, client net.Conn)
 			continue
 		}
 		attempts++
-		r.Done(err)
+		blame(r, err)
 		info.Tried.Add(r.Endpoint)
 		p.logger.Debug("dial failed", "service", svc.Name, "instance", r.Endpoint.ID, "error", err)
 	}

@@ -78,6 +78,9 @@ type Server struct {
 	// AcceptError, when set, is told of every Accept error that is not the
 	// listener closing; the server then backs off (5 ms doubling to 1 s).
 	AcceptError func(error)
+	// ConnCounter, when set, is told of each client connection once when
+	// it is accepted and once when it is closed. See ConnCounter.
+	ConnCounter ConnCounter
 
 	// timeouts is what SetTimeouts set, else nil; fieldTimeouts is the
 	// fields' values with defaults, set by init.
@@ -93,6 +96,16 @@ type Server struct {
 	shutdown  atomic.Bool
 	inShut    chan struct{} // closed when Shutdown or Close starts
 	closeOnce sync.Once
+}
+
+// ConnCounter counts a Server's open client connections. ConnOpened is
+// called before a connection is served; ConnClosed when it is closed: by
+// the server, or, for a connection handed on, by its new owner (net/http
+// for h2c, the handler for a hijacked one), once however often that owner
+// closes it. Calls come from connection goroutines and must not block.
+type ConnCounter interface {
+	ConnOpened()
+	ConnClosed()
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -240,6 +253,9 @@ func (s *Server) Serve(ln net.Listener) error {
 			rwc.Close()
 			continue
 		}
+		if s.ConnCounter != nil {
+			s.ConnCounter.ConnOpened()
+		}
 		go c.serve()
 	}
 }
@@ -373,10 +389,13 @@ func (c *conn) serve() {
 	defer func() {
 		switch {
 		case c.hijacked, handedOff:
+			// The new owner closes it (see hijackedConn.Close).
 		case c.linger:
 			c.lingerClose()
+			c.counted()
 		default:
 			c.rwc.Close()
+			c.counted()
 		}
 		c.srv.forget(c)
 	}()
@@ -429,6 +448,13 @@ func (c *conn) serve() {
 	}
 }
 
+// counted tells the ConnCounter that the connection is closed.
+func (c *conn) counted() {
+	if c.srv.ConnCounter != nil {
+		c.srv.ConnCounter.ConnClosed()
+	}
+}
+
 // isH2Preface reports whether the connection starts with the HTTP/2
 // client preface; it reads no further than needed to tell.
 func (c *conn) isH2Preface() bool {
@@ -443,7 +469,7 @@ func (c *conn) isH2Preface() bool {
 // handOff passes an h2c connection, with what was buffered, to net/http.
 func (c *conn) handOff(s *Server) bool {
 	buf, _ := c.br.Peek(c.br.Buffered())
-	pc := &hijackedConn{Conn: c.rwc, pending: append([]byte(nil), buf...)}
+	pc := &hijackedConn{Conn: c.rwc, pending: append([]byte(nil), buf...), counter: s.ConnCounter}
 	c.rwc.SetDeadline(time.Time{})
 	return s.h2ln.deliver(pc)
 }
