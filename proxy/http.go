@@ -76,7 +76,7 @@ type ServiceOptions struct {
 
 // HTTPOptions configure an HTTP handler.
 type HTTPOptions struct {
-	Listener string // listener name, for the access log
+	Listener string // listener name, for the access log and metrics labels
 	Routes   []Route
 	// Transport carries requests upstream; default NewUpstream().
 	Transport *Upstream

@@ -20,7 +20,7 @@ import (
 
 // TCPOptions configure a TCP proxy for one service.
 type TCPOptions struct {
-	Listener string // listener name, for the access log
+	Listener string // listener name, for the access log and metrics labels
 	Service  ServiceOptions
 	// DialTimeout bounds each connection attempt to an instance; default
 	// 5s. It also bounds how long an accepted client waits for sluice to
