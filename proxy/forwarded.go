@@ -66,12 +66,15 @@ func (f *forwarding) set(pr *httputil.ProxyRequest) {
 			host = v[0]
 		}
 	}
+	// One backing array for the three values; each slice's capacity is
+	// its length, so an append to one copies instead of overwriting the next.
+	v := &[3]string{peerStr, proto, host}
 	if peerStr != "" {
-		out.Header["X-Forwarded-For"] = []string{peerStr}
+		out.Header["X-Forwarded-For"] = v[0:1:1]
 	}
-	out.Header["X-Forwarded-Proto"] = []string{proto}
+	out.Header["X-Forwarded-Proto"] = v[1:2:2]
 	if host != "" {
-		out.Header["X-Forwarded-Host"] = []string{host}
+		out.Header["X-Forwarded-Host"] = v[2:3:3]
 	}
 }
 

@@ -15,15 +15,20 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"net/textproto"
+	"net/url"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/sluice-lb/sluice/balance"
 	"github.com/sluice-lb/sluice/proxy/h1"
+	"github.com/sluice-lb/sluice/proxy/metrics"
 )
 
 // Route sends requests whose host and path match to a service's pool.
@@ -31,7 +36,15 @@ type Route struct {
 	Host       string // lowercase host without port; "" matches any host
 	PathPrefix string // plain string prefix of the URL path, starting with "/"
 	Service    ServiceOptions
+	// Label is the route's label value in metrics; default Host +
+	// PathPrefix as configured ("api.example.com/v1", "/").
+	Label string
 }
+
+// NoRouteLabel is the route label of requests that match no route (404);
+// their service label is "". No configured route has it: a route's label
+// holds its path prefix, which starts with "/".
+const NoRouteLabel = "none"
 
 // ServiceOptions is the forwarding policy of one service.
 type ServiceOptions struct {
@@ -63,7 +76,7 @@ type ServiceOptions struct {
 
 // HTTPOptions configure an HTTP handler.
 type HTTPOptions struct {
-	Listener string // listener name, for the access log
+	Listener string // listener name, for the access log and metrics labels
 	Routes   []Route
 	// Transport carries requests upstream; default NewUpstream().
 	Transport *Upstream
@@ -86,6 +99,12 @@ type HTTPOptions struct {
 	// Logger receives upstream errors at Debug; nothing is logged per
 	// request at the default Info level.
 	Logger hclog.Logger
+	// Metrics, when set, counts every answered request by route and
+	// status code with its duration (from the start of forwarding; for a
+	// 404, from routing), retries by service and upstream errors by
+	// instance; children are resolved when a table is built. The open
+	// connections gauge is the handler's (see ConnOpened). nil: none.
+	Metrics *metrics.Metrics
 }
 
 // Defaults of the upstream transport.
@@ -99,12 +118,32 @@ const (
 	DefaultMaxReplayBody = 64 << 10
 )
 
-// NewHTTPHandler returns a handler that routes each request by host and path
-// prefix (longest prefix wins; at equal length a route naming the host wins
-// over one for any host) and forwards it to an instance of the route's
-// service. Unrouted requests get 404, a service with no eligible instance
-// 503, and a request whose every try failed 502, each with a JSON body.
-func NewHTTPHandler(opts HTTPOptions) http.Handler {
+// HTTPHandler routes each request by host and path prefix (longest prefix
+// wins; at equal length a route naming the host wins over one for any host)
+// and forwards it to an instance of the route's service. Unrouted requests
+// get 404, a service with no eligible instance 503, and a request whose
+// every try failed 502, each with a JSON body.
+//
+// Its routing table (routes, service options, trusted proxies, replay
+// limit, access log) is an immutable value behind an atomic pointer:
+// Update swaps it for the requests that start afterwards, and a request in
+// flight finishes on the table it started with. The request path does one
+// atomic load. Transport, Pressure and Logger are fixed when the handler is
+// made.
+type HTTPHandler struct {
+	table     atomic.Pointer[router]
+	conns     *metrics.Listener // fixed at NewHTTPHandler; nil-safe
+	transport *Upstream
+	pressure  *Pressure
+	logger    hclog.Logger
+	errLog    *log.Logger
+	buffers   *bufferPool // ReverseProxy copy buffers, shared by every table
+}
+
+var _ http.Handler = (*HTTPHandler)(nil)
+
+// NewHTTPHandler returns a handler with opts; see HTTPHandler.
+func NewHTTPHandler(opts HTTPOptions) *HTTPHandler {
 	if opts.Transport == nil {
 		opts.Transport = NewUpstream()
 	}
@@ -114,30 +153,62 @@ func NewHTTPHandler(opts HTTPOptions) http.Handler {
 	if opts.Pressure == nil {
 		opts.Pressure = NewPressure(opts.Logger)
 	}
+	h := &HTTPHandler{
+		transport: opts.Transport,
+		pressure:  opts.Pressure,
+		logger:    opts.Logger,
+		errLog:    opts.Logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+		buffers:   &bufferPool{},
+		conns:     opts.Metrics.Listener(opts.Listener, "http"),
+	}
+	h.Update(opts)
+	return h
+}
+
+// ConnOpened and ConnClosed count the open client connections of the
+// listener in the gauge of NewHTTPHandler's Metrics and Listener (an
+// Update does not move it), so that an HTTPHandler can be an h1.Server's
+// ConnCounter. Without Metrics they do nothing.
+func (h *HTTPHandler) ConnOpened() { h.conns.ConnOpened() }
+
+// ConnClosed: see ConnOpened.
+func (h *HTTPHandler) ConnClosed() { h.conns.ConnClosed() }
+
+// Update replaces the routing table with one built from opts, for the
+// requests that start after it returns; requests in flight finish on the
+// table they started with. opts.Transport, opts.Pressure and opts.Logger
+// are ignored: those of NewHTTPHandler stay. Update may be called
+// concurrently with ServeHTTP; concurrent Updates leave one of the tables.
+func (h *HTTPHandler) Update(opts HTTPOptions) {
 	if opts.MaxReplayBody <= 0 {
 		opts.MaxReplayBody = DefaultMaxReplayBody
 	}
-	errLog := opts.Logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug})
-	buffers := &bufferPool{}
-	bySvc := map[string]*serviceProxy{}
-	h := &router{listener: opts.Listener, log: opts.AccessLog}
+	opts.Transport, opts.Pressure, opts.Logger = h.transport, h.pressure, h.logger
+	rt := &router{listener: opts.Listener, log: opts.AccessLog,
+		noRoute: opts.Metrics.Route(opts.Listener, NoRouteLabel, "")}
 	fwd := &forwarding{trusted: opts.TrustedProxies}
+	// One ReverseProxy per route, so that its metrics children are at hand.
 	for _, r := range opts.Routes {
-		sp := bySvc[r.Service.Name]
-		if sp == nil {
-			sp = newServiceProxy(r.Service, &opts, buffers, errLog, fwd)
-			bySvc[r.Service.Name] = sp
+		label := r.Label
+		if label == "" {
+			label = r.Host + r.PathPrefix
 		}
-		h.routes = append(h.routes, route{host: strings.ToLower(r.Host), prefix: r.PathPrefix, svc: sp})
+		sp := newServiceProxy(r.Service, &opts, h.buffers, h.errLog, fwd, opts.Metrics.Route(opts.Listener, label, r.Service.Name))
+		rt.routes = append(rt.routes, route{host: strings.ToLower(r.Host), prefix: r.PathPrefix, svc: sp})
 	}
-	sort.SliceStable(h.routes, func(i, j int) bool {
-		a, b := h.routes[i], h.routes[j]
+	sort.SliceStable(rt.routes, func(i, j int) bool {
+		a, b := rt.routes[i], rt.routes[j]
 		if len(a.prefix) != len(b.prefix) {
 			return len(a.prefix) > len(b.prefix)
 		}
 		return a.host != "" && b.host == ""
 	})
-	return h
+	h.table.Store(rt)
+}
+
+// ServeHTTP serves r on the current routing table.
+func (h *HTTPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.table.Load().ServeHTTP(w, r)
 }
 
 type route struct {
@@ -146,12 +217,13 @@ type route struct {
 	svc    *serviceProxy
 }
 
-// router is immutable after NewHTTPHandler; routes are sorted so that the
-// first match is the best.
+// router is one routing table, immutable once published; routes are
+// sorted so that the first match is the best.
 type router struct {
 	listener string
 	routes   []route
 	log      *AccessLog
+	noRoute  *metrics.Route // nil-safe
 }
 
 func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -163,10 +235,12 @@ func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	start := time.Now()
 	writeJSONError(w, http.StatusNotFound, "no route", "")
+	h.noRoute.Observe(http.StatusNotFound, time.Since(start))
 	if h.log != nil {
 		h.log.write(&logEntry{listener: h.listener, client: r.RemoteAddr, method: r.Method, path: r.URL.Path,
-			status: http.StatusNotFound, start: time.Now()})
+			status: http.StatusNotFound, start: start})
 	}
 }
 
@@ -178,14 +252,15 @@ func requestHost(hostport string) string {
 	return hostport
 }
 
-// serviceProxy forwards to one service. The ReverseProxy's transport does
-// the picking, so failover can re-pick without re-running the handler.
+// serviceProxy forwards one route's requests to its service. The
+// ReverseProxy's transport does the picking, so failover can re-pick
+// without re-running the handler.
 type serviceProxy struct {
 	name string
 	rp   *httputil.ReverseProxy
 }
 
-func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger, fwd *forwarding) *serviceProxy {
+func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger, fwd *forwarding, rm *metrics.Route) *serviceProxy {
 	attempts := svc.Attempts
 	if attempts <= 0 {
 		attempts = DefaultAttempts
@@ -199,8 +274,8 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 		listener: opts.Listener, service: svc.Name, pool: svc.Pool, up: opts.Transport,
 		attempts: attempts, limits: limits, maxReplay: opts.MaxReplayBody, fwd: fwd, pressure: opts.Pressure,
 		cookie: svc.StickyCookie, header: http.CanonicalHeaderKey(svc.StickyHeader), log: opts.AccessLog,
+		route: rm, svcm: opts.Metrics.Service(svc.Name),
 	}
-	bt.bodies.New = func() any { return &doneBody{} }
 	logger := opts.Logger
 	sp := &serviceProxy{name: svc.Name}
 	sp.rp = &httputil.ReverseProxy{
@@ -244,14 +319,20 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 				logger.Debug("upstream failed", "service", svc.Name, "error", err)
 				writeJSONError(w, status, "upstream failed", svc.Name)
 			}
-			if bt.log != nil {
+			if bt.log != nil || bt.route != nil {
 				e := logEntry{listener: bt.listener, service: svc.Name, client: r.RemoteAddr, method: r.Method,
 					path: r.URL.Path, status: status, start: time.Now()}
 				var ue *upstreamError
-				if errors.As(err, &ue) {
+				switch {
+				case errors.As(err, &ue):
 					e.instance, e.attempts, e.start = ue.instance, ue.attempts, ue.start
+				case ce != nil && !ce.start.IsZero():
+					e.start = ce.start
 				}
-				bt.log.write(&e)
+				bt.route.Observe(status, time.Since(e.start))
+				if bt.log != nil {
+					bt.log.write(&e)
+				}
 			}
 			if abort {
 				// Drops the connection (HTTP/1.1) or resets the stream (h2).
@@ -288,7 +369,8 @@ type balancingTransport struct {
 	cookie    string // sticky cookie name, or ""
 	header    string // canonical sticky header name, or ""
 	log       *AccessLog
-	bodies    sync.Pool // of *doneBody
+	route     *metrics.Route   // nil-safe
+	svcm      *metrics.Service // nil-safe
 }
 
 // errStatus marks a 5xx answer as a failure of the instance.
@@ -337,11 +419,29 @@ type upstreamError struct {
 func (e *upstreamError) Error() string { return e.err.Error() }
 func (e *upstreamError) Unwrap() error { return e.err }
 
+// forward is the state of one request in RoundTrip: the copy of the
+// request that each try sends, with its own URL and body (RoundTrip never
+// modifies the request it was given), and the response body wrapper. It
+// is RoundTrip's one allocation per request; it is not recycled, so a
+// response body closed twice never touches another request's state.
+type forward struct {
+	out    http.Request
+	url    url.URL
+	replay replayBody // a buffered body, replayed per try
+	client clientBody // a streamed body
+	body   doneBody
+}
+
+// RoundTrip forwards req; see balancingTransport. It does not modify req:
+// each try sends a shallow copy with its own URL (the instance's address)
+// and body. It allocates one forward per request, plus the buffer of a
+// replayable body and an error value when it fails.
 func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	var start time.Time // only the access log needs it
-	if t.log != nil {
+	var start time.Time // only the access log and metrics need it
+	if t.log != nil || t.route != nil {
 		start = time.Now()
 	}
+	x := &forward{}
 	var info balance.PickInfo
 	info.Client = t.fwd.client(req)
 	switch {
@@ -367,10 +467,11 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			// The transport closes the body when a dial fails; clientBody
 			// keeps it open for the next try, tells whether any of it was
 			// read and keeps the client's read error for the blame.
-			cb = &clientBody{ReadCloser: req.Body}
-			req.Body = cb
+			cb = &x.client
+			cb.ReadCloser = req.Body
 		}
 	}
+	out := &x.out
 	var last *upstreamError
 	for attempt := 1; ; attempt++ {
 		res, err := t.pool.Load().Picker.Pick(info)
@@ -381,11 +482,21 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			return nil, &upstreamError{err: err, attempts: attempt - 1, start: start}
 		}
 		ep := res.Endpoint
-		req.URL.Host = ep.Addr
-		if body != nil {
-			req.Body = io.NopCloser(bytes.NewReader(body))
+		if attempt > 1 {
+			t.svcm.Retried()
 		}
-		resp, err := t.up.Try(req, t.limits)
+		*out = *req
+		x.url = *req.URL
+		x.url.Host = ep.Addr
+		out.URL = &x.url
+		switch {
+		case body != nil:
+			x.replay.Reset(body)
+			out.Body = &x.replay
+		case cb != nil:
+			out.Body = cb
+		}
+		resp, err := t.up.Try(out, t.limits)
 		if err != nil {
 			if cb != nil && cb.err != nil {
 				res.Cancel() // the client's body failed: not the instance's fault
@@ -393,7 +504,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			}
 			if req.Context().Err() != nil {
 				res.Cancel() // the client went away
-				return nil, err
+				return nil, &upstreamError{err: err, instance: ep.ID, attempts: attempt, start: start}
 			}
 			if t.pressure.Report(t.listener, err) {
 				// sluice is out of descriptors or ports: not the
@@ -401,7 +512,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 				res.Cancel()
 				return nil, &upstreamError{err: fmt.Errorf("%w: %w", errExhausted, err), instance: ep.ID, attempts: attempt, start: start}
 			}
-			res.Done(err)
+			blame(res, err)
 			last = &upstreamError{err: err, instance: ep.ID, attempts: attempt, start: start}
 			dialed := !isDialError(err) || (cb != nil && cb.read)
 			if attempt >= t.attempts || (dialed && !(idempotent && replayable)) {
@@ -422,7 +533,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 					io.Copy(io.Discard, resp.Body)
 				}
 				resp.Body.Close()
-				res.Done(errStatus)
+				blame(res, errStatus)
 				last = &upstreamError{err: fmt.Errorf("status %d", resp.StatusCode), instance: ep.ID, attempts: attempt, start: start}
 				continue
 			}
@@ -439,12 +550,13 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			// The upgraded connection is not counted as in flight.
 			res.Done(nil)
+			t.route.Observe(resp.StatusCode, time.Since(start))
 			if t.log != nil {
 				t.log.write(&entry)
 			}
 			return resp, nil
 		}
-		db := t.bodies.Get().(*doneBody)
+		db := &x.body
 		db.ReadCloser, db.res, db.failed, db.ctx, db.owner = resp.Body, res, failed, req.Context(), t
 		db.entry = entry
 		resp.Body = db
@@ -492,6 +604,36 @@ func cookieValue(lines []string, name string) string {
 	return ""
 }
 
+// blame ends a pick with the instance's failure err, counting it by kind.
+func blame(res balance.PickResult, err error) {
+	res.Endpoint.Stats.CountError(errorKind(err))
+	res.Done(err)
+}
+
+// errorKind classifies an instance's failure: a 5xx answer (errStatus), a
+// failed dial (connect, whatever the cause), a timeout (a deadline or a
+// timeout net.Error), a malformed answer (protocol), else a connection
+// that broke (reset).
+func errorKind(err error) balance.ErrorKind {
+	var ne net.Error
+	var pe textproto.ProtocolError
+	switch {
+	case errors.Is(err, errStatus):
+		return balance.ErrorStatus
+	case isDialError(err):
+		return balance.ErrorConnect
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return balance.ErrorTimeout
+	case errors.Is(err, errBadStatus), errors.Is(err, errUnaskedUpgrade), errors.Is(err, errTooManyInterim),
+		errors.Is(err, errHeaderTooLarge), errors.As(err, &pe),
+		// net/http's framing errors are not exported types.
+		strings.Contains(err.Error(), "malformed"):
+		return balance.ErrorProtocol
+	}
+	return balance.ErrorReset
+}
+
 // isDialError reports whether err is a failure to connect, so that nothing
 // of the request reached the instance.
 func isDialError(err error) bool {
@@ -520,10 +662,16 @@ func (g *clientBody) Read(p []byte) (int, error) {
 
 func (g *clientBody) Close() error { return nil }
 
-// doneBody ends the pick when ReverseProxy closes the response body, which
-// it does exactly once, and writes the access log line. A read error (the
-// answer broke or stalled) is the instance's failure unless the client had
-// gone. It is recycled through the transport's pool.
+// replayBody is a buffered request body, rewound for each try.
+type replayBody struct{ bytes.Reader }
+
+func (*replayBody) Close() error { return nil }
+
+// doneBody ends the pick when the response body is closed, and writes the
+// access log line. A read error (the answer broke or stalled) is the
+// instance's failure unless the client had gone. Close is idempotent: the
+// first one ends the pick, later ones do nothing. Read and Close are for
+// one goroutine at a time, as for any response body.
 type doneBody struct {
 	io.ReadCloser
 	res     balance.PickResult
@@ -532,6 +680,7 @@ type doneBody struct {
 	ctx     context.Context // the request's
 	owner   *balancingTransport
 	entry   logEntry
+	closed  atomic.Bool
 }
 
 func (b *doneBody) Read(p []byte) (int, error) {
@@ -544,23 +693,24 @@ func (b *doneBody) Read(p []byte) (int, error) {
 }
 
 func (b *doneBody) Close() error {
+	if !b.closed.CompareAndSwap(false, true) {
+		return nil
+	}
 	err := b.ReadCloser.Close()
 	switch {
 	case b.readErr != nil && b.ctx.Err() != nil:
 		b.res.Cancel() // the client went away mid-answer
 	case b.readErr != nil:
-		b.res.Done(b.readErr)
+		blame(b.res, b.readErr)
 	case b.failed:
-		b.res.Done(errStatus)
+		blame(b.res, errStatus)
 	default:
 		b.res.Done(nil)
 	}
-	owner := b.owner
-	if owner.log != nil {
-		owner.log.write(&b.entry)
+	b.owner.route.Observe(b.entry.status, time.Since(b.entry.start))
+	if b.owner.log != nil {
+		b.owner.log.write(&b.entry)
 	}
-	*b = doneBody{}
-	owner.bodies.Put(b)
 	return err
 }
 

@@ -7,16 +7,39 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"sort"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/sluice-lb/sluice/balance"
 )
 
+// ProbeType is the kind of an active probe.
+type ProbeType string
+
+// Probe types.
+const (
+	ProbeHTTP ProbeType = "http" // GET Path answers 2xx or 3xx
+	ProbeTCP  ProbeType = "tcp"  // a connection opens
+)
+
+// ProbeTypes lists every ProbeType.
+func ProbeTypes() []ProbeType { return []ProbeType{ProbeHTTP, ProbeTCP} }
+
+// ParseProbeType returns the ProbeType named s, exactly as spelled.
+func ParseProbeType(s string) (ProbeType, error) {
+	for _, t := range ProbeTypes() {
+		if string(t) == s {
+			return t, nil
+		}
+	}
+	return "", fmt.Errorf("unknown probe type %q (want %q or %q)", s, ProbeHTTP, ProbeTCP)
+}
+
 // ProbeOptions configure sluice's own active health checks of a service's
 // instances, beside Consul's.
 type ProbeOptions struct {
-	Type     string        // "http": GET Path answers 2xx or 3xx; "tcp": a connection opens
+	Type     ProbeType     // default ProbeHTTP
 	Path     string        // http probe path
 	Interval time.Duration // between probes of one instance, with ±10% jitter
 	Timeout  time.Duration // per probe
@@ -27,6 +50,12 @@ type ProbeOptions struct {
 // Prober runs one probe loop per instance of a pool: a loop starts when an
 // instance appears in a snapshot and stops when it leaves. Verdicts go to
 // the pool (SetProbe), which publishes a new picker at once.
+//
+// A loop starts from the verdict the pool holds for its instance, so a
+// prober that replaces another (new probe settings on reload) keeps a
+// failing instance failing until Rise successes and a passing one passing
+// until Fall failures. While a loop has a verdict it keeps the pool's in
+// step with it: after each probe it sets it again if the pool's differs.
 type Prober struct {
 	pool   *balance.Pool
 	opts   ProbeOptions
@@ -84,7 +113,7 @@ func (p *Prober) Run(ctx context.Context) {
 				continue
 			} else if l != nil {
 				// The instance moved, or left and came back with a fresh
-				// verdict in the pool: probe it from scratch.
+				// verdict in the pool: a new loop starts from that.
 				l.cancel()
 				<-l.done
 			}
@@ -111,12 +140,16 @@ func (p *Prober) Run(ctx context.Context) {
 	}
 }
 
-// probeLoop probes one instance until ctx is done. The verdict starts
-// unknown (eligible as far as probes go); the first success makes it
-// passing, Fall failures in a row make it failing, and Rise successes in a
-// row bring a failing instance back.
+// probeLoop probes one instance until ctx is done. The verdict starts as
+// the pool's: unknown (eligible as far as probes go) for a new instance,
+// whose first success makes it passing; Fall failures in a row make an
+// instance failing, and Rise successes in a row bring a failing instance
+// back.
 func (p *Prober) probeLoop(ctx context.Context, id, addr string) {
-	state := balance.ProbeUnknown
+	state := p.poolVerdict(id)
+	if state != balance.ProbePassing && state != balance.ProbeFailing {
+		state = balance.ProbeUnknown
+	}
 	var successes, failures int
 	// The first probe runs within a tenth of an interval, so a new
 	// instance gets a verdict quickly and probes of many instances spread.
@@ -156,6 +189,13 @@ func (p *Prober) probeLoop(ctx context.Context, id, addr string) {
 			if p.pool.SetProbe(ctx, id, state) != nil {
 				return
 			}
+		} else if state != balance.ProbeUnknown && p.poolVerdict(id) != state {
+			// The pool's verdict lags (the seed was read before a
+			// verdict of the previous loop was applied) or another
+			// writer changed it: this loop's stands.
+			if p.pool.SetProbe(ctx, id, state) != nil {
+				return
+			}
 		}
 		// ±10% jitter keeps the probes of many instances from aligning.
 		jitter := time.Duration(rand.Int64N(int64(p.opts.Interval)/5+1)) - p.opts.Interval/10
@@ -163,11 +203,22 @@ func (p *Prober) probeLoop(ctx context.Context, id, addr string) {
 	}
 }
 
+// poolVerdict returns the probe verdict the pool's current snapshot holds
+// for id, or "" when id is not a member.
+func (p *Prober) poolVerdict(id string) string {
+	ms := p.pool.Load().Members
+	i := sort.Search(len(ms), func(i int) bool { return ms[i].ID >= id })
+	if i < len(ms) && ms[i].ID == id {
+		return ms[i].Probe
+	}
+	return ""
+}
+
 // probe checks one instance once.
 func (p *Prober) probe(ctx context.Context, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
-	if p.opts.Type == "tcp" {
+	if p.opts.Type == ProbeTCP {
 		c, err := p.dialer.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return err

@@ -90,3 +90,67 @@ func TestTCPProbe(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+func TestParseProbeType(t *testing.T) {
+	for _, pt := range ProbeTypes() {
+		if have, err := ParseProbeType(string(pt)); err != nil || have != pt {
+			t.Errorf("%q: have %q, %v", pt, have, err)
+		}
+	}
+	for _, s := range []string{"", "HTTP", "grpc"} {
+		if _, err := ParseProbeType(s); err == nil {
+			t.Errorf("%q: want an error", s)
+		}
+	}
+}
+
+// TestProberStartsFromPoolVerdict: a prober started over a pool that
+// holds verdicts (a prober replaced on reload) keeps a failing instance
+// failing until Rise successes and a passing one passing until Fall
+// failures.
+func TestProberStartsFromPoolVerdict(t *testing.T) {
+	var fail atomic.Bool
+	var probes atomic.Int64
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		probes.Add(1)
+		if fail.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	}))
+	defer b.Close()
+	p := pool(t, "round_robin", m("i", hostOf(b), 1))
+	opts := ProbeOptions{Type: ProbeHTTP, Path: "/", Interval: 10 * time.Millisecond, Timeout: time.Second, Rise: 3, Fall: 3}
+	run := func() func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { NewProber(p, opts, nil).Run(ctx); close(done) }()
+		return func() { cancel(); <-done }
+	}
+	setVerdict := func(v string) {
+		if err := p.SetProbe(context.Background(), "i", v); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the pool to hold "+v, func() bool { return probeState(p, "i") == v })
+	}
+
+	// Failing in the pool, healthy now: Rise successes to pass.
+	setVerdict(balance.ProbeFailing)
+	probes.Store(0)
+	stop := run()
+	waitFor(t, "passing", func() bool { return probeState(p, "i") == balance.ProbePassing })
+	if n := probes.Load(); n < int64(opts.Rise) {
+		t.Errorf("failing -> passing after %d probes, want rise = %d", n, opts.Rise)
+	}
+	stop()
+
+	// Passing in the pool, failing now: Fall failures to fail.
+	setVerdict(balance.ProbePassing)
+	fail.Store(true)
+	probes.Store(0)
+	stop = run()
+	waitFor(t, "failing", func() bool { return probeState(p, "i") == balance.ProbeFailing })
+	if n := probes.Load(); n < int64(opts.Fall) {
+		t.Errorf("passing -> failing after %d probes, want fall = %d", n, opts.Fall)
+	}
+	stop()
+}

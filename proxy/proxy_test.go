@@ -17,7 +17,7 @@ import (
 )
 
 // backend is an httptest server that answers its name.
-func backend(t *testing.T, name string) *httptest.Server {
+func backend(t testing.TB, name string) *httptest.Server {
 	t.Helper()
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -43,7 +43,7 @@ func deadAddr(t *testing.T) string {
 }
 
 // pool runs a pool with the given members (ID = Addr) until the test ends.
-func pool(t *testing.T, strategy string, members ...balance.Member) *balance.Pool {
+func pool(t testing.TB, strategy string, members ...balance.Member) *balance.Pool {
 	t.Helper()
 	build, _ := balance.Lookup(strategy)
 	p := balance.NewPool(balance.PoolOptions{Service: "web", Strategy: strategy, Builder: build})

@@ -88,7 +88,7 @@ func TestTCPIdleClosesStuckConnection(t *testing.T) {
 	defer c.Close()
 	c.(*net.TCPConn).SetReadBuffer(4096)
 	c.(*net.TCPConn).CloseWrite()
-	st := tp.opts.Service.Pool
+	st := tp.cfg.Load().opts.Service.Pool
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if ms := st.Load().Members; len(ms) == 1 && ms[0].Stats.Requests() == 1 && ms[0].Stats.Inflight() == 0 {

@@ -15,11 +15,12 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/sluice-lb/sluice/balance"
 	"github.com/sluice-lb/sluice/proxy/h1"
+	"github.com/sluice-lb/sluice/proxy/metrics"
 )
 
 // TCPOptions configure a TCP proxy for one service.
 type TCPOptions struct {
-	Listener string // listener name, for the access log
+	Listener string // listener name, for the access log and metrics labels
 	Service  ServiceOptions
 	// DialTimeout bounds each connection attempt to an instance; default
 	// 5s. It also bounds how long an accepted client waits for sluice to
@@ -36,6 +37,11 @@ type TCPOptions struct {
 	// between the listeners of a process. Nil: a private one that logs to
 	// Logger.
 	Pressure *Pressure
+	// Metrics, when set, counts open client connections (from accept to
+	// close), the bytes of each connection in both directions (added when
+	// it ends), retries by service and dial failures and failed
+	// connections by instance. nil: none.
+	Metrics *metrics.Metrics
 }
 
 // TCPProxy forwards each accepted connection to an instance of one service,
@@ -64,9 +70,12 @@ type TCPOptions struct {
 // descriptors (see connect). For a second after an exhaustion the accept
 // loop admits one client at a time, each once the previous one has its
 // instance connection (or was given up).
+//
+// The options other than Logger and Pressure can be replaced with Update;
+// each connection keeps the options it was accepted with.
 type TCPProxy struct {
-	opts     TCPOptions
-	dialer   net.Dialer
+	cfg      atomic.Pointer[tcpConfig]
+	logger   hclog.Logger
 	pressure *Pressure
 	wg       sync.WaitGroup
 	// established counts the connections with an instance open now;
@@ -76,8 +85,34 @@ type TCPProxy struct {
 	shedding    atomic.Bool
 }
 
+// tcpConfig is one generation of a TCPProxy's options, immutable once
+// published.
+type tcpConfig struct {
+	opts     TCPOptions // defaults applied
+	dialer   net.Dialer
+	listener *metrics.Listener // nil-safe
+	svcm     *metrics.Service  // nil-safe
+}
+
 // NewTCPProxy returns a proxy; call Serve with a listener.
 func NewTCPProxy(opts TCPOptions) *TCPProxy {
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	pr := opts.Pressure
+	if pr == nil {
+		pr = NewPressure(opts.Logger)
+	}
+	p := &TCPProxy{logger: opts.Logger, pressure: pr}
+	p.Update(opts)
+	return p
+}
+
+// Update replaces the service options, dial and idle timeouts, listener
+// name and access log for the connections accepted after it returns;
+// open connections keep theirs. opts.Logger and opts.Pressure are
+// ignored: those of NewTCPProxy stay. Safe to call concurrently with Serve.
+func (p *TCPProxy) Update(opts TCPOptions) {
 	if opts.DialTimeout <= 0 {
 		opts.DialTimeout = DefaultDialTimeout
 	}
@@ -88,15 +123,9 @@ func NewTCPProxy(opts TCPOptions) *TCPProxy {
 		opts.Service.Attempts = DefaultAttempts
 	}
 	opts.Service.Attempts = min(opts.Service.Attempts, balance.MaxTries)
-	if opts.Logger == nil {
-		opts.Logger = hclog.NewNullLogger()
-	}
-	pr := opts.Pressure
-	if pr == nil {
-		pr = NewPressure(opts.Logger)
-	}
-	return &TCPProxy{opts: opts, pressure: pr,
-		dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}}
+	opts.Logger, opts.Pressure = p.logger, p.pressure
+	p.cfg.Store(&tcpConfig{opts: opts, dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second},
+		listener: opts.Metrics.Listener(opts.Listener, "tcp"), svcm: opts.Metrics.Service(opts.Service.Name)})
 }
 
 // Serve accepts connections until ln is closed, then waits for the open
@@ -117,11 +146,12 @@ func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) {
 			if errors.Is(err, net.ErrClosed) {
 				break
 			}
-			if p.pressure.Report(p.opts.Listener, err) {
+			listener := p.cfg.Load().opts.Listener
+			if p.pressure.Report(listener, err) {
 				continue // counted, logged and paused by the Pressure
 			}
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			p.opts.Logger.Warn("accept failed", "listener", p.opts.Listener, "error", err, "retry_in", delay)
+			p.logger.Warn("accept failed", "listener", listener, "error", err, "retry_in", delay)
 			time.Sleep(delay)
 			continue
 		}
@@ -162,19 +192,23 @@ func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) { p.handle(c
 func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan struct{}) {
 	defer client.Close()
 	start := time.Now()
-	svc := &p.opts.Service
-	upstream, res, attempts, cancelled := p.connect(ctx, client)
+	cfg := p.cfg.Load()
+	opts := &cfg.opts
+	svc := &opts.Service
+	cfg.listener.ConnOpened()
+	defer cfg.listener.ConnClosed()
+	upstream, res, attempts, cancelled := p.connect(ctx, cfg, client)
 	if dialed != nil {
 		close(dialed)
 	}
 	if cancelled {
 		return
 	}
-	entry := logEntry{listener: p.opts.Listener, service: svc.Name, client: client.RemoteAddr().String(),
+	entry := logEntry{listener: opts.Listener, service: svc.Name, client: client.RemoteAddr().String(),
 		tcp: true, start: start, attempts: attempts}
 	if upstream == nil {
-		if p.opts.AccessLog != nil {
-			p.opts.AccessLog.write(&entry)
+		if opts.AccessLog != nil {
+			opts.AccessLog.write(&entry)
 		}
 		return
 	}
@@ -182,7 +216,7 @@ func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan stru
 	defer p.established.Add(-1)
 	entry.instance = res.Endpoint.ID
 
-	s := &tcpSession{idle: p.opts.IdleTimeout}
+	s := &tcpSession{idle: opts.IdleTimeout}
 	s.active.Store(time.Now().UnixNano())
 	stop := context.AfterFunc(ctx, func() {
 		s.end(partyShutdown, nil)
@@ -201,17 +235,18 @@ func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan stru
 	entry.bytes = s.copyToClient(client, upstream)
 	<-done
 	entry.bytesIn = in
+	cfg.listener.TCPBytes(in, entry.bytes)
 	switch v, err := s.verdict(entry.bytes); v {
 	case verdictSuccess:
 		res.Done(nil)
 	case verdictFailure:
-		res.Done(err)
-		p.opts.Logger.Debug("instance failed the connection", "service", svc.Name, "instance", res.Endpoint.ID, "error", err)
+		blame(res, err)
+		p.logger.Debug("instance failed the connection", "service", svc.Name, "instance", res.Endpoint.ID, "error", err)
 	default:
 		res.Cancel()
 	}
-	if p.opts.AccessLog != nil {
-		p.opts.AccessLog.write(&entry)
+	if opts.AccessLog != nil {
+		opts.AccessLog.write(&entry)
 	}
 }
 
@@ -227,23 +262,29 @@ func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan stru
 // end could free a descriptor, and no other waiting client is giving up:
 // waiting clients accepted in a burst could otherwise hold the last
 // descriptors until DialTimeout, each waiting for another's.
-func (p *TCPProxy) connect(ctx context.Context, client net.Conn) (upstream net.Conn, res balance.PickResult, attempts int, cancelled bool) {
+func (p *TCPProxy) connect(ctx context.Context, cfg *tcpConfig, client net.Conn) (upstream net.Conn, res balance.PickResult, attempts int, cancelled bool) {
 	var info balance.PickInfo
 	if ap, err := netip.ParseAddrPort(client.RemoteAddr().String()); err == nil {
 		info.Client = ap.Addr().Unmap()
 	}
-	svc := &p.opts.Service
+	opts := &cfg.opts
+	svc := &opts.Service
 	var localDeadline time.Time // set at the first local exhaustion
+	counted := 0                // tries beyond the first counted in metrics
 	for attempts < svc.Attempts {
 		r, err := svc.Pool.Load().Picker.Pick(info)
 		if err != nil {
-			p.opts.Logger.Debug("no instance for connection", "service", svc.Name, "error", err)
+			p.logger.Debug("no instance for connection", "service", svc.Name, "error", err)
 			return nil, res, attempts, false
 		}
-		c, err := p.dialer.DialContext(ctx, "tcp", r.Endpoint.Addr)
+		if attempts > counted { // not a dial again after local exhaustion
+			counted = attempts
+			cfg.svcm.Retried()
+		}
+		c, err := cfg.dialer.DialContext(ctx, "tcp", r.Endpoint.Addr)
 		if err == nil {
 			p.established.Add(1) // handle subtracts it when the connection ends
-			p.pressure.Report(p.opts.Listener, nil)
+			p.pressure.Report(opts.Listener, nil)
 			r.Responded()
 			return c, r, attempts + 1, false
 		}
@@ -251,16 +292,16 @@ func (p *TCPProxy) connect(ctx context.Context, client net.Conn) (upstream net.C
 			r.Cancel()
 			return nil, res, attempts, true
 		}
-		if p.pressure.Report(p.opts.Listener, err) {
+		if p.pressure.Report(opts.Listener, err) {
 			r.Cancel()
 			retried := !localDeadline.IsZero()
 			if !retried {
-				localDeadline = time.Now().Add(p.opts.DialTimeout)
+				localDeadline = time.Now().Add(opts.DialTimeout)
 			}
 			if retried && p.established.Load() == 0 && p.shedding.CompareAndSwap(false, true) {
 				// Shed one waiting client at a time: its descriptor
 				// lets another waiter dial.
-				p.opts.Logger.Debug("closing connection: out of local resources", "service", svc.Name, "error", err)
+				p.logger.Debug("closing connection: out of local resources", "service", svc.Name, "error", err)
 				client.Close()
 				p.shedding.Store(false)
 				return nil, res, attempts, false
@@ -272,15 +313,15 @@ func (p *TCPProxy) connect(ctx context.Context, client net.Conn) (upstream net.C
 				return nil, res, attempts, true
 			}
 			if werr != nil || time.Now().After(localDeadline) {
-				p.opts.Logger.Debug("closing connection: out of local resources", "service", svc.Name, "error", err)
+				p.logger.Debug("closing connection: out of local resources", "service", svc.Name, "error", err)
 				return nil, res, attempts, false
 			}
 			continue
 		}
 		attempts++
-		r.Done(err)
+		blame(r, err)
 		info.Tried.Add(r.Endpoint)
-		p.opts.Logger.Debug("dial failed", "service", svc.Name, "instance", r.Endpoint.ID, "error", err)
+		p.logger.Debug("dial failed", "service", svc.Name, "instance", r.Endpoint.ID, "error", err)
 	}
 	return nil, res, attempts, false
 }

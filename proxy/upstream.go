@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -392,8 +393,10 @@ var errTooManyInterim = errors.New("too many interim (1xx) answers")
 // errBadStatus is an answer whose status code is below 100.
 var errBadStatus = errors.New("malformed status code")
 
-// errUnaskedUpgrade is a 101 answer to a request that asked for no upgrade.
-var errUnaskedUpgrade = errors.New("101 Switching Protocols without an Upgrade request")
+// errUnaskedUpgrade is a 101 answer to a request that asked for no
+// upgrade, or that switches to another protocol than the one asked for
+// (Upgrade, with Connection: upgrade).
+var errUnaskedUpgrade = errors.New("101 Switching Protocols to a protocol that was not asked for")
 
 // maxInterim bounds the 1xx answers before a final one.
 const maxInterim = 16
@@ -494,7 +497,7 @@ func (u *Upstream) exchange(c *upConn, req *http.Request, limits TryLimits) (*ht
 		case code < 100:
 			stop()
 			return nil, nil, fmt.Errorf("%w: %d", errBadStatus, code)
-		case code == http.StatusSwitchingProtocols && req.Header.Get("Upgrade") == "":
+		case code == http.StatusSwitchingProtocols && !upgradeAnswered(req.Header, resp.Header):
 			stop()
 			return nil, nil, errUnaskedUpgrade
 		case code < 200 && code != http.StatusSwitchingProtocols:
@@ -567,6 +570,29 @@ func (u *Upstream) wrap(hp *hostPool, c *upConn, req *http.Request, resp *http.R
 	b.body, b.conn, b.hp, b.up, b.reusable, b.stop, b.wait = resp.Body, c, hp, u, reusable, stop, limits.body()
 	resp.Body = b
 	return resp
+}
+
+// upgradeAnswered reports whether a 101 answer with header res switches to
+// the protocol that a request with header req asked for; ReverseProxy
+// would refuse it otherwise, after the transport returned it.
+func upgradeAnswered(req, res http.Header) bool {
+	asked := req.Get("Upgrade")
+	return asked != "" && hasToken(res["Connection"], "upgrade") && strings.EqualFold(asked, res.Get("Upgrade"))
+}
+
+// hasToken reports whether comma-separated header values hold token, in
+// any case.
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for v != "" {
+			var t string
+			t, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(strings.Trim(t, " \t"), token) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func isChunked(resp *http.Response) bool {

@@ -117,7 +117,7 @@ func serve(cfg *config.Config, level string, stderr io.Writer) error {
 		services[name] = opts
 		if hc := svc.HealthCheck; hc != nil {
 			prober := proxy.NewProber(pool, proxy.ProbeOptions{
-				Type: hc.Type, Path: hc.Path, Interval: hc.Interval, Timeout: hc.Timeout, Rise: hc.Rise, Fall: hc.Fall,
+				Type: proxy.ProbeType(hc.Type), Path: hc.Path, Interval: hc.Interval, Timeout: hc.Timeout, Rise: hc.Rise, Fall: hc.Fall,
 			}, logger.Named("probe"))
 			bg.Add(1)
 			go func() { defer bg.Done(); prober.Run(poolCtx) }()

@@ -243,14 +243,14 @@ func (b *body) Close() error {
 // the connection with the body deadline.
 func (c *conn) readBody(p []byte) (int, error) {
 	if c.br.Buffered() == 0 {
-		c.rwc.SetReadDeadline(time.Now().Add(c.srv.bodyTimeout()))
+		c.rwc.SetReadDeadline(time.Now().Add(c.t.BodyTimeout))
 	}
 	return c.br.Read(p)
 }
 
 // fill reads more bytes into the buffer with the body deadline.
 func (c *conn) fill() error {
-	c.rwc.SetReadDeadline(time.Now().Add(c.srv.bodyTimeout()))
+	c.rwc.SetReadDeadline(time.Now().Add(c.t.BodyTimeout))
 	_, err := c.br.Peek(c.br.Buffered() + 1)
 	return err
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -297,7 +298,7 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err := c.bw.Flush(); err != nil {
 		return nil, nil, err
 	}
-	hc := &hijackedConn{Conn: c.rwc}
+	hc := &hijackedConn{Conn: c.rwc, counter: c.srv.ConnCounter}
 	if n := c.br.Buffered(); n > 0 {
 		buf, _ := c.br.Peek(n)
 		hc.pending = append([]byte(nil), buf...)
@@ -316,6 +317,17 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 type hijackedConn struct {
 	net.Conn
 	pending []byte
+	counter ConnCounter // told of the first Close, when not nil
+	closed  atomic.Bool
+}
+
+// Close closes the connection; the first Close tells the ConnCounter.
+func (h *hijackedConn) Close() error {
+	err := h.Conn.Close()
+	if h.counter != nil && h.closed.CompareAndSwap(false, true) {
+		h.counter.ConnClosed()
+	}
+	return err
 }
 
 func (h *hijackedConn) Read(p []byte) (int, error) {

@@ -43,7 +43,8 @@ const (
 )
 
 // Server serves HTTP/1.1 (and h2c with prior knowledge) on a listener.
-// Fields must not change after Serve is called.
+// Fields must not change after Serve is called; the four timeouts can be
+// changed at any time with SetTimeouts.
 type Server struct {
 	Handler http.Handler
 	// HeaderTimeout bounds the arrival of a whole request head, from the
@@ -60,6 +61,9 @@ type Server struct {
 	WriteTimeout time.Duration
 	// IdleTimeout closes a keep-alive connection that has no new request
 	// for this long, without an answer. Default DefaultIdleTimeout.
+	//
+	// The four timeouts above are read when Serve first runs; once
+	// SetTimeouts has been called, its values apply instead.
 	IdleTimeout time.Duration
 	// MaxHeaderBytes bounds a request head (431 beyond it). Default
 	// DefaultMaxHeaderBytes.
@@ -74,6 +78,14 @@ type Server struct {
 	// AcceptError, when set, is told of every Accept error that is not the
 	// listener closing; the server then backs off (5 ms doubling to 1 s).
 	AcceptError func(error)
+	// ConnCounter, when set, is told of each client connection once when
+	// it is accepted and once when it is closed. See ConnCounter.
+	ConnCounter ConnCounter
+
+	// timeouts is what SetTimeouts set, else nil; fieldTimeouts is the
+	// fields' values with defaults, set by init.
+	timeouts      atomic.Pointer[Timeouts]
+	fieldTimeouts Timeouts
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -86,16 +98,60 @@ type Server struct {
 	closeOnce sync.Once
 }
 
+// ConnCounter counts a Server's open client connections. ConnOpened is
+// called before a connection is served; ConnClosed when it is closed: by
+// the server, or, for a connection handed on, by its new owner (net/http
+// for h2c, the handler for a hijacked one), once however often that owner
+// closes it. Calls come from connection goroutines and must not block.
+type ConnCounter interface {
+	ConnOpened()
+	ConnClosed()
+}
+
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = http.ErrServerClosed
 
-func (s *Server) headerTimeout() time.Duration {
-	return orDefault(s.HeaderTimeout, DefaultHeaderTimeout)
+// Timeouts are the client-side timeouts of a Server, as its fields of the
+// same names document them; a zero field means that field's default
+// (DefaultHeaderTimeout, DefaultBodyTimeout, DefaultWriteTimeout,
+// DefaultIdleTimeout).
+type Timeouts struct {
+	HeaderTimeout time.Duration
+	BodyTimeout   time.Duration
+	WriteTimeout  time.Duration
+	IdleTimeout   time.Duration
 }
-func (s *Server) bodyTimeout() time.Duration  { return orDefault(s.BodyTimeout, DefaultBodyTimeout) }
-func (s *Server) writeTimeout() time.Duration { return orDefault(s.WriteTimeout, DefaultWriteTimeout) }
-func (s *Server) idleTimeout() time.Duration  { return orDefault(s.IdleTimeout, DefaultIdleTimeout) }
-func (s *Server) shuttingDown() bool          { return s.shutdown.Load() }
+
+func (t Timeouts) withDefaults() Timeouts {
+	return Timeouts{
+		HeaderTimeout: orDefault(t.HeaderTimeout, DefaultHeaderTimeout),
+		BodyTimeout:   orDefault(t.BodyTimeout, DefaultBodyTimeout),
+		WriteTimeout:  orDefault(t.WriteTimeout, DefaultWriteTimeout),
+		IdleTimeout:   orDefault(t.IdleTimeout, DefaultIdleTimeout),
+	}
+}
+
+// SetTimeouts replaces the server's timeouts, before or after Serve, and
+// takes precedence over the fields from then on. An HTTP/1.1 connection
+// takes them up at its next request (a request in progress keeps its own),
+// an h2c stream when it starts. The connection-level timeouts of h2c
+// connections (head, idle, write progress, which net/http applies) stay
+// those in effect when Serve first ran.
+func (s *Server) SetTimeouts(t Timeouts) {
+	t = t.withDefaults()
+	s.timeouts.Store(&t)
+}
+
+// currentTimeouts returns the timeouts in effect, defaults applied; the
+// result is shared and must not be modified.
+func (s *Server) currentTimeouts() *Timeouts {
+	if t := s.timeouts.Load(); t != nil {
+		return t
+	}
+	return &s.fieldTimeouts
+}
+
+func (s *Server) shuttingDown() bool { return s.shutdown.Load() }
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d > 0 {
@@ -118,23 +174,26 @@ func (s *Server) init() {
 	if s.conns != nil {
 		return
 	}
+	s.fieldTimeouts = Timeouts{HeaderTimeout: s.HeaderTimeout, BodyTimeout: s.BodyTimeout,
+		WriteTimeout: s.WriteTimeout, IdleTimeout: s.IdleTimeout}.withDefaults()
 	s.conns = map[*conn]struct{}{}
 	s.listeners = map[net.Listener]struct{}{}
 	s.inShut = make(chan struct{})
+	t := s.currentTimeouts()
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
 	s.h2ln = newChanListener()
 	s.h2 = &http.Server{
 		Handler:           http.HandlerFunc(s.serveH2),
-		ReadHeaderTimeout: s.headerTimeout(),
-		IdleTimeout:       s.idleTimeout(),
+		ReadHeaderTimeout: t.HeaderTimeout,
+		IdleTimeout:       t.IdleTimeout,
 		MaxHeaderBytes:    orInt(s.MaxHeaderBytes, DefaultMaxHeaderBytes),
 		ErrorLog:          s.ErrorLog,
 		Protocols:         &protocols,
 		// A connection whose client stops reading at the TCP level is
 		// closed; a stream whose client keeps its window shut is reset
 		// by h2Writer.
-		HTTP2: &http.HTTP2Config{WriteByteTimeout: s.writeTimeout()},
+		HTTP2: &http.HTTP2Config{WriteByteTimeout: t.WriteTimeout},
 	}
 	s.baseCtx = context.WithValue(context.Background(), http.ServerContextKey, s.h2)
 	go s.h2.Serve(s.h2ln)
@@ -193,6 +252,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		if c == nil {
 			rwc.Close()
 			continue
+		}
+		if s.ConnCounter != nil {
+			s.ConnCounter.ConnOpened()
 		}
 		go c.serve()
 	}
@@ -298,7 +360,8 @@ type conn struct {
 	broken   bool // framing or a write failed: close after this request
 	linger   bool // the client may have sent bytes that were not read
 	hijacked bool
-	remote   string // RemoteAddr, formatted once
+	remote   string    // RemoteAddr, formatted once
+	t        *Timeouts // of the request in progress (or the idle wait after it)
 }
 
 // deadlineWriter fails a write to the client only when the client takes
@@ -308,7 +371,7 @@ type deadlineWriter struct{ c *conn }
 func (d deadlineWriter) Write(p []byte) (int, error) {
 	total := 0
 	for {
-		d.c.rwc.SetWriteDeadline(time.Now().Add(d.c.srv.writeTimeout()))
+		d.c.rwc.SetWriteDeadline(time.Now().Add(d.c.t.WriteTimeout))
 		n, err := d.c.rwc.Write(p)
 		total += n
 		if err != nil && n > 0 && n < len(p) && errors.Is(err, os.ErrDeadlineExceeded) {
@@ -326,10 +389,13 @@ func (c *conn) serve() {
 	defer func() {
 		switch {
 		case c.hijacked, handedOff:
+			// The new owner closes it (see hijackedConn.Close).
 		case c.linger:
 			c.lingerClose()
+			c.counted()
 		default:
 			c.rwc.Close()
+			c.counted()
 		}
 		c.srv.forget(c)
 	}()
@@ -343,14 +409,15 @@ func (c *conn) serve() {
 			if s.shuttingDown() {
 				return
 			}
-			c.rwc.SetReadDeadline(start.Add(s.idleTimeout()))
+			c.rwc.SetReadDeadline(start.Add(c.t.IdleTimeout))
 			if _, err := c.br.Peek(1); err != nil {
 				return // closed, idle too long, or shut down: no answer
 			}
 			c.idle.Store(false)
 			start = time.Now()
 		}
-		c.rwc.SetReadDeadline(start.Add(s.headerTimeout()))
+		c.t = s.currentTimeouts()
+		c.rwc.SetReadDeadline(start.Add(c.t.HeaderTimeout))
 		if first {
 			first = false
 			// A new connection that has sent nothing is idle: Shutdown
@@ -381,6 +448,13 @@ func (c *conn) serve() {
 	}
 }
 
+// counted tells the ConnCounter that the connection is closed.
+func (c *conn) counted() {
+	if c.srv.ConnCounter != nil {
+		c.srv.ConnCounter.ConnClosed()
+	}
+}
+
 // isH2Preface reports whether the connection starts with the HTTP/2
 // client preface; it reads no further than needed to tell.
 func (c *conn) isH2Preface() bool {
@@ -395,7 +469,7 @@ func (c *conn) isH2Preface() bool {
 // handOff passes an h2c connection, with what was buffered, to net/http.
 func (c *conn) handOff(s *Server) bool {
 	buf, _ := c.br.Peek(c.br.Buffered())
-	pc := &hijackedConn{Conn: c.rwc, pending: append([]byte(nil), buf...)}
+	pc := &hijackedConn{Conn: c.rwc, pending: append([]byte(nil), buf...), counter: s.ConnCounter}
 	c.rwc.SetDeadline(time.Time{})
 	return s.h2ln.deliver(pc)
 }
@@ -623,10 +697,11 @@ func (l *chanListener) Addr() net.Addr { return l.addr }
 // cut long uploads and streamed answers.
 func (s *Server) serveH2(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
+	t := s.currentTimeouts()
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &h2Body{ReadCloser: r.Body, rc: rc, timeout: s.bodyTimeout()}
+		r.Body = &h2Body{ReadCloser: r.Body, rc: rc, timeout: t.BodyTimeout}
 	}
-	s.Handler.ServeHTTP(&h2Writer{ResponseWriter: w, rc: rc, timeout: s.writeTimeout()}, r)
+	s.Handler.ServeHTTP(&h2Writer{ResponseWriter: w, rc: rc, timeout: t.WriteTimeout}, r)
 }
 
 // h2Body arms the stream's read deadline for the length of each Read
