@@ -325,7 +325,8 @@ func (p *Pool) ClearProbes(ctx context.Context) error {
 
 // SetPolicy replaces the pool's strategy, builder, slow start and passive
 // ejection; the next snapshot, published at once, carries a picker from
-// pol.Builder. It blocks until the owner takes the change or ctx is done.
+// pol.Builder. It blocks until that snapshot is published (so the next
+// Load picks with the new policy) or ctx is done.
 //
 // Everything the pool learnt stays: the rotation position (Shared), every
 // instance's Stats (in-flight, requests, EWMA, failures in a row), probe
@@ -344,7 +345,7 @@ func (p *Pool) SetPolicy(ctx context.Context, pol Policy) error {
 		return errors.New("balance: SetPolicy without a Builder")
 	}
 	pol.Passive = normalisePassive(pol.Passive)
-	return p.send(ctx, func(st *poolState) {
+	if err := p.send(ctx, func(st *poolState) {
 		st.policy = pol
 		threshold := int64(0)
 		if pol.Passive != nil {
@@ -359,7 +360,12 @@ func (p *Pool) SetPolicy(ctx context.Context, pol Policy) error {
 		if pol.SlowStart <= 0 {
 			clear(st.since)
 		}
-	})
+	}); err != nil {
+		return err
+	}
+	// The owner publishes after each change and before it takes the next
+	// one: once a second change is taken, the new picker is out.
+	return p.Refresh(ctx)
 }
 
 // eject takes the instance of s out of rotation if the passive policy

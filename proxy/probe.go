@@ -205,7 +205,7 @@ func (p *Prober) probeLoop(ctx context.Context, id, addr string) {
 
 // poolVerdict returns the probe verdict the pool's current snapshot holds
 // for id, or "" when id is not a member.
-func (p *Prober) poolVerdict(id string) string {
+func (p *Prober) poolVerdict(id string) balance.ProbeState {
 	ms := p.pool.Load().Members
 	i := sort.Search(len(ms), func(i int) bool { return ms[i].ID >= id })
 	if i < len(ms) && ms[i].ID == id {

@@ -126,11 +126,11 @@ func TestProberStartsFromPoolVerdict(t *testing.T) {
 		go func() { NewProber(p, opts, nil).Run(ctx); close(done) }()
 		return func() { cancel(); <-done }
 	}
-	setVerdict := func(v string) {
+	setVerdict := func(v balance.ProbeState) {
 		if err := p.SetProbe(context.Background(), "i", v); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the pool to hold "+v, func() bool { return probeState(p, "i") == v })
+		waitFor(t, "the pool to hold "+string(v), func() bool { return probeState(p, "i") == v })
 	}
 
 	// Failing in the pool, healthy now: Rise successes to pass.

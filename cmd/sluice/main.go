@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"runtime/pprof"
 	"strings"
 
@@ -69,6 +70,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "sluice: unexpected argument %q (the file is given with -config)\n", fs.Arg(0))
 			return 2
 		}
+		sigs := notifySignals()
+		defer signal.Stop(sigs)
 		cfg, ok := load(*path, stderr)
 		if !ok {
 			return 1
@@ -86,7 +89,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 			defer pprof.StopCPUProfile()
 		}
-		if err := serve(cfg, *level, stderr); err != nil {
+		if err := serve(*path, cfg, *level, stderr, sigs); err != nil {
 			fmt.Fprintf(stderr, "sluice: %v\n", err)
 			return 1
 		}
@@ -116,7 +119,7 @@ func load(path string, stderr io.Writer) (*config.Config, bool) {
 func summary(cfg *config.Config) string {
 	var http, tcp int
 	for _, l := range cfg.Listeners {
-		if l.Protocol == "tcp" {
+		if l.Protocol == config.ProtocolTCP {
 			tcp++
 		} else {
 			http++

@@ -39,13 +39,33 @@ type Instance struct {
 	Requests uint64 `json:"requests"`
 }
 
-// NewHandler serves the status of pools, in the order given.
+// Options are what the admin API shows. Each func is called per request
+// and must be safe for concurrent use.
+type Options struct {
+	// Pools returns the current pools, in the order to show them.
+	Pools func() []*balance.Pool
+	// Status returns the process status for /v1/status, encoded as JSON;
+	// nil answers 404.
+	Status func() any
+	// Metrics serves /metrics; nil answers 404.
+	Metrics http.Handler
+	// Ready, when it returns true, makes /healthz answer 200 whatever the
+	// pools say: the process became ready once and stays so. nil means
+	// /healthz follows the pools alone.
+	Ready func() bool
+}
+
+// NewHandler serves the admin API:
 //
 //	GET /v1/services  JSON status of every service and instance
-//	GET /healthz      200 once every pool has had its first Consul answer, else 503
-func NewHandler(pools []*balance.Pool) http.Handler {
+//	GET /v1/status    JSON status of the process (Options.Status)
+//	GET /metrics      Prometheus metrics (Options.Metrics)
+//	GET /healthz      200 when Ready says so or every pool has had its
+//	                  first Consul answer, else 503
+func NewHandler(opts Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		pools := opts.Pools()
 		resp := ServicesResponse{Services: make([]Service, 0, len(pools))}
 		for _, p := range pools {
 			resp.Services = append(resp.Services, serviceStatus(p.Load()))
@@ -53,8 +73,12 @@ func NewHandler(pools []*balance.Pool) http.Handler {
 		writeJSON(w, http.StatusOK, resp)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if opts.Ready != nil && opts.Ready() {
+			writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+			return
+		}
 		var waiting []string
-		for _, p := range pools {
+		for _, p := range opts.Pools() {
 			if !p.Load().Synced {
 				waiting = append(waiting, p.Service())
 			}
@@ -65,6 +89,14 @@ func NewHandler(pools []*balance.Pool) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
+	if opts.Status != nil {
+		mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, opts.Status())
+		})
+	}
+	if opts.Metrics != nil {
+		mux.Handle("GET /metrics", opts.Metrics)
+	}
 	return mux
 }
 

@@ -20,7 +20,7 @@ func TestServicesAndHealthz(t *testing.T) {
 	defer cancel()
 	go web.Run(ctx)
 	go api.Run(ctx)
-	h := NewHandler([]*balance.Pool{web, api})
+	h := NewHandler(Options{Pools: func() []*balance.Pool { return []*balance.Pool{web, api} }})
 
 	get := func(path string) *httptest.ResponseRecorder {
 		rec := httptest.NewRecorder()

@@ -228,12 +228,14 @@ func (l *Listener) TCPBytes(in, out int64) {
 	l.bytesOut.Add(float64(out))
 }
 
-// DeleteListener removes the series of a listener that a reload removed,
-// once its connections have drained.
+// DeleteListener removes every series of a listener that a reload
+// removed (its requests included), once its connections have drained.
 func (m *Metrics) DeleteListener(name string) {
 	if m == nil {
 		return
 	}
 	m.openConns.DeletePartialMatch(prometheus.Labels{"listener": name})
 	m.tcpBytes.DeletePartialMatch(prometheus.Labels{"listener": name})
+	m.requests.DeletePartialMatch(prometheus.Labels{"listener": name})
+	m.duration.DeletePartialMatch(prometheus.Labels{"listener": name})
 }

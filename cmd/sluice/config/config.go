@@ -42,6 +42,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 
 	"github.com/sluice-lb/sluice/balance"
+	"github.com/sluice-lb/sluice/proxy"
 )
 
 // Options tune validation. The zero value reads the process environment.
@@ -214,8 +215,8 @@ type Sticky struct {
 
 // HealthCheck is an active probe of every instance.
 type HealthCheck struct {
-	// Type is "http" (default) or "tcp".
-	Type string
+	// Type is proxy.ProbeHTTP (default) or proxy.ProbeTCP.
+	Type proxy.ProbeType
 	// Path is the http probe's request path; it begins with "/".
 	// Default "/health" for http; always "" for tcp, where setting it is
 	// an error.

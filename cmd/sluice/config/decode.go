@@ -481,10 +481,10 @@ func (d *decoder) healthCheck(b *hcl.Block) *HealthCheck {
 	if b == nil {
 		return nil
 	}
-	h := &HealthCheck{Type: "http", Path: "/health", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3}
+	h := &HealthCheck{Type: proxy.ProbeHTTP, Path: "/health", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3}
 	as := d.content(b.Body, healthCheckSchema).Attributes
-	typeOK := d.str(as, "type", &h.Type, oneOf("http", "tcp"))
-	if typeOK && h.Type == "tcp" {
+	typeOK := enum(d, as, "type", &h.Type, proxy.ProbeTypes())
+	if typeOK && h.Type == proxy.ProbeTCP {
 		h.Path = ""
 		if a := as["path"]; a != nil {
 			d.errorf(a.NameRange, "Unexpected path", `path is only valid for health checks of type "http"`)

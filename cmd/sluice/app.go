@@ -1,0 +1,561 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sluice-lb/sluice/balance"
+	"github.com/sluice-lb/sluice/cmd/sluice/config"
+	"github.com/sluice-lb/sluice/discovery"
+	"github.com/sluice-lb/sluice/proxy"
+	"github.com/sluice-lb/sluice/proxy/admin"
+	"github.com/sluice-lb/sluice/proxy/metrics"
+)
+
+// newServiceWait bounds how long a reload that adds a service waits for the
+// service's first Consul answer before its routes go live. Routes to it
+// answer 503 until then; with the wait, a reload makes no 503 on its own
+// while Consul answers within it.
+const newServiceWait = 5 * time.Second
+
+// adminIdleTimeout closes idle keep-alive connections to the admin API.
+const adminIdleTimeout = 2 * time.Minute
+
+// env is what every runtime object of one process shares, across every
+// configuration generation.
+type env struct {
+	logger    hclog.Logger
+	errLog    *log.Logger // net/http's and h1's error log, at debug level
+	secret    []byte      // cookie secret of sticky services that set none: random per process
+	transport *proxy.Upstream
+	pressure  *proxy.Pressure
+	metrics   *metrics.Metrics
+	// newHealth makes the Consul health client of a consul block; tests
+	// replace it with a fake.
+	newHealth func(config.Consul) (discovery.HealthAPI, error)
+}
+
+// newConsulHealth is env.newHealth for a real Consul agent.
+func newConsulHealth(c config.Consul) (discovery.HealthAPI, error) {
+	client, err := api.NewClient(&api.Config{Address: c.Address, Token: c.Token, Datacenter: c.Datacenter})
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	return client.Health(), nil
+}
+
+// consulClient is the Consul client of one consul block. generation
+// changes whenever the block does, and every watch follows it.
+type consulClient struct {
+	cfg        config.Consul
+	generation uint64
+	health     discovery.HealthAPI
+}
+
+// app is the composition root: it turns a configuration into running
+// listeners and services and, on reload, applies a new configuration as a
+// difference. apply, reload and shutdown run on one goroutine (serve's);
+// the admin API reads what it shows through atomics and statusMu.
+type app struct {
+	env
+	path      string // the configuration file reload reads
+	version   string
+	startedAt time.Time
+	registry  *prometheus.Registry
+
+	cfg       *config.Config
+	consul    *consulClient
+	services  map[string]*service
+	listeners []*listener
+	admin     *adminServer
+	// retired access logs were replaced by the last reload; requests that
+	// began before it may still write to them until the next one.
+	retired []*accessLog
+	// draining are listeners a reload removed that still finish their
+	// connections; shutdown waits for them.
+	draining sync.WaitGroup
+	// pools is what the admin API and the metrics show, sorted by service.
+	pools atomic.Pointer[[]*balance.Pool]
+	// fatal receives the error of a server that stopped on its own.
+	fatal chan error
+	// ready is set once every service of the start configuration has had
+	// its first Consul answer, and stays set: /healthz is the readiness of
+	// the process, which a reload adding a service does not take back.
+	ready atomic.Bool
+	// stopCtx ends with shutdown.
+	stopCtx context.Context
+	stop    context.CancelFunc
+
+	statusMu   sync.Mutex
+	generation uint64
+	lastReload *reloadStatus
+}
+
+// Status is the answer of GET /v1/status.
+type Status struct {
+	Version    string        `json:"version"`
+	Config     string        `json:"config"`
+	Generation uint64        `json:"generation"`
+	StartedAt  time.Time     `json:"started_at"`
+	LastReload *reloadStatus `json:"last_reload"`
+}
+
+// reloadStatus is the outcome of the last reload; nil before the first.
+type reloadStatus struct {
+	At     time.Time `json:"at"`
+	Result string    `json:"result"` // "success" or "failure"
+	// Diagnostics are the problems of a failed reload, each as
+	// FILE:LINE,COL: message, or the error that stopped it.
+	Diagnostics []string `json:"diagnostics"`
+}
+
+// newApp returns an app with nothing running; start runs cfg.
+func newApp(path, version string, logger hclog.Logger) (*app, error) {
+	a := &app{path: path, version: version, startedAt: time.Now(), services: map[string]*service{}, fatal: make(chan error, 1)}
+	a.stopCtx, a.stop = context.WithCancel(context.Background())
+	a.logger = logger
+	a.errLog = logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug})
+	a.secret = make([]byte, 32)
+	if _, err := rand.Read(a.secret); err != nil {
+		return nil, fmt.Errorf("cookie secret: %w", err)
+	}
+	a.transport = proxy.NewUpstream()
+	a.pressure = proxy.NewPressure(logger.Named("pressure"))
+	a.newHealth = newConsulHealth
+	a.registry = prometheus.NewRegistry()
+	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.metrics = metrics.New(a.registry)
+	a.registry.MustRegister(metrics.NewPoolCollector(a.currentPools))
+	empty := []*balance.Pool{}
+	a.pools.Store(&empty)
+	return a, nil
+}
+
+func (a *app) currentPools() []*balance.Pool { return *a.pools.Load() }
+
+// start runs cfg: every socket is bound before anything starts, so an
+// address in use is an error and nothing is left running.
+func (a *app) start(cfg *config.Config) error {
+	if err := a.apply(cfg, false); err != nil {
+		return err
+	}
+	a.statusMu.Lock()
+	a.generation = 1
+	a.statusMu.Unlock()
+	a.metrics.Reloaded(metrics.ReloadSuccess, false, time.Now())
+	pools := a.currentPools()
+	go func() {
+		for _, p := range pools {
+			for snap := p.Load(); !snap.Synced; snap = p.Load() {
+				select {
+				case <-snap.Next():
+				case <-a.stopCtx.Done():
+					return
+				}
+			}
+		}
+		a.ready.Store(true)
+	}()
+	return nil
+}
+
+// reload re-reads the configuration file and applies it. An invalid file
+// or a failed apply changes nothing; either is logged, counted and shown
+// in /v1/status.
+func (a *app) reload() {
+	now := time.Now()
+	a.logger.Info("reloading", "config", a.path)
+	cfg, diags := config.Load(a.path, config.Options{})
+	var problems []string
+	if diags.HasErrors() {
+		problems = config.FormatDiagnostics(diags)
+		for _, line := range problems {
+			a.logger.Error(line)
+		}
+		a.logger.Error("reload failed: the configuration is invalid; the running one stays", "config", a.path)
+	} else if err := a.apply(cfg, true); err != nil {
+		problems = []string{err.Error()}
+		a.logger.Error("reload failed; the running configuration stays", "error", err)
+	}
+	a.statusMu.Lock()
+	defer a.statusMu.Unlock()
+	if problems != nil {
+		a.lastReload = &reloadStatus{At: now, Result: metrics.ReloadFailure, Diagnostics: problems}
+		a.metrics.Reloaded(metrics.ReloadFailure, true, now)
+		return
+	}
+	a.generation++
+	a.lastReload = &reloadStatus{At: now, Result: metrics.ReloadSuccess, Diagnostics: []string{}}
+	a.metrics.Reloaded(metrics.ReloadSuccess, true, now)
+	a.logger.Info("reloaded", "config", a.path, "generation", a.generation)
+}
+
+// status is the answer of GET /v1/status.
+func (a *app) status() any {
+	a.statusMu.Lock()
+	defer a.statusMu.Unlock()
+	return Status{Version: a.version, Config: a.path, Generation: a.generation, StartedAt: a.startedAt, LastReload: a.lastReload}
+}
+
+// prepared is what apply makes before it changes anything: every step
+// that can fail. discard undoes it.
+type prepared struct {
+	bound   map[string]net.Listener // new listener name -> its new socket
+	kept    map[string]*listener    // new listener name -> the running listener it keeps
+	logs    map[string]*accessLog   // new listener name -> its access log (new or kept)
+	reopen  map[*accessLog]*os.File // kept file log -> the file reopened for it
+	admin   net.Listener            // nil when the admin address is unchanged
+	consul  *consulClient           // nil when the consul block is unchanged
+	created []*accessLog            // logs opened by prepare, closed by discard
+}
+
+// apply makes cfg the running configuration. First it does everything that
+// can fail (bind new sockets, open access logs, make a Consul client); if
+// any fails, it undoes that and returns the error with nothing changed.
+// Then it applies the difference: services first (new ones start and, on
+// reload, get up to newServiceWait for their first Consul answer), then
+// listeners (kept ones change in place, new ones start, removed ones
+// drain in the background as on SIGTERM), then removed services stop.
+func (a *app) apply(cfg *config.Config, reload bool) error {
+	p, err := a.prepare(cfg)
+	if err != nil {
+		return err
+	}
+	for _, l := range a.retired {
+		l.close()
+	}
+	a.retired = nil
+
+	// Consul.
+	if p.consul != nil {
+		a.consul = p.consul
+	}
+
+	// Services: add and change.
+	var added []*service
+	fwdChanged := map[string]bool{}
+	for _, name := range cfg.ServiceNames() {
+		svcCfg := cfg.Services[name]
+		if s := a.services[name]; s != nil {
+			changed, err := s.apply(svcCfg, &a.env, a.consul)
+			if err != nil {
+				// Only a Builder error, which validation rules out.
+				a.logger.Error("service not changed", "service", name, "error", err)
+			}
+			fwdChanged[name] = changed
+			continue
+		}
+		s, err := newService(name, svcCfg, &a.env, a.consul)
+		if err != nil {
+			a.logger.Error("service not started", "service", name, "error", err)
+			continue
+		}
+		a.services[name] = s
+		added = append(added, s)
+	}
+	if reload {
+		waitSynced(added, newServiceWait)
+	}
+
+	// Listeners: change, start, drain.
+	var next []*listener
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		log := p.logs[lc.Name]
+		if l := p.kept[lc.Name]; l != nil {
+			if f := p.reopen[log]; f != nil {
+				log.file.swap(f)
+			}
+			if changed(l, lc, fwdChanged) {
+				oldName, oldRoutes := l.cfg.Name, routeLabels(&l.cfg)
+				if old := l.update(lc, log, a.services, &a.env); old != nil {
+					a.retired = append(a.retired, old)
+				}
+				if oldName != lc.Name {
+					a.metrics.DeleteListener(oldName)
+				} else {
+					for label := range oldRoutes {
+						if !routeLabels(lc)[label] {
+							a.metrics.DeleteRoute(lc.Name, label)
+						}
+					}
+				}
+			}
+			next = append(next, l)
+			continue
+		}
+		l := newListener(lc, p.bound[lc.Name], log, a.services, &a.env)
+		l.start(a.fatal)
+		a.logger.Info("listening", "listener", lc.Name, "address", l.ln.Addr().String(), "protocol", lc.Protocol)
+		next = append(next, l)
+	}
+	for _, l := range a.listeners {
+		if !slices.Contains(next, l) {
+			a.drain(l)
+		}
+	}
+	a.listeners = next
+
+	// Admin.
+	if p.admin != nil {
+		old := a.admin
+		a.admin = a.newAdmin(p.admin, cfg.Admin.Address)
+		if old != nil {
+			a.draining.Add(1)
+			go func() {
+				defer a.draining.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+				defer cancel()
+				old.shutdown(ctx)
+			}()
+		}
+	}
+
+	// Services: remove.
+	for name, s := range a.services {
+		if _, ok := cfg.Services[name]; !ok {
+			s.stop()
+			delete(a.services, name)
+			a.metrics.DeleteService(name)
+			a.logger.Info("service removed", "service", name)
+		}
+	}
+	pools := make([]*balance.Pool, 0, len(a.services))
+	for _, name := range cfg.ServiceNames() {
+		if s := a.services[name]; s != nil {
+			pools = append(pools, s.pool)
+		}
+	}
+	a.pools.Store(&pools)
+	a.cfg = cfg
+	return nil
+}
+
+// routeLabels returns the metrics labels of a listener's routes.
+func routeLabels(l *config.Listener) map[string]bool {
+	labels := map[string]bool{}
+	for _, r := range l.Routes {
+		labels[r.Host+r.PathPrefix] = true
+	}
+	return labels
+}
+
+// changed reports whether a kept listener must be updated to cfg: its own
+// settings changed, or the forwarding options of a service it sends to.
+func changed(l *listener, cfg *config.Listener, fwdChanged map[string]bool) bool {
+	if !reflect.DeepEqual(&l.cfg, cfg) {
+		return true
+	}
+	if fwdChanged[cfg.Service] {
+		return true
+	}
+	for _, r := range cfg.Routes {
+		if fwdChanged[r.Service] {
+			return true
+		}
+	}
+	return false
+}
+
+// prepare does the steps of apply that can fail, undoing them on failure.
+func (a *app) prepare(cfg *config.Config) (_ *prepared, err error) {
+	p := &prepared{bound: map[string]net.Listener{}, kept: map[string]*listener{}, logs: map[string]*accessLog{},
+		reopen: map[*accessLog]*os.File{}}
+	defer func() {
+		if err != nil {
+			p.discard()
+		}
+	}()
+	// Every service's policy must build (validation should ensure it).
+	for _, name := range cfg.ServiceNames() {
+		if _, err := poolPolicy(name, cfg.Services[name], a.secret); err != nil {
+			return nil, err
+		}
+	}
+	byAddr := map[string]*listener{}
+	for _, l := range a.listeners {
+		byAddr[l.cfg.Address] = l
+	}
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		if l := byAddr[lc.Address]; l != nil {
+			if l.cfg.Protocol != lc.Protocol {
+				return nil, fmt.Errorf("listener %q: the protocol of %s changes from %s to %s, which needs the old listener removed first (reload once without it) or a restart",
+					lc.Name, lc.Address, l.cfg.Protocol, lc.Protocol)
+			}
+			p.kept[lc.Name] = l
+			continue
+		}
+		ln, err := bind(fmt.Sprintf("listener %q", lc.Name), lc.Address)
+		if err != nil {
+			return nil, err
+		}
+		p.bound[lc.Name] = ln
+	}
+	if a.admin == nil || a.admin.address != cfg.Admin.Address {
+		ln, err := bind("admin", cfg.Admin.Address)
+		if err != nil {
+			return nil, err
+		}
+		p.admin = ln
+	}
+	// Access logs: a kept listener writing to the same file gets the file
+	// reopened; any other file is opened anew.
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		if l := p.kept[lc.Name]; l != nil && l.log.where == lc.AccessLog {
+			p.logs[lc.Name] = l.log
+			if l.log.file != nil {
+				f, err := openAppend(lc.AccessLog)
+				if err != nil {
+					return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
+				}
+				p.reopen[l.log] = f
+			}
+			continue
+		}
+		log, err := openAccessLog(lc.AccessLog)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
+		}
+		p.logs[lc.Name] = log
+		p.created = append(p.created, log)
+	}
+	if a.consul == nil || a.consul.cfg != cfg.Consul {
+		health, err := a.newHealth(cfg.Consul)
+		if err != nil {
+			return nil, err
+		}
+		gen := uint64(1)
+		if a.consul != nil {
+			gen = a.consul.generation + 1
+		}
+		p.consul = &consulClient{cfg: cfg.Consul, generation: gen, health: health}
+	}
+	return p, nil
+}
+
+// discard closes what prepare opened.
+func (p *prepared) discard() {
+	for _, ln := range p.bound {
+		ln.Close()
+	}
+	if p.admin != nil {
+		p.admin.Close()
+	}
+	for _, f := range p.reopen {
+		f.Close()
+	}
+	for _, l := range p.created {
+		l.close()
+	}
+}
+
+// waitSynced waits until every service has had its first Consul answer, or
+// for at most d.
+func waitSynced(services []*service, d time.Duration) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for _, s := range services {
+		for snap := s.pool.Load(); !snap.Synced; snap = s.pool.Load() {
+			select {
+			case <-snap.Next():
+			case <-deadline.C:
+				return
+			}
+		}
+	}
+}
+
+// drain stops a listener that a reload removed, in the background, as
+// SIGTERM would, and deletes its metrics once it has drained.
+func (a *app) drain(l *listener) {
+	a.logger.Info("listener removed; draining", "listener", l.cfg.Name, "address", l.cfg.Address)
+	l.stopAccepting() // its address is free for the next reload at once
+	a.draining.Add(1)
+	go func() {
+		defer a.draining.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		l.shutdown(ctx)
+		a.metrics.DeleteListener(l.cfg.Name)
+	}()
+}
+
+// shutdown drains every listener for up to grace, then stops the services
+// and closes the upstream connections.
+func (a *app) shutdown(grace time.Duration) {
+	a.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, l := range a.listeners {
+		wg.Add(1)
+		go func() { defer wg.Done(); l.shutdown(ctx) }()
+	}
+	if a.admin != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.admin.shutdown(ctx) }()
+	}
+	wg.Wait()
+	a.draining.Wait()
+	for _, s := range a.services {
+		s.stop()
+	}
+	for _, l := range a.retired {
+		l.close()
+	}
+	a.transport.Close()
+}
+
+// adminServer is the admin API on its own socket.
+type adminServer struct {
+	address string
+	srv     *http.Server
+	done    chan struct{}
+}
+
+// newAdmin serves the admin API on ln, bound to address as configured.
+func (a *app) newAdmin(ln net.Listener, address string) *adminServer {
+	h := admin.NewHandler(admin.Options{
+		Pools:   a.currentPools,
+		Status:  a.status,
+		Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{ErrorLog: a.errLog}),
+		Ready:   a.ready.Load,
+	})
+	s := &adminServer{address: address, srv: newServer(h, a.errLog, adminIdleTimeout), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			select {
+			case a.fatal <- fmt.Errorf("admin: %w", err):
+			default:
+			}
+		}
+	}()
+	a.logger.Info("admin listening", "address", ln.Addr().String())
+	return s
+}
+
+func (s *adminServer) shutdown(ctx context.Context) {
+	if err := s.srv.Shutdown(ctx); err != nil {
+		s.srv.Close()
+	}
+	<-s.done
+}

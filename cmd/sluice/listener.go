@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/sluice-lb/sluice/cmd/sluice/config"
+	"github.com/sluice-lb/sluice/proxy"
+	"github.com/sluice-lb/sluice/proxy/h1"
+)
+
+// listener is the runtime of one configured listener: its socket, its
+// server (HTTP) or proxy (TCP) and its access log. A reload that keeps the
+// listener's address and protocol keeps all three and updates them in
+// place; the app goroutine owns it.
+type listener struct {
+	cfg config.Listener
+	ln  net.Listener
+	log *accessLog // never nil; off when cfg.AccessLog is ""
+
+	srv     *h1.Server         // http
+	handler *proxy.HTTPHandler // http
+	tcp     *proxy.TCPProxy    // tcp
+	stopNow context.CancelFunc // ends waits for pressure and, for tcp, closes connections still open
+	stopCtx context.Context    // done when stopNow is called
+	done    chan struct{}      // closed when serving has ended
+	closing atomic.Bool        // set by stopAccepting: Serve's error is expected
+}
+
+// bind listens on addr; what names the listener in the error.
+func bind(what, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("%s: address %s is already in use", what, addr)
+		}
+		return nil, fmt.Errorf("%s: cannot listen on %s: %w", what, addr, err)
+	}
+	return ln, nil
+}
+
+// httpOptions translates an http listener and the services it routes to.
+func httpOptions(l *config.Listener, services map[string]*service, e *env, log *proxy.AccessLog) proxy.HTTPOptions {
+	routes := make([]proxy.Route, 0, len(l.Routes))
+	for _, r := range l.Routes {
+		routes = append(routes, proxy.Route{Host: r.Host, PathPrefix: r.PathPrefix, Service: services[r.Service].fwd})
+	}
+	return proxy.HTTPOptions{
+		Listener: l.Name, Routes: routes, Transport: e.transport, AccessLog: log, Logger: e.logger.Named("http"),
+		TrustedProxies: l.TrustedProxies, Pressure: e.pressure, Metrics: e.metrics,
+	}
+}
+
+// tcpOptions translates a tcp listener.
+func tcpOptions(l *config.Listener, services map[string]*service, e *env, log *proxy.AccessLog) proxy.TCPOptions {
+	return proxy.TCPOptions{
+		Listener: l.Name, Service: services[l.Service].fwd, IdleTimeout: l.IdleTimeout,
+		AccessLog: log, Logger: e.logger.Named("tcp"), Pressure: e.pressure, Metrics: e.metrics,
+	}
+}
+
+// timeouts translates an http listener's client-side timeouts.
+func timeouts(l *config.Listener) h1.Timeouts {
+	return h1.Timeouts{
+		HeaderTimeout: l.RequestHeaderTimeout, BodyTimeout: l.RequestBodyTimeout,
+		WriteTimeout: l.ResponseWriteTimeout, IdleTimeout: l.IdleTimeout,
+	}
+}
+
+// newListener builds the runtime of cfg on the bound socket ln; start
+// begins serving.
+func newListener(cfg *config.Listener, ln net.Listener, log *accessLog, services map[string]*service, e *env) *listener {
+	l := &listener{cfg: *cfg, ln: ln, log: log, done: make(chan struct{})}
+	l.stopCtx, l.stopNow = context.WithCancel(context.Background())
+	switch cfg.Protocol {
+	case config.ProtocolTCP:
+		l.tcp = proxy.NewTCPProxy(tcpOptions(cfg, services, e, log.log()))
+	default:
+		l.handler = proxy.NewHTTPHandler(httpOptions(cfg, services, e, log.log()))
+		name, stopCtx := cfg.Name, l.stopCtx
+		l.srv = &h1.Server{
+			Handler:     l.handler,
+			ConnCounter: l.handler,
+			AcceptGate:  func() { e.pressure.WaitAccept(stopCtx) },
+			AcceptError: func(err error) { e.pressure.Report(name, err) },
+			ErrorLog:    e.errLog,
+		}
+		l.srv.SetTimeouts(timeouts(cfg))
+	}
+	return l
+}
+
+// start serves in the background; fatal receives the error of an HTTP
+// server that stops on its own.
+func (l *listener) start(fatal chan<- error) {
+	if l.tcp != nil {
+		go func() { defer close(l.done); l.tcp.Serve(l.stopCtx, l.ln) }()
+		return
+	}
+	go func() {
+		defer close(l.done)
+		if err := l.srv.Serve(l.ln); !errors.Is(err, http.ErrServerClosed) && !l.closing.Load() {
+			select {
+			case fatal <- fmt.Errorf("listener %q: %w", l.cfg.Name, err):
+			default:
+			}
+		}
+	}()
+}
+
+// update applies cfg (same address and protocol) from the next request or
+// connection on; connections already open stay. It returns the access log
+// that log replaced, or nil: requests in flight may still write to it, so
+// the caller closes it later.
+func (l *listener) update(cfg *config.Listener, log *accessLog, services map[string]*service, e *env) (replaced *accessLog) {
+	l.cfg = *cfg
+	if log != l.log {
+		replaced, l.log = l.log, log
+	}
+	if l.tcp != nil {
+		l.tcp.Update(tcpOptions(cfg, services, e, log.log()))
+		return replaced
+	}
+	l.handler.Update(httpOptions(cfg, services, e, log.log()))
+	l.srv.SetTimeouts(timeouts(cfg))
+	return replaced
+}
+
+// stopAccepting closes the socket at once, so that its address is free
+// when it returns.
+func (l *listener) stopAccepting() {
+	l.closing.Store(true)
+	l.ln.Close()
+}
+
+// shutdown stops accepting and waits for open connections (HTTP: requests
+// in flight finish, idle connections close) until ctx ends; then it closes
+// what is left. It returns once serving has ended.
+func (l *listener) shutdown(ctx context.Context) {
+	l.stopAccepting()
+	if l.srv != nil {
+		if err := l.srv.Shutdown(ctx); err != nil {
+			l.srv.Close()
+		}
+	} else {
+		select {
+		case <-l.done:
+		case <-ctx.Done():
+		}
+	}
+	l.stopNow()
+	<-l.done
+	l.log.close()
+}
+
+// accessLog is a listener's access log destination: off, stdout, stderr
+// or a file that every reload reopens (so logrotate needs no
+// copytruncate).
+type accessLog struct {
+	where string
+	al    *proxy.AccessLog // nil when off
+	file  *reopenFile      // nil unless a file
+}
+
+// log returns the proxy's access log, nil when off.
+func (a *accessLog) log() *proxy.AccessLog { return a.al }
+
+// openAccessLog opens where: "" is off, "stdout" and "stderr" are the
+// process's, anything else a file opened for appending (created 0644).
+func openAccessLog(where string) (*accessLog, error) {
+	a := &accessLog{where: where}
+	switch where {
+	case "":
+	case "stdout":
+		a.al = proxy.NewAccessLog(os.Stdout)
+	case "stderr":
+		a.al = proxy.NewAccessLog(os.Stderr)
+	default:
+		f, err := openAppend(where)
+		if err != nil {
+			return nil, err
+		}
+		a.file = &reopenFile{}
+		a.file.cur.Store(f)
+		a.al = proxy.NewAccessLog(a.file)
+	}
+	return a, nil
+}
+
+func openAppend(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("access log: %w", err)
+	}
+	return f, nil
+}
+
+// close closes the file of a file log; others need nothing.
+func (a *accessLog) close() {
+	if a.file != nil {
+		a.file.close()
+	}
+}
+
+// reopenFile is a file that can be replaced under concurrent writers
+// without a lock: Write uses the newest file; the file a reopen replaced
+// is closed at the following reopen (or close), so a write that loaded it
+// just before a reopen still lands in it.
+type reopenFile struct {
+	cur  atomic.Pointer[os.File]
+	prev *os.File // owned by the app goroutine
+}
+
+func (r *reopenFile) Write(p []byte) (int, error) { return r.cur.Load().Write(p) }
+
+// swap makes f the file written to.
+func (r *reopenFile) swap(f *os.File) {
+	if r.prev != nil {
+		r.prev.Close()
+	}
+	r.prev = r.cur.Swap(f)
+}
+
+func (r *reopenFile) close() {
+	if r.prev != nil {
+		r.prev.Close()
+		r.prev = nil
+	}
+	r.cur.Load().Close()
+}
