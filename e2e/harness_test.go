@@ -22,6 +22,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/sluice-lb/sluice/proxy/admin"
 )
 
@@ -250,6 +253,10 @@ type sluice struct {
 	Front  string // http listener address
 	Admin  string
 	client *http.Client
+	// Path is the configuration file; consulAddr is what its consul block
+	// names (writeConfig renders the same blocks around a new body).
+	Path       string
+	consulAddr string
 }
 
 // startSluice writes a config with an http listener on a free port routing
@@ -279,20 +286,10 @@ func startSluiceConfig(t testing.TB, consulAddr, body string) *sluice {
 		Admin:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
 	}
-	cfg := fmt.Sprintf(`
-consul {
-  address = %q
-}
-admin {
-  address = %q
-}
-%s
-`, consulAddr, s.Admin, strings.ReplaceAll(body, "FRONT", s.Front))
-	path := filepath.Join(t.TempDir(), "sluice.hcl")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s.proc = startProcess(t, binary(t, "SLUICE_BIN", "sluice"), "run", "-config", path)
+	s.consulAddr = consulAddr
+	s.Path = filepath.Join(t.TempDir(), "sluice.hcl")
+	s.writeConfig(body)
+	s.proc = startProcess(t, binary(t, "SLUICE_BIN", "sluice"), "run", "-config", s.Path)
 	waitFor(t, 20*time.Second, "sluice /healthz 200", func() bool {
 		resp, err := s.client.Get("http://" + s.Admin + "/healthz")
 		if err != nil {
@@ -356,4 +353,201 @@ func (s *sluice) service(name string) admin.Service {
 	}
 	s.t.Fatalf("service %s not in /v1/services", name)
 	return admin.Service{}
+}
+
+// renderConfig is the whole configuration file for body: the consul and
+// admin blocks, then body with FRONT replaced by the main listener's
+// address.
+func (s *sluice) renderConfig(body string) string {
+	return fmt.Sprintf(`
+consul {
+  address = %q
+}
+admin {
+  address = %q
+}
+%s
+`, s.consulAddr, s.Admin, strings.ReplaceAll(body, "FRONT", s.Front))
+}
+
+// writeConfig rewrites the configuration file in place (no SIGHUP).
+func (s *sluice) writeConfig(body string) {
+	s.t.Helper()
+	if err := os.WriteFile(s.Path, []byte(s.renderConfig(body)), 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// status is the body of GET /v1/status.
+type status struct {
+	Version    string        `json:"version"`
+	Config     string        `json:"config"`
+	Generation int           `json:"generation"`
+	StartedAt  string        `json:"started_at"`
+	LastReload *reloadStatus `json:"last_reload"`
+}
+
+type reloadStatus struct {
+	At          string   `json:"at"`
+	Result      string   `json:"result"`
+	Diagnostics []string `json:"diagnostics"`
+}
+
+// status reads GET /v1/status.
+func (s *sluice) status() status {
+	s.t.Helper()
+	var out status
+	resp, err := s.client.Get("http://" + s.Admin + "/v1/status")
+	if err != nil {
+		s.t.Fatalf("admin: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		s.t.Fatalf("GET /v1/status: %s", resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		s.t.Fatalf("GET /v1/status: %v", err)
+	}
+	return out
+}
+
+// scrape reads and parses GET /metrics.
+func (s *sluice) scrape() metricFamilies {
+	s.t.Helper()
+	resp, err := s.client.Get("http://" + s.Admin + "/metrics")
+	if err != nil {
+		s.t.Fatalf("admin: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		s.t.Fatalf("GET /metrics: %s", resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		s.t.Fatalf("GET /metrics: %v", err)
+	}
+	return families
+}
+
+// metricFamilies is a parsed scrape, by family name.
+type metricFamilies map[string]*dto.MetricFamily
+
+// series returns the metrics of family name whose labels include every
+// pair of labels.
+func (f metricFamilies) series(name string, labels map[string]string) []*dto.Metric {
+	var out []*dto.Metric
+	mf := f[name]
+	if mf == nil {
+		return nil
+	}
+next:
+	for _, m := range mf.GetMetric() {
+		for k, v := range labels {
+			if label(m, k) != v {
+				continue next
+			}
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// sum adds the values (counter, gauge or untyped; a histogram's sample
+// count) of the series of name that match labels.
+func (f metricFamilies) sum(name string, labels map[string]string) float64 {
+	var total float64
+	for _, m := range f.series(name, labels) {
+		switch {
+		case m.Counter != nil:
+			total += m.Counter.GetValue()
+		case m.Gauge != nil:
+			total += m.Gauge.GetValue()
+		case m.Untyped != nil:
+			total += m.Untyped.GetValue()
+		case m.Histogram != nil:
+			total += float64(m.Histogram.GetSampleCount())
+		}
+	}
+	return total
+}
+
+// value is the single series of name matching labels; the test fails when
+// there is none or more than one.
+func (f metricFamilies) value(t testing.TB, name string, labels map[string]string) float64 {
+	t.Helper()
+	if n := len(f.series(name, labels)); n != 1 {
+		t.Fatalf("%s%v: want one series, have %d", name, labels, n)
+	}
+	return f.sum(name, labels)
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
+
+// hup sends SIGHUP to sluice.
+func (s *sluice) hup() {
+	s.t.Helper()
+	if err := s.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		s.t.Fatalf("SIGHUP: %v", err)
+	}
+}
+
+// reload rewrites the configuration with body, sends SIGHUP and waits until
+// the generation goes up by one; a failed reload fails the test.
+func (s *sluice) reload(body string) status {
+	s.t.Helper()
+	before := s.status()
+	s.writeConfig(body)
+	s.hup()
+	var after status
+	waitFor(s.t, 20*time.Second, fmt.Sprintf("generation %d", before.Generation+1), func() bool {
+		after = s.status()
+		if after.LastReload != nil && after.LastReload.Result == "failure" && !sameReload(after.LastReload, before.LastReload) {
+			s.t.Fatalf("reload failed: %q", after.LastReload.Diagnostics)
+		}
+		return after.Generation > before.Generation
+	})
+	if after.Generation != before.Generation+1 {
+		s.t.Fatalf("generation %d after one reload from %d", after.Generation, before.Generation)
+	}
+	if after.LastReload == nil || after.LastReload.Result != "success" {
+		s.t.Fatalf("generation %d, but last_reload %+v", after.Generation, after.LastReload)
+	}
+	return after
+}
+
+// reloadFailing rewrites the configuration with body, sends SIGHUP and
+// waits until sluice has counted a failed reload; it returns the status
+// then. A successful reload fails the test.
+func (s *sluice) reloadFailing(body string) status {
+	s.t.Helper()
+	before := s.status()
+	failures := s.scrape().value(s.t, "sluice_config_reloads_total", map[string]string{"result": "failure"})
+	s.writeConfig(body)
+	s.hup()
+	waitFor(s.t, 20*time.Second, "a failed reload", func() bool {
+		return s.scrape().value(s.t, "sluice_config_reloads_total", map[string]string{"result": "failure"}) > failures
+	})
+	after := s.status()
+	if after.Generation != before.Generation {
+		s.t.Fatalf("generation %d -> %d after a reload that should fail", before.Generation, after.Generation)
+	}
+	if after.LastReload == nil || after.LastReload.Result != "failure" {
+		s.t.Fatalf("failed reload counted, but last_reload %+v", after.LastReload)
+	}
+	return after
+}
+
+func sameReload(a, b *reloadStatus) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.At == b.At && a.Result == b.Result && strings.Join(a.Diagnostics, "\n") == strings.Join(b.Diagnostics, "\n")
 }
