@@ -79,9 +79,15 @@ service "web" {
 			t.Errorf("no %s", name)
 		}
 	}
-	if got := m.sum("sluice_service_instances", web); got < 2 {
-		t.Errorf("sluice_service_instances{service=web} sums to %v over states, want at least the 2 instances", got)
+	checkStates := func(when string, m metricFamilies, want map[string]float64) {
+		t.Helper()
+		for state, n := range want {
+			if got := m.value(t, "sluice_service_instances", map[string]string{"service": "web", "state": state}); got != n {
+				t.Errorf("%s: sluice_service_instances{service=web,state=%s} = %v, want %v", when, state, got, n)
+			}
+		}
 	}
+	checkStates("at start", m, map[string]float64{"passing": 2, "critical": 0, "eligible": 2, "ejected": 0, "probe_failing": 0})
 
 	// Requests per route and code.
 	const n200, n404, n503 = 20, 7, 5
@@ -106,7 +112,7 @@ service "web" {
 		want   float64
 	}{
 		{map[string]string{"listener": "public", "route": "/web", "service": "web", "code": "200"}, n200},
-		{map[string]string{"listener": "public", "code": "404"}, n404},
+		{map[string]string{"listener": "public", "route": "", "service": "", "code": "404"}, n404},
 		{map[string]string{"listener": "public", "route": "/none", "service": "ghost", "code": "503"}, n503},
 		{public, n200 + n404 + n503},
 	} {
@@ -139,6 +145,7 @@ service "web" {
 	if got := m.value(t, "sluice_instance_up", instB); got != 1 {
 		t.Errorf("sluice_instance_up of web-b = %v, want 1", got)
 	}
+	checkStates("web-a critical", m, map[string]float64{"passing": 1, "critical": 1, "eligible": 1})
 	consul.setCheck("web-a", api.HealthPassing)
 	waitFor(t, 10*time.Second, "web-a passing", func() bool { in, _ := s.instance("web", "web-a"); return in.Eligible })
 	if got := s.scrape().value(t, "sluice_instance_up", instA); got != 1 {
@@ -217,8 +224,11 @@ service "web" {
 		t.Fatalf("echo: %d bytes (%v), want %d", len(echoed), err, len(payload))
 	}
 	conn.Close()
-	waitFor(t, 5*time.Second, "tcp connection closed", func() bool {
-		return s.scrape().sum("sluice_open_connections", echoLabels) == 0
+	waitFor(t, 5*time.Second, "tcp connection closed and counted", func() bool {
+		m := s.scrape()
+		return m.sum("sluice_open_connections", echoLabels) == 0 &&
+			m.sum("sluice_tcp_bytes_total", map[string]string{"listener": "echo", "direction": "in"}) >= float64(len(payload)) &&
+			m.sum("sluice_tcp_bytes_total", map[string]string{"listener": "echo", "direction": "out"}) >= float64(len(payload))
 	})
 	m = s.scrape()
 	for _, dir := range []string{"in", "out"} {
