@@ -482,6 +482,31 @@ func (f metricFamilies) value(t testing.TB, name string, labels map[string]strin
 	return f.sum(name, labels)
 }
 
+// describe lists the label sets and values of family name, for failure
+// messages.
+func (f metricFamilies) describe(name string) string {
+	var b strings.Builder
+	for _, m := range f.series(name, nil) {
+		b.WriteString("{")
+		for i, l := range m.GetLabel() {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, "%s=%q", l.GetName(), l.GetValue())
+		}
+		fmt.Fprintf(&b, "} %v; ", f.sum(name, labelMap(m)))
+	}
+	return b.String()
+}
+
+func labelMap(m *dto.Metric) map[string]string {
+	out := map[string]string{}
+	for _, l := range m.GetLabel() {
+		out[l.GetName()] = l.GetValue()
+	}
+	return out
+}
+
 func label(m *dto.Metric, name string) string {
 	for _, l := range m.GetLabel() {
 		if l.GetName() == name {

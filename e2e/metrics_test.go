@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/sluice-lb/sluice/proxy"
 )
 
 // TestMetrics: /metrics counts what the test sent, per route and code;
@@ -112,12 +113,12 @@ service "web" {
 		want   float64
 	}{
 		{map[string]string{"listener": "public", "route": "/web", "service": "web", "code": "200"}, n200},
-		{map[string]string{"listener": "public", "route": "", "service": "", "code": "404"}, n404},
+		{map[string]string{"listener": "public", "route": proxy.NoRouteLabel, "service": "", "code": "404"}, n404},
 		{map[string]string{"listener": "public", "route": "/none", "service": "ghost", "code": "503"}, n503},
 		{public, n200 + n404 + n503},
 	} {
 		if got := m.sum("sluice_requests_total", c.labels); got != c.want {
-			t.Errorf("sluice_requests_total%v = %v, want %v", c.labels, got, c.want)
+			t.Errorf("sluice_requests_total%v = %v, want %v; the series: %s", c.labels, got, c.want, m.describe("sluice_requests_total"))
 		}
 	}
 	if got := m.sum("sluice_request_duration_seconds", map[string]string{"listener": "public", "route": "/web", "service": "web"}); got != n200 {
