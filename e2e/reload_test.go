@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -96,7 +97,8 @@ func getFrom(client *http.Client, url string, cookies ...*http.Cookie) (int, str
 
 // TestReloadUnderLoad: 20 SIGHUPs alternating between two files that differ
 // in strategies, routes, probe settings and one listener cost the listener
-// present in both no request and no refused connection; a sticky cookie
+// present in both no request and no refused connection, and close neither
+// a kept-alive http connection nor a tcp connection; a sticky cookie
 // (secret generated at start) keeps its instance through every reload; the
 // request counters never reset; the generation counts every reload.
 func TestReloadUnderLoad(t *testing.T) {
@@ -106,9 +108,18 @@ func TestReloadUnderLoad(t *testing.T) {
 		consul.register("sess", "sess-"+n, startBackend(t, "sess-"+n).addr(), nil)
 	}
 	consul.register("extra", "extra-1", startBackend(t, "extra").addr(), nil)
+	consul.register("echo", "echo-1", startBackendProcess(t, "tcp", "echo").addr, nil)
 	side := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	echoAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	echoListener := fmt.Sprintf(`
+listener "echo" {
+  address  = %q
+  protocol = "tcp"
+  service  = "echo"
+}
+`, echoAddr)
 
-	configA := `
+	configA := echoListener + `
 listener "public" {
   address = "FRONT"
   route "/" {
@@ -132,7 +143,7 @@ service "sess" {
   }
 }
 `
-	configB := fmt.Sprintf(`
+	configB := echoListener + fmt.Sprintf(`
 listener "public" {
   address = "FRONT"
   route "/" {
@@ -200,6 +211,48 @@ service "sess" {
 	}
 	checkSticky("before the reloads")
 
+	// Two connections held open across every reload: an http keep-alive
+	// connection to the public listener and a tcp connection to the echo
+	// listener. Each must still work after each reload.
+	held, err := net.DialTimeout("tcp", s.Front, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	heldReader := bufio.NewReader(held)
+	echoConn, err := net.DialTimeout("tcp", echoAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echoConn.Close()
+	echoReader := bufio.NewReader(echoConn)
+	checkHeld := func(when string) {
+		t.Helper()
+		held.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(held, "GET / HTTP/1.1\r\nHost: e2e\r\n\r\n"); err != nil {
+			t.Fatalf("%s: held http connection: %v", when, err)
+		}
+		resp, err := http.ReadResponse(heldReader, nil)
+		if err != nil {
+			t.Fatalf("%s: held http connection: %v", when, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.Close {
+			t.Fatalf("%s: held http connection: %s, close %v", when, resp.Status, resp.Close)
+		}
+		echoConn.SetDeadline(time.Now().Add(10 * time.Second))
+		line := when + "\n"
+		if _, err := io.WriteString(echoConn, line); err != nil {
+			t.Fatalf("%s: held tcp connection: %v", when, err)
+		}
+		if got, err := echoReader.ReadString('\n'); err != nil || got != line {
+			t.Fatalf("%s: held tcp connection echoed %q (%v)", when, got, err)
+		}
+	}
+	checkHeld("before the reloads")
+	viaRoot := 1 // requests of the test itself counted under route "/"
+
 	rootRequests := func() float64 {
 		return s.scrape().sum("sluice_requests_total", map[string]string{"listener": "public", "route": "/"})
 	}
@@ -207,7 +260,6 @@ service "sess" {
 	waitFor(t, 10*time.Second, "load running", func() bool { return l.ok.Load() > 100 })
 
 	lastCount := rootRequests()
-	viaRoot := 0 // requests of the test itself counted under route "/"
 	const reloads = 20
 	for i := 1; i <= reloads; i++ {
 		inB := i%2 == 1
@@ -225,6 +277,8 @@ service "sess" {
 
 		when := fmt.Sprintf("after reload %d", i)
 		checkSticky(when)
+		checkHeld(when)
+		viaRoot++
 		status, backend, _, err := getFrom(s.client, front+"/extra")
 		if inB {
 			if err != nil || status != http.StatusOK || backend != "extra" {
