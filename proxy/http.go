@@ -132,7 +132,6 @@ const (
 // made.
 type HTTPHandler struct {
 	table     atomic.Pointer[router]
-	conns     *metrics.Listener // fixed at NewHTTPHandler; nil-safe
 	transport *Upstream
 	pressure  *Pressure
 	logger    hclog.Logger
@@ -159,20 +158,22 @@ func NewHTTPHandler(opts HTTPOptions) *HTTPHandler {
 		logger:    opts.Logger,
 		errLog:    opts.Logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 		buffers:   &bufferPool{},
-		conns:     opts.Metrics.Listener(opts.Listener, "http"),
 	}
 	h.Update(opts)
 	return h
 }
 
-// ConnOpened and ConnClosed count the open client connections of the
-// listener in the gauge of NewHTTPHandler's Metrics and Listener (an
-// Update does not move it), so that an HTTPHandler can be an h1.Server's
-// ConnCounter. Without Metrics they do nothing.
-func (h *HTTPHandler) ConnOpened() { h.conns.ConnOpened() }
-
-// ConnClosed: see ConnOpened.
-func (h *HTTPHandler) ConnClosed() { h.conns.ConnClosed() }
+// ConnOpened counts an open client connection of the listener in the
+// gauge of the current table (its Metrics and Listener name) and returns
+// that gauge, to be told when the connection closes: an Update that
+// renames the listener moves new connections only, and every close pairs
+// with its open. It makes an HTTPHandler an h1.Server's ConnCounter.
+// Without Metrics it counts nothing.
+func (h *HTTPHandler) ConnOpened() h1.ConnCloser {
+	l := h.table.Load().conns
+	l.ConnOpened()
+	return l
+}
 
 // Update replaces the routing table with one built from opts, for the
 // requests that start after it returns; requests in flight finish on the
@@ -185,7 +186,7 @@ func (h *HTTPHandler) Update(opts HTTPOptions) {
 	}
 	opts.Transport, opts.Pressure, opts.Logger = h.transport, h.pressure, h.logger
 	rt := &router{listener: opts.Listener, log: opts.AccessLog,
-		noRoute: opts.Metrics.Route(opts.Listener, NoRouteLabel, "")}
+		noRoute: opts.Metrics.Route(opts.Listener, NoRouteLabel, ""), conns: opts.Metrics.Listener(opts.Listener, "http")}
 	fwd := &forwarding{trusted: opts.TrustedProxies}
 	// One ReverseProxy per route, so that its metrics children are at hand.
 	for _, r := range opts.Routes {
@@ -223,7 +224,8 @@ type router struct {
 	listener string
 	routes   []route
 	log      *AccessLog
-	noRoute  *metrics.Route // nil-safe
+	noRoute  *metrics.Route    // nil-safe
+	conns    *metrics.Listener // open connections gauge; nil-safe
 }
 
 func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -84,12 +84,14 @@ type app struct {
 	services  map[string]*service
 	listeners []*listener
 	admin     *adminServer
-	// retired access logs were replaced by the last reload; requests that
-	// began before it may still write to them until the next one.
-	retired []*accessLog
 	// draining are listeners a reload removed that still finish their
 	// connections; shutdown waits for them.
 	draining sync.WaitGroup
+	// liveNames are the listener names of the running configuration: a
+	// drained listener's series are deleted only when its name is not
+	// among them. namesMu guards it (apply writes, drains read).
+	namesMu   sync.Mutex
+	liveNames map[string]bool
 	// pools is what the admin API and the metrics show, sorted by service.
 	pools atomic.Pointer[[]*balance.Pool]
 	// fatal receives the error of a server that stopped on its own.
@@ -161,16 +163,9 @@ func (a *app) start(cfg *config.Config) error {
 	a.metrics.Reloaded(metrics.ReloadSuccess, false, time.Now())
 	pools := a.currentPools()
 	go func() {
-		for _, p := range pools {
-			for snap := p.Load(); !snap.Synced; snap = p.Load() {
-				select {
-				case <-snap.Next():
-				case <-a.stopCtx.Done():
-					return
-				}
-			}
+		if waitSynced(a.stopCtx, pools) {
+			a.ready.Store(true)
 		}
-		a.ready.Store(true)
 	}()
 	return nil
 }
@@ -216,93 +211,86 @@ func (a *app) status() any {
 // prepared is what apply makes before it changes anything: every step
 // that can fail. discard undoes it.
 type prepared struct {
-	bound   map[string]net.Listener // new listener name -> its new socket
-	kept    map[string]*listener    // new listener name -> the running listener it keeps
-	logs    map[string]*accessLog   // new listener name -> its access log (new or kept)
-	reopen  map[*accessLog]*os.File // kept file log -> the file reopened for it
-	admin   net.Listener            // nil when the admin address is unchanged
-	consul  *consulClient           // nil when the consul block is unchanged
-	created []*accessLog            // logs opened by prepare, closed by discard
+	bound    map[string]net.Listener   // new listener name -> its new socket
+	kept     map[string]*listener      // new listener name -> the running listener it keeps
+	logs     map[string]*accessLog     // new listener name -> its access log (new or kept)
+	reopen   map[*accessLog]*os.File   // kept file log -> the file reopened for it
+	policies map[string]balance.Policy // service name -> its policy, when new or changed
+	admin    net.Listener              // nil when the admin address is unchanged
+	consul   *consulClient             // nil when the consul block is unchanged
+	created  []*accessLog              // logs opened by prepare, closed by discard
 }
 
-// apply makes cfg the running configuration. First it does everything that
-// can fail (bind new sockets, open access logs, make a Consul client); if
-// any fails, it undoes that and returns the error with nothing changed.
-// Then it applies the difference: services first (new ones start and, on
-// reload, get up to newServiceWait for their first Consul answer), then
-// listeners (kept ones change in place, new ones start, removed ones
-// drain in the background as on SIGTERM), then removed services stop.
+// apply makes cfg the running configuration. prepare first does all that
+// can fail (build every new or changed balancing policy, bind new
+// sockets, open access logs, make a Consul client); if any step fails, it
+// is undone and apply returns the error with nothing changed. Nothing
+// after prepare fails. Then the difference is applied: services first
+// (new ones start and, on reload, get up to newServiceWait for their
+// first Consul answer before any route changes), then listeners (kept
+// ones change in place, new ones start, removed ones stop accepting at
+// once and drain in the background as on SIGTERM), then the admin
+// socket, then removed services stop.
 func (a *app) apply(cfg *config.Config, reload bool) error {
 	p, err := a.prepare(cfg)
 	if err != nil {
 		return err
 	}
-	for _, l := range a.retired {
-		l.close()
-	}
-	a.retired = nil
-
-	// Consul.
 	if p.consul != nil {
 		a.consul = p.consul
 	}
 
-	// Services: add and change.
-	var added []*service
+	var added []*balance.Pool
 	fwdChanged := map[string]bool{}
 	for _, name := range cfg.ServiceNames() {
 		svcCfg := cfg.Services[name]
+		pol, polChanged := p.policies[name]
 		if s := a.services[name]; s != nil {
-			changed, err := s.apply(svcCfg, &a.env, a.consul)
-			if err != nil {
-				// Only a Builder error, which validation rules out.
-				a.logger.Error("service not changed", "service", name, "error", err)
+			var newPol *balance.Policy
+			if polChanged {
+				newPol = &pol
 			}
-			fwdChanged[name] = changed
+			fwdChanged[name] = s.apply(svcCfg, newPol, &a.env, a.consul)
 			continue
 		}
-		s, err := newService(name, svcCfg, &a.env, a.consul)
-		if err != nil {
-			a.logger.Error("service not started", "service", name, "error", err)
-			continue
-		}
+		s := newService(name, svcCfg, pol, &a.env, a.consul)
 		a.services[name] = s
-		added = append(added, s)
+		added = append(added, s.pool)
 	}
 	if reload {
-		waitSynced(added, newServiceWait)
+		ctx, cancel := context.WithTimeout(a.stopCtx, newServiceWait)
+		waitSynced(ctx, added)
+		cancel()
 	}
 
-	// Listeners: change, start, drain.
+	// Names first: a drained listener's series are deleted only when no
+	// listener of the new configuration has its name (see drain).
+	a.namesMu.Lock()
+	a.liveNames = map[string]bool{}
+	for _, lc := range cfg.Listeners {
+		a.liveNames[lc.Name] = true
+	}
+	a.namesMu.Unlock()
 	var next []*listener
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
 		log := p.logs[lc.Name]
-		if l := p.kept[lc.Name]; l != nil {
-			if f := p.reopen[log]; f != nil {
-				log.file.swap(f)
-			}
-			if changed(l, lc, fwdChanged) {
-				oldName, oldRoutes := l.cfg.Name, routeLabels(&l.cfg)
-				if old := l.update(lc, log, a.services, &a.env); old != nil {
-					a.retired = append(a.retired, old)
-				}
-				if oldName != lc.Name {
-					a.metrics.DeleteListener(oldName)
-				} else {
-					for label := range oldRoutes {
-						if !routeLabels(lc)[label] {
-							a.metrics.DeleteRoute(lc.Name, label)
-						}
-					}
-				}
-			}
+		l := p.kept[lc.Name]
+		if l == nil {
+			l = newListener(lc, p.bound[lc.Name], log, a.services, &a.env)
+			l.start(a.fatal)
+			a.logger.Info("listening", "listener", lc.Name, "address", l.ln.Addr().String(), "protocol", lc.Protocol)
 			next = append(next, l)
 			continue
 		}
-		l := newListener(lc, p.bound[lc.Name], log, a.services, &a.env)
-		l.start(a.fatal)
-		a.logger.Info("listening", "listener", lc.Name, "address", l.ln.Addr().String(), "protocol", lc.Protocol)
+		if f := p.reopen[log]; f != nil {
+			log.file.swap(f)
+		}
+		if changed(l, lc, fwdChanged) {
+			old := l.cfg
+			l.update(lc, log, a.services, &a.env)
+			a.forgetSeries(&old, lc)
+		}
 		next = append(next, l)
 	}
 	for _, l := range a.listeners {
@@ -312,25 +300,17 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 	}
 	a.listeners = next
 
-	// Admin.
 	if p.admin != nil {
-		old := a.admin
-		a.admin = a.newAdmin(p.admin, cfg.Admin.Address)
-		if old != nil {
-			a.draining.Add(1)
-			go func() {
-				defer a.draining.Done()
-				ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-				defer cancel()
-				old.shutdown(ctx)
-			}()
+		if old := a.admin; old != nil {
+			old.stopAccepting() // its address is free for the next reload at once
+			a.background(old.shutdown, nil)
 		}
+		a.admin = a.newAdmin(p.admin, cfg.Admin.Address)
 	}
 
-	// Services: remove.
 	for name, s := range a.services {
 		if _, ok := cfg.Services[name]; !ok {
-			s.stop()
+			s.stop(&a.env)
 			delete(a.services, name)
 			a.metrics.DeleteService(name)
 			a.logger.Info("service removed", "service", name)
@@ -338,22 +318,44 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 	}
 	pools := make([]*balance.Pool, 0, len(a.services))
 	for _, name := range cfg.ServiceNames() {
-		if s := a.services[name]; s != nil {
-			pools = append(pools, s.pool)
-		}
+		pools = append(pools, a.services[name].pool)
 	}
 	a.pools.Store(&pools)
 	a.cfg = cfg
 	return nil
 }
 
-// routeLabels returns the metrics labels of a listener's routes.
-func routeLabels(l *config.Listener) map[string]bool {
-	labels := map[string]bool{}
-	for _, r := range l.Routes {
-		labels[r.Host+r.PathPrefix] = true
+// forgetSeries deletes the request series of a kept listener that its new
+// configuration no longer has: all of them when it was renamed (unless a
+// listener of the new configuration took the old name), else those of the
+// routes (label and service) that are gone.
+func (a *app) forgetSeries(old, cfg *config.Listener) {
+	if old.Name != cfg.Name {
+		a.namesMu.Lock()
+		if !a.liveNames[old.Name] {
+			a.metrics.DeleteListener(old.Name)
+		}
+		a.namesMu.Unlock()
+		return
 	}
-	return labels
+	now := routeSeries(cfg)
+	for rs := range routeSeries(old) {
+		if !now[rs] {
+			a.metrics.DeleteRoute(cfg.Name, rs.label, rs.service)
+		}
+	}
+}
+
+// routeKey is a route's metrics labels.
+type routeKey struct{ label, service string }
+
+// routeSeries returns the metrics labels of a listener's routes.
+func routeSeries(l *config.Listener) map[routeKey]bool {
+	out := map[routeKey]bool{}
+	for _, r := range l.Routes {
+		out[routeKey{r.Host + r.PathPrefix, r.Service}] = true
+	}
+	return out
 }
 
 // changed reports whether a kept listener must be updated to cfg: its own
@@ -376,17 +378,22 @@ func changed(l *listener, cfg *config.Listener, fwdChanged map[string]bool) bool
 // prepare does the steps of apply that can fail, undoing them on failure.
 func (a *app) prepare(cfg *config.Config) (_ *prepared, err error) {
 	p := &prepared{bound: map[string]net.Listener{}, kept: map[string]*listener{}, logs: map[string]*accessLog{},
-		reopen: map[*accessLog]*os.File{}}
+		reopen: map[*accessLog]*os.File{}, policies: map[string]balance.Policy{}}
 	defer func() {
 		if err != nil {
 			p.discard()
 		}
 	}()
-	// Every service's policy must build (validation should ensure it).
 	for _, name := range cfg.ServiceNames() {
-		if _, err := poolPolicy(name, cfg.Services[name], a.secret); err != nil {
+		svc := cfg.Services[name]
+		if s := a.services[name]; s != nil && reflect.DeepEqual(policyPart(&s.cfg), policyPart(svc)) {
+			continue
+		}
+		pol, err := poolPolicy(name, svc, a.secret)
+		if err != nil {
 			return nil, err
 		}
+		p.policies[name] = pol
 	}
 	byAddr := map[string]*listener{}
 	for _, l := range a.listeners {
@@ -467,35 +474,51 @@ func (p *prepared) discard() {
 	}
 }
 
-// waitSynced waits until every service has had its first Consul answer, or
-// for at most d.
-func waitSynced(services []*service, d time.Duration) {
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	for _, s := range services {
-		for snap := s.pool.Load(); !snap.Synced; snap = s.pool.Load() {
+// waitSynced waits until every pool has had its first Consul answer; it
+// reports false when ctx ends first.
+func waitSynced(ctx context.Context, pools []*balance.Pool) bool {
+	for _, p := range pools {
+		for snap := p.Load(); !snap.Synced; snap = p.Load() {
 			select {
 			case <-snap.Next():
-			case <-deadline.C:
-				return
+			case <-ctx.Done():
+				return false
 			}
 		}
 	}
+	return true
 }
 
-// drain stops a listener that a reload removed, in the background, as
-// SIGTERM would, and deletes its metrics once it has drained.
-func (a *app) drain(l *listener) {
-	a.logger.Info("listener removed; draining", "listener", l.cfg.Name, "address", l.cfg.Address)
-	l.stopAccepting() // its address is free for the next reload at once
+// background runs stop (a drain bounded by shutdownGrace) on its own
+// goroutine and then done, if not nil; shutdown waits for it.
+func (a *app) background(stop func(context.Context), done func()) {
 	a.draining.Add(1)
 	go func() {
 		defer a.draining.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		defer cancel()
-		l.shutdown(ctx)
-		a.metrics.DeleteListener(l.cfg.Name)
+		stop(ctx)
+		if done != nil {
+			done()
+		}
 	}()
+}
+
+// drain stops a listener that a reload removed as SIGTERM would: its
+// socket closes at once (the address is free for the next reload), its
+// connections get shutdownGrace in the background, and then its series
+// are deleted unless a listener of the running configuration has its
+// name.
+func (a *app) drain(l *listener) {
+	a.logger.Info("listener removed; draining", "listener", l.cfg.Name, "address", l.cfg.Address)
+	l.stopAccepting()
+	a.background(l.shutdown, func() {
+		a.namesMu.Lock()
+		defer a.namesMu.Unlock()
+		if !a.liveNames[l.cfg.Name] {
+			a.metrics.DeleteListener(l.cfg.Name)
+		}
+	})
 }
 
 // shutdown drains every listener for up to grace, then stops the services
@@ -516,19 +539,25 @@ func (a *app) shutdown(grace time.Duration) {
 	wg.Wait()
 	a.draining.Wait()
 	for _, s := range a.services {
-		s.stop()
-	}
-	for _, l := range a.retired {
-		l.close()
+		s.stop(&a.env)
 	}
 	a.transport.Close()
 }
 
 // adminServer is the admin API on its own socket.
 type adminServer struct {
-	address string
+	address string // as configured
+	ln      net.Listener
 	srv     *http.Server
 	done    chan struct{}
+	closing atomic.Bool // set by stopAccepting: Serve's error is expected
+}
+
+// stopAccepting closes the socket at once, so that its address is free
+// when it returns.
+func (s *adminServer) stopAccepting() {
+	s.closing.Store(true)
+	s.ln.Close()
 }
 
 // newAdmin serves the admin API on ln, bound to address as configured.
@@ -539,10 +568,10 @@ func (a *app) newAdmin(ln net.Listener, address string) *adminServer {
 		Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{ErrorLog: a.errLog}),
 		Ready:   a.ready.Load,
 	})
-	s := &adminServer{address: address, srv: newServer(h, a.errLog, adminIdleTimeout), done: make(chan struct{})}
+	s := &adminServer{address: address, ln: ln, srv: newServer(h, a.errLog, adminIdleTimeout), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
-		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) && !s.closing.Load() {
 			select {
 			case a.fatal <- fmt.Errorf("admin: %w", err):
 			default:

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -78,10 +79,10 @@ func (h fakeHealth) Service(service, tag string, _ bool, q *api.QueryOptions) ([
 // testApp is an app over a fake Consul, with its configuration file.
 type testApp struct {
 	*app
-	t      *testing.T
-	consul *fakeConsul
-	path   string
-	logs   *lockedBuffer
+	t    *testing.T
+	fake *fakeConsul
+	file string
+	logs *lockedBuffer
 }
 
 type lockedBuffer struct {
@@ -105,11 +106,11 @@ func (l *lockedBuffer) String() string {
 // the test ends.
 func startApp(t *testing.T, fc *fakeConsul, src string) *testApp {
 	t.Helper()
-	ta := &testApp{t: t, consul: fc, path: filepath.Join(t.TempDir(), "sluice.hcl"), logs: &lockedBuffer{}}
+	ta := &testApp{t: t, fake: fc, file: filepath.Join(t.TempDir(), "sluice.hcl"), logs: &lockedBuffer{}}
 	ta.write(src)
 	cfg := ta.load()
 	logger := hclog.New(&hclog.LoggerOptions{Output: ta.logs, Level: hclog.Debug})
-	a, err := newApp(ta.path, "test", logger)
+	a, err := newApp(ta.file, "test", logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,14 +125,14 @@ func startApp(t *testing.T, fc *fakeConsul, src string) *testApp {
 
 func (ta *testApp) write(src string) {
 	ta.t.Helper()
-	if err := os.WriteFile(ta.path, []byte(src), 0o644); err != nil {
+	if err := os.WriteFile(ta.file, []byte(src), 0o644); err != nil {
 		ta.t.Fatal(err)
 	}
 }
 
 func (ta *testApp) load() *config.Config {
 	ta.t.Helper()
-	cfg, diags := config.Load(ta.path, config.Options{})
+	cfg, diags := config.Load(ta.file, config.Options{})
 	if diags.HasErrors() {
 		ta.t.Fatalf("config: %v", config.FormatDiagnostics(diags))
 	}
@@ -141,20 +142,11 @@ func (ta *testApp) load() *config.Config {
 // synced waits until every service's pool has its first answer.
 func (ta *testApp) synced() {
 	ta.t.Helper()
-	waitSynced(ta.app.servicesList(), 5*time.Second)
-	for _, s := range ta.app.servicesList() {
-		if !s.pool.Load().Synced {
-			ta.t.Fatalf("service %s never synced", s.name)
-		}
+	ctx, cancel := context.WithTimeout(ta.t.Context(), 5*time.Second)
+	defer cancel()
+	if !waitSynced(ctx, ta.currentPools()) {
+		ta.t.Fatal("a service never synced")
 	}
-}
-
-func (a *app) servicesList() []*service {
-	var out []*service
-	for _, s := range a.services {
-		out = append(out, s)
-	}
-	return out
 }
 
 func freeAddr(t *testing.T) string {
@@ -400,7 +392,7 @@ service "web" {
 	// A consul block change replaces every watch and keeps the pools.
 	apiSvc := ta.services["api"]
 	apiPool, apiWatch := apiSvc.pool, apiSvc.watch
-	src, _ := os.ReadFile(ta.path)
+	src, _ := os.ReadFile(ta.file)
 	ta.write("consul {\n  address = \"127.0.0.2:8500\"\n}\n" + string(src))
 	ta.reload()
 	if apiSvc.pool != apiPool || apiSvc.watch == apiWatch {
@@ -479,7 +471,7 @@ func TestReloadInvalidFile(t *testing.T) {
 	ta.write(strings.Replace(configText(baseConfig, "FRONT", front, "ADMIN", adm), `"round_robin"`, `"nope"`, 1))
 	ta.reload()
 	st := ta.status().(Status)
-	want := ta.path + ":12,"
+	want := ta.file + ":12,"
 	if st.Generation != 1 || st.LastReload.Result != "failure" || len(st.LastReload.Diagnostics) == 0 ||
 		!strings.HasPrefix(st.LastReload.Diagnostics[0], want) {
 		t.Errorf("status: %+v %+v; want a diagnostic at %s", st, st.LastReload, want)

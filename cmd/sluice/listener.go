@@ -115,21 +115,19 @@ func (l *listener) start(fatal chan<- error) {
 }
 
 // update applies cfg (same address and protocol) from the next request or
-// connection on; connections already open stay. It returns the access log
-// that log replaced, or nil: requests in flight may still write to it, so
-// the caller closes it later.
-func (l *listener) update(cfg *config.Listener, log *accessLog, services map[string]*service, e *env) (replaced *accessLog) {
+// connection on; connections already open stay. A replaced access log is
+// not closed: requests and connections that began before may still write
+// to it, and its file is closed by the runtime once nothing refers to it
+// (see reopenFile).
+func (l *listener) update(cfg *config.Listener, log *accessLog, services map[string]*service, e *env) {
 	l.cfg = *cfg
-	if log != l.log {
-		replaced, l.log = l.log, log
-	}
+	l.log = log
 	if l.tcp != nil {
 		l.tcp.Update(tcpOptions(cfg, services, e, log.log()))
-		return replaced
+		return
 	}
 	l.handler.Update(httpOptions(cfg, services, e, log.log()))
 	l.srv.SetTimeouts(timeouts(cfg))
-	return replaced
 }
 
 // stopAccepting closes the socket at once, so that its address is free
@@ -172,7 +170,8 @@ type accessLog struct {
 func (a *accessLog) log() *proxy.AccessLog { return a.al }
 
 // openAccessLog opens where: "" is off, "stdout" and "stderr" are the
-// process's, anything else a file opened for appending (created 0644).
+// process's, anything else a file opened for appending (created 0640:
+// it holds client addresses).
 func openAccessLog(where string) (*accessLog, error) {
 	a := &accessLog{where: where}
 	switch where {
@@ -194,7 +193,7 @@ func openAccessLog(where string) (*accessLog, error) {
 }
 
 func openAppend(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("access log: %w", err)
 	}
@@ -209,28 +208,19 @@ func (a *accessLog) close() {
 }
 
 // reopenFile is a file that can be replaced under concurrent writers
-// without a lock: Write uses the newest file; the file a reopen replaced
-// is closed at the following reopen (or close), so a write that loaded it
-// just before a reopen still lands in it.
+// without a lock: Write uses the newest file. A replaced *os.File is not
+// closed here, since a write may have loaded it just before: the runtime
+// closes it once no write holds it (an *os.File closes its descriptor when
+// it becomes unreachable), within a garbage collection cycle (at most
+// about two minutes on an idle process).
 type reopenFile struct {
-	cur  atomic.Pointer[os.File]
-	prev *os.File // owned by the app goroutine
+	cur atomic.Pointer[os.File]
 }
 
 func (r *reopenFile) Write(p []byte) (int, error) { return r.cur.Load().Write(p) }
 
 // swap makes f the file written to.
-func (r *reopenFile) swap(f *os.File) {
-	if r.prev != nil {
-		r.prev.Close()
-	}
-	r.prev = r.cur.Swap(f)
-}
+func (r *reopenFile) swap(f *os.File) { r.cur.Store(f) }
 
-func (r *reopenFile) close() {
-	if r.prev != nil {
-		r.prev.Close()
-		r.prev = nil
-	}
-	r.cur.Load().Close()
-}
+// close closes the current file; for shutdown, once nothing writes.
+func (r *reopenFile) close() { r.cur.Load().Close() }

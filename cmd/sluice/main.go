@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"runtime/pprof"
 	"strings"
 
@@ -71,7 +70,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		sigs := notifySignals()
-		defer signal.Stop(sigs)
+		defer sigs.release()
 		cfg, ok := load(*path, stderr)
 		if !ok {
 			return 1

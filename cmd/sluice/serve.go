@@ -19,20 +19,36 @@ import (
 // for as long.
 const shutdownGrace = 10 * time.Second
 
-// notifySignals routes the signals serve handles to a channel. run calls
-// it before anything else, so a SIGHUP during start-up is a reload (taken
-// once running), never a kill.
-func notifySignals() chan os.Signal {
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	return sigs
+// signals are the signals serve handles. run makes them with
+// notifySignals before anything else, so a SIGHUP during start-up is a
+// reload (taken once running), never a kill.
+type signals struct {
+	// hup has room for one: SIGHUPs that arrive during a reload coalesce
+	// into one more reload.
+	hup chan os.Signal
+	// stop is apart from hup, so no burst of SIGHUPs can crowd out a
+	// SIGINT or SIGTERM.
+	stop chan os.Signal
+}
+
+func notifySignals() *signals {
+	s := &signals{hup: make(chan os.Signal, 1), stop: make(chan os.Signal, 1)}
+	signal.Notify(s.hup, syscall.SIGHUP)
+	signal.Notify(s.stop, syscall.SIGINT, syscall.SIGTERM)
+	return s
+}
+
+// release stops the delivery of the signals.
+func (s *signals) release() {
+	signal.Stop(s.hup)
+	signal.Stop(s.stop)
 }
 
 // serve runs the balancer described by cfg (read from path) until SIGINT
 // or SIGTERM, reloading path on every SIGHUP. Every socket is bound before
 // anything starts, so an address in use is a start-up error and nothing is
 // left running.
-func serve(path string, cfg *config.Config, level string, stderr io.Writer, sigs <-chan os.Signal) error {
+func serve(path string, cfg *config.Config, level string, stderr io.Writer, sigs *signals) error {
 	logLevel := hclog.LevelFromString(level)
 	if logLevel == hclog.NoLevel {
 		return fmt.Errorf("unknown log level %q", level)
@@ -50,11 +66,9 @@ func serve(path string, cfg *config.Config, level string, stderr io.Writer, sigs
 loop:
 	for {
 		select {
-		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				a.reload()
-				continue
-			}
+		case <-sigs.hup:
+			a.reload()
+		case sig := <-sigs.stop:
 			logger.Info("stopping", "signal", sig.String(), "grace", shutdownGrace)
 			break loop
 		case runErr = <-a.fatal:

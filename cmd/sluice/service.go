@@ -120,8 +120,8 @@ func watchOptions(name string, svc *config.Service, c config.Consul, logger hclo
 	}
 }
 
-// policyPart, probePart and watchPart are the settings each part of the
-// runtime depends on; apply compares them to decide what to change.
+// policyPart is the part of a service's settings that its pool's Policy
+// is built from; apply compares it to decide whether the pool changes.
 func policyPart(s *config.Service) any {
 	return struct {
 		strategy  string
@@ -131,13 +131,9 @@ func policyPart(s *config.Service) any {
 	}{s.Strategy, s.SlowStart, s.Sticky, s.Passive}
 }
 
-// newService builds a service's runtime and starts its pool, watch and
-// prober.
-func newService(name string, cfg *config.Service, e *env, consul *consulClient) (*service, error) {
-	pol, err := poolPolicy(name, cfg, e.secret)
-	if err != nil {
-		return nil, err
-	}
+// newService builds a service's runtime with pol (see poolPolicy) and
+// starts its pool, watch and prober.
+func newService(name string, cfg *config.Service, pol balance.Policy, e *env, consul *consulClient) *service {
 	pool := balance.NewPool(balance.PoolOptions{
 		Service: name, Strategy: pol.Strategy, Builder: pol.Builder, SlowStart: pol.SlowStart, Passive: pol.Passive,
 		Logger: e.logger.Named("pool"),
@@ -148,7 +144,7 @@ func newService(name string, cfg *config.Service, e *env, consul *consulClient) 
 	if cfg.HealthCheck != nil {
 		s.startProbe(e)
 	}
-	return s, nil
+	return s
 }
 
 func (s *service) startWatch(e *env, consul *consulClient) {
@@ -169,22 +165,18 @@ func (s *service) startProbe(e *env) {
 	s.probe = startTask(prober.Run)
 }
 
-// apply changes the running service to cfg, touching only what changed: a
-// changed strategy, stickiness, slow start or passive policy is handed to
-// the pool (its state stays); changed probe settings replace the prober
-// (the pool keeps the verdicts, which the new prober starts from); a
-// changed tag, weight key or Consul client replaces the watch (the pool
-// keeps its members until the new watch answers). It reports whether the
-// forwarding options changed.
-func (s *service) apply(cfg *config.Service, e *env, consul *consulClient) (fwdChanged bool, err error) {
-	if !reflect.DeepEqual(policyPart(&s.cfg), policyPart(cfg)) {
-		pol, err := poolPolicy(s.name, cfg, e.secret)
-		if err != nil {
-			return false, err
-		}
-		if err := s.pool.SetPolicy(context.Background(), pol); err != nil {
-			return false, err
-		}
+// apply changes the running service to cfg, touching only what changed.
+// pol, when not nil, is the new balancing policy (strategy, stickiness,
+// slow start, passive ejection): the pool takes it and keeps its state.
+// Changed probe settings replace the prober (the pool keeps the verdicts,
+// which the new prober starts from); a removed health_check stops it and
+// clears them. A changed tag, weight key or Consul client replaces the
+// watch (the pool keeps its members until the new watch answers). It
+// reports whether the forwarding options changed. It does not fail: the
+// pool's owner always runs while the service does.
+func (s *service) apply(cfg *config.Service, pol *balance.Policy, e *env, consul *consulClient) (fwdChanged bool) {
+	if pol != nil {
+		_ = s.pool.SetPolicy(context.Background(), *pol)
 	}
 	old := s.cfg
 	s.cfg = *cfg
@@ -197,24 +189,26 @@ func (s *service) apply(cfg *config.Service, e *env, consul *consulClient) (fwdC
 		s.probe = nil
 		if cfg.HealthCheck != nil {
 			s.startProbe(e)
-		} else if err := s.pool.ClearProbes(context.Background()); err != nil {
-			return false, err
+		} else {
+			_ = s.pool.ClearProbes(context.Background())
 		}
 	}
 	fwd := forwardOptions(s.name, cfg, s.pool)
-	if fwd != s.fwd {
-		s.fwd = fwd
-		return true, nil
+	if fwd == s.fwd {
+		return false
 	}
-	return false, nil
+	s.fwd = fwd
+	return true
 }
 
-// stop ends the watch, the prober and the pool, and waits for them.
-// Requests still in flight on the pool's last snapshot finish normally.
-func (s *service) stop() {
+// stop ends the watch, the prober and the pool, waits for them, and tells
+// the upstream client that the service's addresses are gone. Requests
+// still in flight on the pool's last snapshot finish normally.
+func (s *service) stop(e *env) {
 	s.probe.stop()
 	s.watch.stop()
 	s.poolTask.stop()
+	e.transport.Track(s.name, nil)
 }
 
 // feedPool turns discovery updates into pool changes until ctx is done.

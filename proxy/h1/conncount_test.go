@@ -10,8 +10,8 @@ import (
 
 type countConns struct{ opened, closed atomic.Int64 }
 
-func (c *countConns) ConnOpened() { c.opened.Add(1) }
-func (c *countConns) ConnClosed() { c.closed.Add(1) }
+func (c *countConns) ConnOpened() ConnCloser { c.opened.Add(1); return c }
+func (c *countConns) ConnClosed()            { c.closed.Add(1) }
 
 // TestConnCounter: plain, hijacked and h2c connections are each counted
 // once when opened and once when closed, however often the owner of a

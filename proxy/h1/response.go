@@ -298,7 +298,7 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err := c.bw.Flush(); err != nil {
 		return nil, nil, err
 	}
-	hc := &hijackedConn{Conn: c.rwc, counter: c.srv.ConnCounter}
+	hc := &hijackedConn{Conn: c.rwc, counter: c.closer}
 	if n := c.br.Buffered(); n > 0 {
 		buf, _ := c.br.Peek(n)
 		hc.pending = append([]byte(nil), buf...)
@@ -317,7 +317,7 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 type hijackedConn struct {
 	net.Conn
 	pending []byte
-	counter ConnCounter // told of the first Close, when not nil
+	counter ConnCloser // told of the first Close, when not nil
 	closed  atomic.Bool
 }
 

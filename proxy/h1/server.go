@@ -99,12 +99,19 @@ type Server struct {
 }
 
 // ConnCounter counts a Server's open client connections. ConnOpened is
-// called before a connection is served; ConnClosed when it is closed: by
-// the server, or, for a connection handed on, by its new owner (net/http
-// for h2c, the handler for a hijacked one), once however often that owner
-// closes it. Calls come from connection goroutines and must not block.
+// called before a connection is served and returns what is told when that
+// connection closes (so a counter that changes, on a reload, still pairs
+// every close with its open); ConnClosed is called once, when the
+// connection is closed: by the server, or, for a connection handed on, by
+// its new owner (net/http for h2c, the handler for a hijacked one),
+// however often that owner closes it. Calls come from connection
+// goroutines and must not block; ConnOpened should not allocate.
 type ConnCounter interface {
-	ConnOpened()
+	ConnOpened() ConnCloser
+}
+
+// ConnCloser is told that a connection counted by a ConnCounter closed.
+type ConnCloser interface {
 	ConnClosed()
 }
 
@@ -254,7 +261,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		if s.ConnCounter != nil {
-			s.ConnCounter.ConnOpened()
+			c.closer = s.ConnCounter.ConnOpened()
 		}
 		go c.serve()
 	}
@@ -360,8 +367,9 @@ type conn struct {
 	broken   bool // framing or a write failed: close after this request
 	linger   bool // the client may have sent bytes that were not read
 	hijacked bool
-	remote   string    // RemoteAddr, formatted once
-	t        *Timeouts // of the request in progress (or the idle wait after it)
+	remote   string     // RemoteAddr, formatted once
+	t        *Timeouts  // of the request in progress (or the idle wait after it)
+	closer   ConnCloser // from ConnCounter.ConnOpened; nil when not counted
 }
 
 // deadlineWriter fails a write to the client only when the client takes
@@ -450,8 +458,8 @@ func (c *conn) serve() {
 
 // counted tells the ConnCounter that the connection is closed.
 func (c *conn) counted() {
-	if c.srv.ConnCounter != nil {
-		c.srv.ConnCounter.ConnClosed()
+	if c.closer != nil {
+		c.closer.ConnClosed()
 	}
 }
 
@@ -469,7 +477,7 @@ func (c *conn) isH2Preface() bool {
 // handOff passes an h2c connection, with what was buffered, to net/http.
 func (c *conn) handOff(s *Server) bool {
 	buf, _ := c.br.Peek(c.br.Buffered())
-	pc := &hijackedConn{Conn: c.rwc, pending: append([]byte(nil), buf...), counter: s.ConnCounter}
+	pc := &hijackedConn{Conn: c.rwc, pending: append([]byte(nil), buf...), counter: c.closer}
 	c.rwc.SetDeadline(time.Time{})
 	return s.h2ln.deliver(pc)
 }

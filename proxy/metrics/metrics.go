@@ -147,13 +147,15 @@ func (r *Route) Observe(code int, d time.Duration) {
 	r.duration.Observe(d.Seconds())
 }
 
-// DeleteRoute removes the series of a route that a reload removed.
-func (m *Metrics) DeleteRoute(listener, route string) {
+// DeleteRoute removes the series of a route (its label and service) that
+// a reload removed or sent to another service.
+func (m *Metrics) DeleteRoute(listener, route, service string) {
 	if m == nil {
 		return
 	}
-	m.requests.DeletePartialMatch(prometheus.Labels{"listener": listener, "route": route})
-	m.duration.DeletePartialMatch(prometheus.Labels{"listener": listener, "route": route})
+	labels := prometheus.Labels{"listener": listener, "route": route, "service": service}
+	m.requests.DeletePartialMatch(labels)
+	m.duration.DeletePartialMatch(labels)
 }
 
 // Service is the children of one service. nil records nothing.
@@ -176,12 +178,15 @@ func (s *Service) Retried() {
 	}
 }
 
-// DeleteService removes the series of a service that a reload removed.
+// DeleteService removes the series of a service that a reload removed,
+// its requests on every route included.
 func (m *Metrics) DeleteService(name string) {
 	if m == nil {
 		return
 	}
 	m.retries.DeleteLabelValues(name)
+	m.requests.DeletePartialMatch(prometheus.Labels{"service": name})
+	m.duration.DeletePartialMatch(prometheus.Labels{"service": name})
 }
 
 // Listener is the children of one listener. nil records nothing.
