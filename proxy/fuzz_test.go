@@ -78,12 +78,12 @@ func FuzzUpstreamAnswer(f *testing.F) {
 		req, _ := http.NewRequest(method, "http://"+addr+"/fuzz", nil)
 		req.Header.Set("X-Answer", hex.EncodeToString(answer))
 		limits := TryLimits{Header: 50 * time.Millisecond, Write: 50 * time.Millisecond, Body: 50 * time.Millisecond}
-		if resp, err := u.Try(req, limits); err == nil {
+		if resp, err := u.Try(req, req.URL.Host, limits); err == nil {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 		}
 		req, _ = http.NewRequest(http.MethodGet, "http://"+addr+"/next", nil)
-		resp, err := u.Try(req, limits)
+		resp, err := u.Try(req, req.URL.Host, limits)
 		if err != nil {
 			return
 		}

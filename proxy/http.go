@@ -16,7 +16,6 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/textproto"
-	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -421,29 +420,26 @@ type upstreamError struct {
 func (e *upstreamError) Error() string { return e.err.Error() }
 func (e *upstreamError) Unwrap() error { return e.err }
 
-// forward is the state of one request in RoundTrip: the copy of the
-// request that each try sends, with its own URL and body (RoundTrip never
-// modifies the request it was given), and the response body wrapper. It
-// is RoundTrip's one allocation per request; it is not recycled, so a
-// response body closed twice never touches another request's state.
-type forward struct {
+// withBody is the copy of a request with a body that each try sends
+// with its own body (RoundTrip never modifies the request it was given).
+// It is not recycled.
+type withBody struct {
 	out    http.Request
-	url    url.URL
 	replay replayBody // a buffered body, replayed per try
 	client clientBody // a streamed body
-	body   doneBody
 }
 
 // RoundTrip forwards req; see balancingTransport. It does not modify req:
-// each try sends a shallow copy with its own URL (the instance's address)
-// and body. It allocates one forward per request, plus the buffer of a
-// replayable body and an error value when it fails.
+// a try aims at the instance's address through Upstream.Try's addr, and a
+// request with a body sends a shallow copy with its own body. It allocates
+// the response body wrapper (doneBody, not recycled, so a body closed
+// twice never touches another request's state); a request with a body
+// also its copy and, when replayable, its buffer; a failure its error.
 func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var start time.Time // only the access log and metrics need it
 	if t.log != nil || t.route != nil {
 		start = time.Now()
 	}
-	x := &forward{}
 	var info balance.PickInfo
 	info.Client = t.fwd.client(req)
 	switch {
@@ -458,7 +454,11 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 	replayable := req.Body == nil || req.Body == http.NoBody
 	var cb *clientBody
 	var body []byte
+	var x *withBody
+	send := req // what each try sends
 	if !replayable {
+		x = &withBody{out: *req}
+		send = &x.out
 		if idempotent && req.ContentLength > 0 && req.ContentLength <= t.maxReplay {
 			body = make([]byte, req.ContentLength)
 			if _, err := io.ReadFull(req.Body, body); err != nil {
@@ -473,7 +473,6 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			cb.ReadCloser = req.Body
 		}
 	}
-	out := &x.out
 	var last *upstreamError
 	for attempt := 1; ; attempt++ {
 		res, err := t.pool.Load().Picker.Pick(info)
@@ -487,18 +486,14 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 		if attempt > 1 {
 			t.svcm.Retried()
 		}
-		*out = *req
-		x.url = *req.URL
-		x.url.Host = ep.Addr
-		out.URL = &x.url
 		switch {
 		case body != nil:
 			x.replay.Reset(body)
-			out.Body = &x.replay
+			x.out.Body = &x.replay
 		case cb != nil:
-			out.Body = cb
+			x.out.Body = cb
 		}
-		resp, err := t.up.Try(out, t.limits)
+		resp, err := t.up.Try(send, ep.Addr, t.limits)
 		if err != nil {
 			if cb != nil && cb.err != nil {
 				res.Cancel() // the client's body failed: not the instance's fault
@@ -558,7 +553,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			}
 			return resp, nil
 		}
-		db := &x.body
+		db := &doneBody{}
 		db.ReadCloser, db.res, db.failed, db.ctx, db.owner = resp.Body, res, failed, req.Context(), t
 		db.entry = entry
 		resp.Body = db

@@ -40,7 +40,7 @@ func TestReviewIdleUpstreamConnNeverClosed(t *testing.T) {
 	u.idleTimeout = 100 * time.Millisecond
 	defer u.CloseIdleConnections()
 	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
-	resp, err := u.Try(req, TryLimits{})
+	resp, err := u.Try(req, req.URL.Host, TryLimits{})
 	if err != nil {
 		t.Fatal(err)
 	}

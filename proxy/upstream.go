@@ -403,21 +403,23 @@ const maxInterim = 16
 
 // RoundTrip sends req to req.URL.Host with the default TryLimits. See Try.
 func (u *Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
-	return u.Try(req, u.defaults)
+	return u.Try(req, req.URL.Host, u.defaults)
 }
 
-// Try sends req to req.URL.Host and returns its answer's head. The caller
+// Try sends req to the instance at addr ("host:port"; req.URL.Host is not
+// read, so a caller need not copy a request to aim it) and returns its
+// answer's head. It does not modify req. The caller
 // must close the response body; the connection goes back to the pool when
 // the body was read to its end (see the integrity rule on Upstream).
 // Cancelling req's context interrupts the exchange at any point, the body
 // included. Interim answers are passed to an httptrace Got1xxResponse hook
 // in the context (but 100 Continue, which sluice answers itself); 101 ends
 // the exchange and the body is the connection.
-func (u *Upstream) Try(req *http.Request, limits TryLimits) (*http.Response, error) {
+func (u *Upstream) Try(req *http.Request, addr string, limits TryLimits) (*http.Response, error) {
 	if req.URL.Scheme != "http" {
 		return nil, fmt.Errorf("upstream: unsupported scheme %q", req.URL.Scheme)
 	}
-	hp := u.pool(req.URL.Host)
+	hp := u.pool(addr)
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	for {
 		c := u.get(hp)
@@ -428,7 +430,7 @@ func (u *Upstream) Try(req *http.Request, limits TryLimits) (*http.Response, err
 		}
 		if !reused {
 			var err error
-			if c, err = u.dial(req.Context(), req.URL.Host); err != nil {
+			if c, err = u.dial(req.Context(), addr); err != nil {
 				return nil, err
 			}
 		}

@@ -8,6 +8,9 @@
 #
 #   ROUNDS=8 DUR=4s e2e/bench/ab.sh /path/to/sluice-old bin/sluice
 #
+# WRK_HEADER="Connection: close" measures a new client connection per
+# request instead.
+#
 # It starts its own Consul dev agent on 127.0.0.1:18500 and three
 # backends; nothing else should be loading the machine.
 set -e
@@ -47,7 +50,7 @@ for round in $(seq 1 "$ROUNDS"); do
     until curl -sf 127.0.0.1:19901/healthz > /dev/null; do sleep 0.1; done
     curl -s 127.0.0.1:18080/ > /dev/null
     o0=$(opens); t0=$(ticks $s)
-    out=$(taskset -c 1 wrk -t1 -c32 -d"$DUR" http://127.0.0.1:18080/ 2>&1)
+    out=$(taskset -c 1 wrk -t1 -c32 -d"$DUR" ${WRK_HEADER:+-H "$WRK_HEADER"} http://127.0.0.1:18080/ 2>&1)
     t1=$(ticks $s); o1=$(opens)
     n=$(echo "$out" | awk '/requests in/{print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
