@@ -573,3 +573,44 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestReloadReopensAccessLog: after logrotate renames an access-log file, a
+// reload makes sluice write to a new file at the configured path; lines
+// written before stay in the renamed one.
+func TestReloadReopensAccessLog(t *testing.T) {
+	fc := newFakeConsul()
+	fc.add("web", "w1", backend(t, "w1"))
+	front, adm := freeAddr(t), freeAddr(t)
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	src := strings.Replace(configText(baseConfig, "FRONT", front, "ADMIN", adm),
+		`address = "`+front+`"`, `address = "`+front+`"`+"\n  access_log = \""+logPath+"\"", 1)
+	ta := startApp(t, fc, src)
+	ta.synced()
+	lines := func(path string) int {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(b), "\n")
+	}
+	get(t, "http://"+front+"/before")
+	waitUntil(t, "the first line", func() bool { return lines(logPath) == 1 })
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	ta.reload()
+	if st := ta.status().(Status); st.LastReload.Result != "success" {
+		t.Fatalf("reload: %+v", st.LastReload)
+	}
+	get(t, "http://"+front+"/after")
+	waitUntil(t, "a line in the new file", func() bool { return lines(logPath) == 1 })
+	if n := lines(logPath + ".1"); n != 1 {
+		t.Errorf("the rotated file has %d lines, want 1", n)
+	}
+	if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), "path=/after") {
+		t.Errorf("new file: %q", b)
+	}
+	if fi, err := os.Stat(logPath); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Errorf("new file mode: %v %v", fi.Mode(), err)
+	}
+}
