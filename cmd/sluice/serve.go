@@ -70,6 +70,7 @@ loop:
 			a.reload()
 		case sig := <-sigs.stop:
 			logger.Info("stopping", "signal", sig.String(), "grace", shutdownGrace)
+			a.deregisterFirst(sigs.stop) // register.go; no delay without a register block
 			break loop
 		case runErr = <-a.fatal:
 			logger.Error("stopping", "error", runErr)
