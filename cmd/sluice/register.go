@@ -244,7 +244,7 @@ func (a *app) applyRegister(ch *registerChange) {
 		return
 	}
 	if old := a.registrar; old != nil {
-		replaced := ch.next != nil && ch.next.service.ID == old.reg.service.ID && ch.next.consul == old.reg.consul
+		replaced := ch.next != nil && ch.next.service.ID == old.reg.service.ID && reflect.DeepEqual(ch.next.consul, old.reg.consul)
 		old.stop(!replaced)
 		a.registrar = nil
 	}
