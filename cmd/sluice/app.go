@@ -84,6 +84,9 @@ type app struct {
 	services  map[string]*service
 	listeners []*listener
 	admin     *adminServer
+	// registrar keeps the register block's registration; nil without one
+	// (register.go).
+	registrar *registrar
 	// draining are listeners a reload removed that still finish their
 	// connections; shutdown waits for them.
 	draining sync.WaitGroup
@@ -218,6 +221,7 @@ type prepared struct {
 	policies map[string]balance.Policy // service name -> its policy, when new or changed
 	admin    net.Listener              // nil when the admin address is unchanged
 	consul   *consulClient             // nil when the consul block is unchanged
+	register *registerChange           // nil when the registration is unchanged
 	created  []*accessLog              // logs opened by prepare, closed by discard
 }
 
@@ -307,6 +311,8 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 		}
 		a.admin = a.newAdmin(p.admin, cfg.Admin.Address)
 	}
+	// Self-registration once what it registers is serving.
+	a.applyRegister(p.register)
 
 	for name, s := range a.services {
 		if _, ok := cfg.Services[name]; !ok {
@@ -455,6 +461,10 @@ func (a *app) prepare(cfg *config.Config) (_ *prepared, err error) {
 		}
 		p.consul = &consulClient{cfg: cfg.Consul, generation: gen, health: health}
 	}
+	// Self-registration: a client only when the registration changed.
+	if p.register, err = a.prepareRegister(cfg); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -521,10 +531,15 @@ func (a *app) drain(l *listener) {
 	})
 }
 
-// shutdown drains every listener for up to grace, then stops the services
-// and closes the upstream connections.
+// shutdown deregisters (unless deregisterFirst did), drains every listener
+// for up to grace, then stops the services and closes the upstream
+// connections.
 func (a *app) shutdown(grace time.Duration) {
 	a.stop()
+	if a.registrar != nil { // a stop without deregisterFirst (a fatal error)
+		a.registrar.stop(true)
+		a.registrar = nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	var wg sync.WaitGroup
