@@ -289,7 +289,10 @@ func (w *Watcher) confirmEmpty(ctx context.Context, meta *api.QueryMeta) error {
 func (w *Watcher) aclError(err error) error {
 	var se api.StatusError
 	if errors.As(err, &se) && se.Code == 403 {
-		return fmt.Errorf("%w: the token was refused (403 %s)", ErrACL, se.Body)
+		// Through the agent's streaming backend, Consul wraps its text in
+		// a gRPC status.
+		body := strings.TrimPrefix(se.Body, "rpc error: code = Unknown desc = ")
+		return fmt.Errorf("%w: the token was refused (403 %s)", ErrACL, body)
 	}
 	return err
 }

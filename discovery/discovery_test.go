@@ -712,11 +712,15 @@ func TestACLFilteredAnswerIsAnError(t *testing.T) {
 
 func TestRejectedTokenIsAnACLError(t *testing.T) {
 	h := start(t, Options{})
-	for _, body := range []string{"ACL not found", "ACL not found", "Permission denied"} {
-		h.serve(t, answer{err: api.StatusError{Code: 403, Body: body}})
+	for _, tc := range []struct{ body, want string }{
+		{"ACL not found", "ACL not found"},
+		{"rpc error: code = Unknown desc = ACL not found", "ACL not found"}, // the same error, through streaming
+		{"Permission denied", "Permission denied"},
+	} {
+		h.serve(t, answer{err: api.StatusError{Code: 403, Body: tc.body}})
 		u := h.next(t)
-		if !errors.Is(u.Err, ErrACL) || u.Err.Error() != "consul ACL: the token was refused (403 "+body+")" {
-			t.Fatalf("want an ACL error for 403 %s, have %v", body, u.Err)
+		if !errors.Is(u.Err, ErrACL) || u.Err.Error() != "consul ACL: the token was refused (403 "+tc.want+")" {
+			t.Fatalf("want an ACL error for 403 %s, have %v", tc.body, u.Err)
 		}
 	}
 	// Other status errors are left as they are.
