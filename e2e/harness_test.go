@@ -137,6 +137,11 @@ type consulAgent struct {
 	Addr    string
 	Client  *api.Client
 	started atomic.Int32
+	// hcl is extra agent configuration; afterLeader, when set, runs once
+	// the agent has a leader and before start waits for the node (ACL
+	// bootstrap).
+	hcl         []string
+	afterLeader func()
 }
 
 func startConsul(t testing.TB) *consulAgent {
@@ -161,17 +166,24 @@ const consulNode = "e2e"
 func (c *consulAgent) start() {
 	t := c.t
 	t.Helper()
-	c.proc = startProcess(t, binary(t, "CONSUL_BIN", "consul"), "agent", "-dev",
+	args := []string{"agent", "-dev",
 		"-node", consulNode, "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-http-port", fmt.Sprint(c.ports[0]), "-serf-lan-port", fmt.Sprint(c.ports[1]),
 		"-serf-wan-port", fmt.Sprint(c.ports[2]), "-server-port", fmt.Sprint(c.ports[3]),
 		"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "ports { grpc_tls = -1 }",
-		"-log-level", "warn")
+		"-log-level", "warn"}
+	for _, h := range c.hcl {
+		args = append(args, "-hcl", h)
+	}
+	c.proc = startProcess(t, binary(t, "CONSUL_BIN", "consul"), args...)
 	waitFor(t, 30*time.Second, "consul leader", func() bool {
 		leader, err := c.Client.Status().Leader()
-		if err != nil || leader == "" {
-			return false
-		}
+		return err == nil && leader != ""
+	})
+	if c.afterLeader != nil {
+		c.afterLeader()
+	}
+	waitFor(t, 30*time.Second, "consul node", func() bool {
 		nodes, _, err := c.Client.Catalog().Nodes(nil)
 		return err == nil && len(nodes) > 0
 	})
@@ -257,6 +269,8 @@ type sluice struct {
 	// names (writeConfig renders the same blocks around a new body).
 	Path       string
 	consulAddr string
+	// consulToken, when set, is the consul block's token.
+	consulToken string
 }
 
 // startSluice writes a config with an http listener on a free port routing
@@ -280,25 +294,36 @@ listener "public" {
 // admin blocks, and waits until /healthz answers 200.
 func startSluiceConfig(t testing.TB, consulAddr, body string) *sluice {
 	t.Helper()
+	s := launchSluice(t, consulAddr, "", body)
+	waitFor(t, 20*time.Second, "sluice /healthz 200", func() bool { return s.healthz() == http.StatusOK })
+	return s
+}
+
+// launchSluice runs sluice like startSluiceConfig, with token (if not "")
+// in its consul block, and does not wait for it.
+func launchSluice(t testing.TB, consulAddr, token, body string) *sluice {
+	t.Helper()
 	s := &sluice{
 		t:      t,
 		Front:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		Admin:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
 	}
-	s.consulAddr = consulAddr
+	s.consulAddr, s.consulToken = consulAddr, token
 	s.Path = filepath.Join(t.TempDir(), "sluice.hcl")
 	s.writeConfig(body)
 	s.proc = startProcess(t, binary(t, "SLUICE_BIN", "sluice"), "run", "-config", s.Path)
-	waitFor(t, 20*time.Second, "sluice /healthz 200", func() bool {
-		resp, err := s.client.Get("http://" + s.Admin + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
 	return s
+}
+
+// healthz returns the status code of GET /healthz, 0 when it fails.
+func (s *sluice) healthz() int {
+	resp, err := s.client.Get("http://" + s.Admin + "/healthz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // get sends GET path through sluice and returns status, X-Backend and body.
@@ -359,15 +384,19 @@ func (s *sluice) service(name string) admin.Service {
 // admin blocks, then body with FRONT replaced by the main listener's
 // address.
 func (s *sluice) renderConfig(body string) string {
+	var token string
+	if s.consulToken != "" {
+		token = fmt.Sprintf("  token = %q\n", s.consulToken)
+	}
 	return fmt.Sprintf(`
 consul {
   address = %q
-}
+%s}
 admin {
   address = %q
 }
 %s
-`, s.consulAddr, s.Admin, strings.ReplaceAll(body, "FRONT", s.Front))
+`, s.consulAddr, token, s.Admin, strings.ReplaceAll(body, "FRONT", s.Front))
 }
 
 // writeConfig rewrites the configuration file in place (no SIGHUP).

@@ -304,16 +304,6 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 	}
 	a.listeners = next
 
-	if p.admin != nil {
-		if old := a.admin; old != nil {
-			old.stopAccepting() // its address is free for the next reload at once
-			a.background(old.shutdown, nil)
-		}
-		a.admin = a.newAdmin(p.admin, cfg.Admin.Address)
-	}
-	// Self-registration once what it registers is serving.
-	a.applyRegister(p.register)
-
 	for name, s := range a.services {
 		if _, ok := cfg.Services[name]; !ok {
 			s.stop(&a.env)
@@ -326,7 +316,19 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 	for _, name := range cfg.ServiceNames() {
 		pools = append(pools, a.services[name].pool)
 	}
+	// Before the admin API starts: at start, an admin API seeing no pools
+	// would answer /healthz 200 before any Consul answer.
 	a.pools.Store(&pools)
+
+	if p.admin != nil {
+		if old := a.admin; old != nil {
+			old.stopAccepting() // its address is free for the next reload at once
+			a.background(old.shutdown, nil)
+		}
+		a.admin = a.newAdmin(p.admin, cfg.Admin.Address)
+	}
+	// Self-registration once what it registers is serving.
+	a.applyRegister(p.register)
 	a.cfg = cfg
 	return nil
 }
