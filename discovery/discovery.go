@@ -192,6 +192,13 @@ func (w *Watcher) watchLoop(ctx context.Context, out chan<- Update) {
 		}
 		if err != nil {
 			backoff = nextBackoff(backoff, w.opts.BackoffMin, w.opts.BackoffMax)
+			if isNoLeader(err) {
+				// Consul holds such a query until a leader is elected or
+				// its RPC hold timeout (7 s) passes, so it cannot spin;
+				// a short pause lets the first answer after an election
+				// arrive at once.
+				backoff = min(backoff, noLeaderBackoff)
+			}
 			// An error is logged once while it lasts: again only after a
 			// good answer or a different error.
 			if msg := err.Error(); msg != lastErr {
@@ -295,6 +302,15 @@ func (w *Watcher) aclError(err error) error {
 		return fmt.Errorf("%w: the token was refused (403 %s)", ErrACL, body)
 	}
 	return err
+}
+
+// noLeaderBackoff caps the pause after a "No cluster leader" answer.
+const noLeaderBackoff = 500 * time.Millisecond
+
+// isNoLeader reports whether err is Consul's answer while its servers
+// have no leader (an HTTP 500 carrying "No cluster leader").
+func isNoLeader(err error) bool {
+	return strings.Contains(err.Error(), "No cluster leader")
 }
 
 // nextBackoff doubles prev within [lo, hi], then takes off up to 20% as

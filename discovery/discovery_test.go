@@ -755,3 +755,22 @@ func TestErrorLoggedOncePerRun(t *testing.T) {
 		t.Fatalf("want the error logged again after a good answer, have %d: %s", have, h.logs.String())
 	}
 }
+
+// TestNoLeaderPause: Consul's answer while its servers have no leader caps
+// the pause before the next query, so the first answer after an election
+// is not held back by a grown backoff.
+func TestNoLeaderPause(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{errors.New("Unexpected response code: 500 (rpc error making call: No cluster leader)"), true},
+		{errors.Join(errors.New("wrapped"), errors.New("No cluster leader")), true},
+		{errors.New("Unexpected response code: 500 (rpc error: code = Unavailable desc = error reading from server: EOF)"), false},
+		{errors.New("dial tcp 127.0.0.1:8500: connect: connection refused"), false},
+	} {
+		if got := isNoLeader(tc.err); got != tc.want {
+			t.Errorf("isNoLeader(%q) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
