@@ -34,6 +34,10 @@ func newConsulHealth(c config.Consul) (discovery.HealthAPI, error) {
 		InsecureSkipVerify: c.TLS.InsecureSkipVerify,
 	}
 	transport := cleanhttp.DefaultPooledTransport() // what api.DefaultConfig uses, without reading the environment
+	// HTTP/1.1 over TLS as over plain http: over HTTP/2 an agent that
+	// refuses the client certificate shows only as "http2: client conn
+	// could not be established", without the TLS alert.
+	transport.ForceAttemptHTTP2 = false
 	httpClient, err := api.NewHttpClient(transport, tlsConfig)
 	if err != nil {
 		return nil, fmt.Errorf("consul TLS: %w", err)
