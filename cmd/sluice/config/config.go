@@ -30,6 +30,7 @@
 package config
 
 import (
+	"crypto/sha256"
 	"errors"
 	"io"
 	"io/fs"
@@ -140,6 +141,11 @@ type ConsulTLS struct {
 	// InsecureSkipVerify turns off checking the agent's certificate.
 	// Default false, or true when $CONSUL_HTTP_SSL_VERIFY is false.
 	InsecureSkipVerify bool
+	// Files is a SHA-256 digest of the content of the files above as read
+	// at load, so that a reload after a certificate or key was replaced
+	// under the same name counts as a change of the consul block; zero
+	// when no file is named.
+	Files [sha256.Size]byte
 }
 
 // Admin is the admin API listener.

@@ -1,10 +1,12 @@
 package config
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -163,15 +165,19 @@ func (d *decoder) token(as hcl.Attributes, c *Consul) {
 // means none, whatever the environment says.
 func (d *decoder) consulTLS(as hcl.Attributes) ConsulTLS {
 	var t ConsulTLS
+	sum := sha256.New() // of every file read, for t.Files
 	if o, ok := d.envStr(as, "ca_file", "consul.tls.ca_file", "CONSUL_CACERT", &t.CAFile); ok && t.CAFile != "" {
 		if data, problem := readSmall(t.CAFile); problem != "" {
 			d.problem(o, problem, quote(t.CAFile))
-		} else if !x509.NewCertPool().AppendCertsFromPEM(data) {
-			d.problem(o, "must name a PEM file with at least one certificate", quote(t.CAFile))
+		} else {
+			sum.Write(data)
+			if !x509.NewCertPool().AppendCertsFromPEM(data) {
+				d.problem(o, "must name a PEM file with at least one certificate", quote(t.CAFile))
+			}
 		}
 	}
 	if o, ok := d.envStr(as, "ca_path", "consul.tls.ca_path", "CONSUL_CAPATH", &t.CAPath); ok && t.CAPath != "" {
-		if problem := checkCAPath(t.CAPath); problem != "" {
+		if problem := checkCAPath(t.CAPath, sum); problem != "" {
 			d.problem(o, problem, quote(t.CAPath))
 		}
 	}
@@ -191,6 +197,11 @@ func (d *decoder) consulTLS(as hcl.Attributes) ConsulTLS {
 			d.problem(keyO, problem, quote(t.KeyFile))
 			keyOK = false
 		}
+	}
+	sum.Write(cert)
+	sum.Write(key)
+	if t.CAFile != "" || t.CAPath != "" || t.CertFile != "" || t.KeyFile != "" {
+		sum.Sum(t.Files[:0])
 	}
 	switch {
 	case !certOK || !keyOK:
@@ -232,7 +243,8 @@ func readSmall(name string) (data []byte, problem string) {
 
 // checkCAPath checks a CA directory the way the Consul client loads it:
 // every file under it must be a PEM file with at least one certificate.
-func checkCAPath(dir string) string {
+// Each file's content is written to sum.
+func checkCAPath(dir string, sum io.Writer) string {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		var pe *fs.PathError
@@ -253,6 +265,7 @@ func checkCAPath(dir string) string {
 			return nil
 		}
 		data, p := readSmall(path)
+		sum.Write(data)
 		if p == "" && !x509.NewCertPool().AppendCertsFromPEM(data) {
 			p = "must name a PEM file with at least one certificate"
 		}

@@ -132,29 +132,76 @@ func TestConsulSettingsPrecedence(t *testing.T) {
 			if diags.HasErrors() {
 				t.Fatalf("Parse: %v", FormatDiagnostics(diags))
 			}
-			if cfg.Consul != tc.want {
-				t.Errorf("consul:\nwant %+v\nhave %+v", tc.want, cfg.Consul)
+			have := cfg.Consul
+			named := have.TLS.CAFile != "" || have.TLS.CAPath != "" || have.TLS.CertFile != ""
+			if zero := have.TLS.Files == [32]byte{}; zero == named {
+				t.Errorf("TLS.Files: want a digest exactly when files are named (%t), have %x", named, have.TLS.Files)
+			}
+			have.TLS.Files = [32]byte{}
+			if have != tc.want {
+				t.Errorf("consul:\nwant %+v\nhave %+v", tc.want, have)
 			}
 		})
 	}
 }
 
-func TestConsulTokenFileContentIsPartOfTheSettings(t *testing.T) {
+// A reload compares Consul values: a token file, CA file, certificate or
+// key whose content changed under the same name must make them differ.
+func TestConsulFileContentIsPartOfTheSettings(t *testing.T) {
 	f := writeTLSFiles(t)
-	src := []byte("consul {\n  token_file = \"" + f.token + "\"\n}\n" + okListener)
-	first, diags := Parse("test.hcl", src, Options{Getenv: env(nil)})
-	if diags.HasErrors() {
-		t.Fatal(FormatDiagnostics(diags))
+	src := []byte(`consul {
+  token_file = "` + f.token + `"
+  tls {
+    ca_file   = "` + f.caDir + `/ca.pem"
+    ca_path   = "` + f.caDir + `"
+    cert_file = "` + f.ca + `"
+    key_file  = "` + f.key + `"
+  }
+}
+` + okListener)
+	parse := func() Consul {
+		t.Helper()
+		cfg, diags := Parse("test.hcl", src, Options{Getenv: env(nil)})
+		if diags.HasErrors() {
+			t.Fatal(FormatDiagnostics(diags))
+		}
+		return cfg.Consul
+	}
+	replace := func(dst, src string) {
+		t.Helper()
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prev := parse()
+	if again := parse(); again != prev {
+		t.Fatalf("same files, different settings:\n%+v\n%+v", prev, again)
 	}
 	if err := os.WriteFile(f.token, []byte("rotated\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	second, diags := Parse("test.hcl", src, Options{Getenv: env(nil)})
-	if diags.HasErrors() {
-		t.Fatal(FormatDiagnostics(diags))
+	if have := parse(); have == prev || have.Token != "rotated" {
+		t.Errorf("want the new token after the token file changed; have %q then %q", prev.Token, have.Token)
+	} else {
+		prev = have
 	}
-	if first.Consul == second.Consul || second.Consul.Token != "rotated" {
-		t.Errorf("want a changed token after the file changed; have %q then %q", first.Consul.Token, second.Consul.Token)
+	// A new CA (the same certificate under the directory, then a new key
+	// pair): every change of content shows.
+	other := writeTLSFiles(t)
+	replace(filepath.Join(f.caDir, "ca.pem"), other.ca)
+	if have := parse(); have == prev {
+		t.Error("want a change after the CA file changed")
+	} else {
+		prev = have
+	}
+	replace(f.ca, other.ca)
+	replace(f.key, other.key)
+	if have := parse(); have == prev {
+		t.Error("want a change after the certificate and key changed")
 	}
 }
 
