@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -186,9 +187,11 @@ func TestConsulTLS(t *testing.T) {
 	consul, httpsAddr := startConsulTLS(t, pki)
 	b := startBackend(t, "a")
 	consul.register("web", "web-a", b.addr(), nil)
+	const token = "e2e-secret-token-4f1c" // the dev agent has no ACLs: it ignores it
 	block := func(ca string) string {
 		return fmt.Sprintf(`consul {
   address = "https://%s"
+  token   = "`+token+`"
   tls {
     ca_file   = %q
     cert_file = %q
@@ -203,6 +206,23 @@ func TestConsulTLS(t *testing.T) {
 		status, backend, _, err := s.get("/")
 		if err != nil || status != http.StatusOK || backend != "a" {
 			t.Fatalf("GET / through sluice: want 200 from a, have %d from %q (%v)", status, backend, err)
+		}
+		for _, path := range []string{"/v1/services", "/v1/status", "/metrics"} {
+			resp, err := s.client.Get("http://" + s.Admin + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET %s: %d %v", path, resp.StatusCode, err)
+			}
+			if strings.Contains(string(body), token) {
+				t.Errorf("GET %s shows the token", path)
+			}
+		}
+		if strings.Contains(s.proc.out.String(), token) {
+			t.Error("the log shows the token")
 		}
 	})
 
