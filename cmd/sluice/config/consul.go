@@ -224,10 +224,18 @@ func (d *decoder) consulTLS(as hcl.Attributes) ConsulTLS {
 	return t
 }
 
-// readSmall reads a file of at most maxSecretFile bytes; problem describes
-// why it cannot, phrased to follow an attribute name.
+// readSmall reads a regular file of at most maxSecretFile bytes; problem
+// describes why it cannot, phrased to follow an attribute name. Anything
+// but a regular file (after symbolic links) is refused before it is
+// opened, so that a FIFO or a device cannot block or flood validation.
 func readSmall(name string) (data []byte, problem string) {
-	data, err := readAtMost(name, maxSecretFile+1)
+	fi, err := os.Stat(name)
+	if err == nil && !fi.Mode().IsRegular() {
+		return nil, "must name a regular file"
+	}
+	if err == nil {
+		data, err = readAtMost(name, maxSecretFile+1)
+	}
 	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
