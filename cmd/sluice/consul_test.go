@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
+	"log"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -155,7 +157,10 @@ func selfSigned(t *testing.T) *x509.Certificate {
 
 func TestConsulClientTLS(t *testing.T) {
 	rc := &recordingConsul{}
-	srv := httptest.NewTLSServer(rc)
+	quiet := log.New(io.Discard, "", 0) // the refused handshakes are expected
+	srv := httptest.NewUnstartedServer(rc)
+	srv.Config.ErrorLog = quiet
+	srv.StartTLS()
 	defer srv.Close()
 	dir := t.TempDir()
 	goodCA := writePEM(t, dir, "good-ca.pem", srv.Certificate())
@@ -186,6 +191,7 @@ func TestConsulClientTLS(t *testing.T) {
 	t.Run("client certificate required", func(t *testing.T) {
 		mtls := httptest.NewUnstartedServer(rc)
 		mtls.TLS = &tls.Config{ClientAuth: tls.RequireAnyClientCert}
+		mtls.Config.ErrorLog = quiet
 		mtls.StartTLS()
 		defer mtls.Close()
 		ca := writePEM(t, dir, "mtls-ca.pem", mtls.Certificate())
