@@ -9,11 +9,18 @@
 // Contract (go-kit sd.Event style): every Update is either a full set or an
 // error carried in band; the receiver keeps serving its last good set on an
 // error. A Watcher never watches /v1/health/state/any.
+//
+// ACLs: Consul does not refuse a read its token may not make, it answers
+// 200 with the forbidden entries left out. An empty answer is therefore
+// confirmed with a non-streaming query (the streaming backend does not say
+// it filtered); when Consul says it filtered, or rejects the token (403),
+// the watcher reports an error wrapping ErrACL instead of an empty set.
 package discovery
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -133,6 +140,16 @@ func NewWatcher(h HealthAPI, opts Options) *Watcher {
 	return &Watcher{h: h, opts: opts, warned: map[string]bool{}}
 }
 
+// ErrACL is wrapped by the errors of a watch that Consul's ACLs keep from
+// its answer: the token was rejected (403: unknown, expired, or lacking a
+// permission Consul requires) or the answer came back empty because every
+// entry was filtered out (the token lacks service:read on the service or
+// node:read on its nodes). Such an error is handled like any other Consul
+// error: the last good set keeps serving and the watch retries without an
+// index at the backoff pace, since a blocking query is not woken by a
+// policy attached to the token.
+var ErrACL = errors.New("consul ACL")
+
 // errWatchdog marks a query cancelled by the watchdog.
 var errWatchdog = errors.New("watchdog")
 
@@ -148,6 +165,7 @@ func (w *Watcher) watchLoop(ctx context.Context, out chan<- Update) {
 		index     uint64
 		published bool // an answer was published and no error since
 		backoff   time.Duration
+		lastErr   string // the text of the error logged last; "" after a good answer
 	)
 	send := func(u Update) bool {
 		select {
@@ -166,9 +184,22 @@ func (w *Watcher) watchLoop(ctx context.Context, out chan<- Update) {
 			w.opts.Logger.Warn("watch query overran, re-issuing", "service", w.opts.Service, "index", index)
 			continue
 		}
+		if err == nil && len(entries) == 0 && !(published && max(meta.LastIndex, 1) == index) {
+			err = w.confirmEmpty(ctx, meta)
+			if ctx.Err() != nil {
+				return
+			}
+		}
 		if err != nil {
 			backoff = nextBackoff(backoff, w.opts.BackoffMin, w.opts.BackoffMax)
-			w.opts.Logger.Warn("watch failed", "service", w.opts.Service, "error", err, "retry_in", backoff)
+			// An error is logged once while it lasts: again only after a
+			// good answer or a different error.
+			if msg := err.Error(); msg != lastErr {
+				lastErr = msg
+				w.opts.Logger.Warn("watch failed", "service", w.opts.Service, "error", err, "retry_in", backoff)
+			} else {
+				w.opts.Logger.Debug("watch still failing", "service", w.opts.Service, "error", err, "retry_in", backoff)
+			}
 			published = false
 			index = 0 // after an outage ask afresh, so recovery is published at once
 			if !send(Update{Service: w.opts.Service, Err: err}) {
@@ -184,6 +215,10 @@ func (w *Watcher) watchLoop(ctx context.Context, out chan<- Update) {
 			continue
 		}
 		backoff = 0
+		if lastErr != "" {
+			w.opts.Logger.Info("watch recovered", "service", w.opts.Service)
+			lastErr = ""
+		}
 		// Index 0 counts as 1 so that the next query blocks.
 		last := max(meta.LastIndex, 1)
 		switch {
@@ -220,7 +255,46 @@ func (w *Watcher) query(ctx context.Context, index uint64) ([]*api.ServiceEntry,
 	if err == nil && meta == nil {
 		err = errors.New("consul answered without query metadata")
 	}
-	return entries, meta, err
+	return entries, meta, w.aclError(err)
+}
+
+// confirmEmpty returns an error wrapping ErrACL when Consul's empty answer
+// (with meta) was emptied by ACL filtering, the error of the confirming
+// query if it failed, or nil when the service really has no instances.
+// An answer that says it was filtered is taken as it is; any other is
+// confirmed by a non-streaming query (no cache, no index, so it returns at
+// once, stale reads as configured), because only such a query carries
+// Consul's X-Consul-Results-Filtered-By-ACLs header. The confirming query
+// is bounded like a watch query.
+func (w *Watcher) confirmEmpty(ctx context.Context, meta *api.QueryMeta) error {
+	if !meta.ResultsFilteredByACLs {
+		qctx, cancel := context.WithTimeout(ctx, w.opts.Wait+w.opts.WatchdogMargin)
+		defer cancel()
+		q := &api.QueryOptions{Datacenter: w.opts.Datacenter, AllowStale: w.opts.Stale}
+		_, m, err := w.h.Service(w.opts.Service, w.opts.Tag, false, q.WithContext(qctx))
+		if err != nil {
+			return w.aclError(err)
+		}
+		if m == nil || !m.ResultsFilteredByACLs {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: results filtered: the token lacks service:read on %q or node:read on its nodes", ErrACL, w.opts.Service)
+}
+
+// aclError wraps ErrACL around an error carrying Consul's 403, which it
+// answers for a token it does not know ("ACL not found") or one lacking a
+// permission it requires ("Permission denied"); other errors are returned
+// as they are.
+func (w *Watcher) aclError(err error) error {
+	var se api.StatusError
+	if errors.As(err, &se) && se.Code == 403 {
+		// Through the agent's streaming backend, Consul wraps its text in
+		// a gRPC status.
+		body := strings.TrimPrefix(se.Body, "rpc error: code = Unknown desc = ")
+		return fmt.Errorf("%w: the token was refused (403 %s)", ErrACL, body)
+	}
+	return err
 }
 
 // nextBackoff doubles prev within [lo, hi], then takes off up to 20% as

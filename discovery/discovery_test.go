@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,10 +20,11 @@ import (
 
 // answer is one scripted reply of fakeHealth.
 type answer struct {
-	entries []*api.ServiceEntry
-	index   uint64
-	err     error
-	block   bool // block until the query's context ends
+	entries  []*api.ServiceEntry
+	index    uint64
+	err      error
+	block    bool // block until the query's context ends
+	filtered bool // QueryMeta.ResultsFilteredByACLs
 }
 
 // call is what fakeHealth saw of one query.
@@ -31,18 +33,37 @@ type call struct {
 	q            api.QueryOptions
 }
 
-// fakeHealth serves scripted answers: each query is reported on calls and
-// then waits for the next answer on answers.
+// fakeHealth serves scripted answers: each watch query is reported on
+// calls and then waits for the next answer on answers. A query without a
+// wait time (the confirmation of an empty answer) is answered at once with
+// an empty set, filtered by ACLs when filtered is set, and recorded in
+// confirms.
 type fakeHealth struct {
-	calls   chan call
-	answers chan answer
+	calls    chan call
+	answers  chan answer
+	filtered atomic.Bool
+	mu       sync.Mutex
+	confirms []api.QueryOptions
 }
 
 func newFake() *fakeHealth {
 	return &fakeHealth{calls: make(chan call, 16), answers: make(chan answer)}
 }
 
+// confirmed returns the confirming queries seen so far.
+func (f *fakeHealth) confirmed() []api.QueryOptions {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]api.QueryOptions(nil), f.confirms...)
+}
+
 func (f *fakeHealth) Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	if q.WaitTime == 0 {
+		f.mu.Lock()
+		f.confirms = append(f.confirms, *q)
+		f.mu.Unlock()
+		return nil, &api.QueryMeta{LastIndex: 1, ResultsFilteredByACLs: f.filtered.Load()}, nil
+	}
 	f.calls <- call{service: service, tag: tag, q: *q}
 	ctx := q.Context()
 	select {
@@ -54,7 +75,7 @@ func (f *fakeHealth) Service(service, tag string, passingOnly bool, q *api.Query
 		if a.err != nil {
 			return nil, nil, a.err
 		}
-		return a.entries, &api.QueryMeta{LastIndex: a.index}, nil
+		return a.entries, &api.QueryMeta{LastIndex: a.index, ResultsFilteredByACLs: a.filtered}, nil
 	case <-ctx.Done():
 		return nil, nil, ctx.Err()
 	}
@@ -604,5 +625,133 @@ func TestIdentityStableWhenNodeJoins(t *testing.T) {
 	h.next(t)
 	if have := strings.Count(h.logs.String(), "listed more than once"); have != 1 {
 		t.Fatalf("want the repeat logged once, have %d: %s", have, h.logs.String())
+	}
+}
+
+func TestEmptyAnswerConfirmed(t *testing.T) {
+	h := start(t, Options{Stale: true, Datacenter: "dc2"})
+	// A service without instances: the empty answer is confirmed once and
+	// published as an empty set.
+	h.serve(t, answer{index: 7})
+	if u := h.next(t); u.Err != nil || len(u.Instances) != 0 || u.Index != 7 {
+		t.Fatalf("want an empty set at 7, have %+v", u)
+	}
+	cs := h.fake.confirmed()
+	if len(cs) != 1 {
+		t.Fatalf("want 1 confirming query, have %d", len(cs))
+	}
+	if q := cs[0]; q.WaitIndex != 0 || q.UseCache || !q.AllowStale || q.Datacenter != "dc2" {
+		t.Fatalf("confirming query must be non-streaming, without index, stale as configured: %+v", q)
+	}
+	// The same empty answer again publishes nothing and asks nothing more;
+	// neither does a non-empty one.
+	h.serve(t, answer{index: 7})
+	h.serve(t, answer{index: 8, entries: []*api.ServiceEntry{entry("a", "n1", "10.1.0.1", 80)}})
+	h.next(t)
+	h.expectNone(t)
+	if n := len(h.fake.confirmed()); n != 1 {
+		t.Fatalf("want 1 confirming query in all, have %d", n)
+	}
+}
+
+func TestACLFilteredAnswerIsAnError(t *testing.T) {
+	h := start(t, Options{Stale: true})
+	good := answer{index: 4, entries: []*api.ServiceEntry{entry("a", "n1", "10.1.0.1", 80)}}
+	h.serve(t, good)
+	h.next(t)
+
+	// The token loses its policy: the streaming answer is empty with no
+	// marker, the confirming query says it was filtered.
+	h.fake.filtered.Store(true)
+	for i := 0; i < 4; i++ {
+		c := h.serve(t, answer{index: 9})
+		if i > 0 && c.q.WaitIndex != 0 {
+			t.Fatalf("retry %d: want a query without index, have WaitIndex %d", i, c.q.WaitIndex)
+		}
+		u := h.next(t)
+		if !errors.Is(u.Err, ErrACL) || u.Instances != nil {
+			t.Fatalf("retry %d: want an ACL error, have %+v", i, u)
+		}
+		if want := `consul ACL: results filtered: the token lacks service:read on "web" or node:read on its nodes`; u.Err.Error() != want {
+			t.Fatalf("want error %q, have %q", want, u.Err)
+		}
+	}
+	if have := strings.Count(h.logs.String(), "[WARN]  watch failed"); have != 1 {
+		t.Fatalf("want the ACL error logged once, have %d: %s", have, h.logs.String())
+	}
+	if !strings.Contains(h.logs.String(), `service=web error="consul ACL: results filtered`) {
+		t.Fatalf("warning does not name the service and the error: %s", h.logs.String())
+	}
+
+	// The policy is attached: the next answer (without index) recovers.
+	h.fake.filtered.Store(false)
+	if c := h.serve(t, good); c.q.WaitIndex != 0 {
+		t.Fatalf("want a query without index, have WaitIndex %d", c.q.WaitIndex)
+	}
+	if u := h.next(t); u.Err != nil || ids(u) != "n1/a" {
+		t.Fatalf("want recovery, have %+v", u)
+	}
+	if !strings.Contains(h.logs.String(), "watch recovered") {
+		t.Fatalf("recovery not logged: %s", h.logs.String())
+	}
+
+	// Filtered again after a good answer: logged again. An answer that
+	// carries the marker itself needs no confirmation.
+	confirms := len(h.fake.confirmed())
+	h.serve(t, answer{index: 11, filtered: true})
+	if u := h.next(t); !errors.Is(u.Err, ErrACL) {
+		t.Fatalf("want an ACL error, have %+v", u)
+	}
+	if n := len(h.fake.confirmed()); n != confirms {
+		t.Fatalf("a marked answer was confirmed: %d -> %d confirming queries", confirms, n)
+	}
+	if have := strings.Count(h.logs.String(), "[WARN]  watch failed"); have != 2 {
+		t.Fatalf("want the ACL error logged again after recovery, have %d: %s", have, h.logs.String())
+	}
+}
+
+func TestRejectedTokenIsAnACLError(t *testing.T) {
+	h := start(t, Options{})
+	for _, tc := range []struct{ body, want string }{
+		{"ACL not found", "ACL not found"},
+		{"rpc error: code = Unknown desc = ACL not found", "ACL not found"}, // the same error, through streaming
+		{"Permission denied", "Permission denied"},
+	} {
+		h.serve(t, answer{err: api.StatusError{Code: 403, Body: tc.body}})
+		u := h.next(t)
+		if !errors.Is(u.Err, ErrACL) || u.Err.Error() != "consul ACL: the token was refused (403 "+tc.want+")" {
+			t.Fatalf("want an ACL error for 403 %s, have %v", tc.body, u.Err)
+		}
+	}
+	// Other status errors are left as they are.
+	h.serve(t, answer{err: api.StatusError{Code: 500, Body: "No cluster leader"}})
+	if u := h.next(t); errors.Is(u.Err, ErrACL) || !strings.Contains(u.Err.Error(), "No cluster leader") {
+		t.Fatalf("want the 500 as it is, have %v", u.Err)
+	}
+	if have := strings.Count(h.logs.String(), "[WARN]  watch failed"); have != 3 {
+		t.Fatalf("want one warning per distinct error in a row (3), have %d: %s", have, h.logs.String())
+	}
+}
+
+func TestErrorLoggedOncePerRun(t *testing.T) {
+	h := start(t, Options{})
+	refused, leader := errors.New("connection refused"), errors.New("No cluster leader")
+	for _, err := range []error{refused, refused, refused, leader, leader, refused} {
+		h.serve(t, answer{err: err})
+		h.next(t)
+	}
+	logs := h.logs.String()
+	if have := strings.Count(logs, "[WARN]  watch failed"); have != 3 {
+		t.Fatalf("want 3 warnings (refused, leader, refused), have %d: %s", have, logs)
+	}
+	if have := strings.Count(logs, "[DEBUG] watch still failing"); have != 3 {
+		t.Fatalf("want the 3 repeats at debug level, have %d: %s", have, logs)
+	}
+	h.serve(t, answer{index: 2, entries: []*api.ServiceEntry{entry("a", "n1", "10.1.0.1", 80)}})
+	h.next(t)
+	h.serve(t, answer{err: refused})
+	h.next(t)
+	if have := strings.Count(h.logs.String(), "[WARN]  watch failed"); have != 4 {
+		t.Fatalf("want the error logged again after a good answer, have %d: %s", have, h.logs.String())
 	}
 }

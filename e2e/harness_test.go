@@ -137,6 +137,11 @@ type consulAgent struct {
 	Addr    string
 	Client  *api.Client
 	started atomic.Int32
+	// hcl is extra agent configuration; afterLeader, when set, runs once
+	// the agent has a leader and before start waits for the node (ACL
+	// bootstrap).
+	hcl         []string
+	afterLeader func()
 }
 
 func startConsul(t testing.TB) *consulAgent {
@@ -161,17 +166,24 @@ const consulNode = "e2e"
 func (c *consulAgent) start() {
 	t := c.t
 	t.Helper()
-	c.proc = startProcess(t, binary(t, "CONSUL_BIN", "consul"), "agent", "-dev",
+	args := []string{"agent", "-dev",
 		"-node", consulNode, "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-http-port", fmt.Sprint(c.ports[0]), "-serf-lan-port", fmt.Sprint(c.ports[1]),
 		"-serf-wan-port", fmt.Sprint(c.ports[2]), "-server-port", fmt.Sprint(c.ports[3]),
 		"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "ports { grpc_tls = -1 }",
-		"-log-level", "warn")
+		"-log-level", "warn"}
+	for _, h := range c.hcl {
+		args = append(args, "-hcl", h)
+	}
+	c.proc = startProcess(t, binary(t, "CONSUL_BIN", "consul"), args...)
 	waitFor(t, 30*time.Second, "consul leader", func() bool {
 		leader, err := c.Client.Status().Leader()
-		if err != nil || leader == "" {
-			return false
-		}
+		return err == nil && leader != ""
+	})
+	if c.afterLeader != nil {
+		c.afterLeader()
+	}
+	waitFor(t, 30*time.Second, "consul node", func() bool {
 		nodes, _, err := c.Client.Catalog().Nodes(nil)
 		return err == nil && len(nodes) > 0
 	})
@@ -257,6 +269,8 @@ type sluice struct {
 	// names (writeConfig renders the same blocks around a new body).
 	Path       string
 	consulAddr string
+	// consulToken, when set, is the consul block's token.
+	consulToken string
 }
 
 // startSluice writes a config with an http listener on a free port routing
@@ -280,25 +294,36 @@ listener "public" {
 // admin blocks, and waits until /healthz answers 200.
 func startSluiceConfig(t testing.TB, consulAddr, body string) *sluice {
 	t.Helper()
+	s := launchSluice(t, consulAddr, "", body)
+	waitFor(t, 20*time.Second, "sluice /healthz 200", func() bool { return s.healthz() == http.StatusOK })
+	return s
+}
+
+// launchSluice runs sluice like startSluiceConfig, with token (if not "")
+// in its consul block, and does not wait for it.
+func launchSluice(t testing.TB, consulAddr, token, body string) *sluice {
+	t.Helper()
 	s := &sluice{
 		t:      t,
 		Front:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		Admin:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
 	}
-	s.consulAddr = consulAddr
+	s.consulAddr, s.consulToken = consulAddr, token
 	s.Path = filepath.Join(t.TempDir(), "sluice.hcl")
 	s.writeConfig(body)
 	s.proc = startProcess(t, binary(t, "SLUICE_BIN", "sluice"), "run", "-config", s.Path)
-	waitFor(t, 20*time.Second, "sluice /healthz 200", func() bool {
-		resp, err := s.client.Get("http://" + s.Admin + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
 	return s
+}
+
+// healthz returns the status code of GET /healthz, 0 when it fails.
+func (s *sluice) healthz() int {
+	resp, err := s.client.Get("http://" + s.Admin + "/healthz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // get sends GET path through sluice and returns status, X-Backend and body.
@@ -359,15 +384,19 @@ func (s *sluice) service(name string) admin.Service {
 // admin blocks, then body with FRONT replaced by the main listener's
 // address.
 func (s *sluice) renderConfig(body string) string {
+	var token string
+	if s.consulToken != "" {
+		token = fmt.Sprintf("  token = %q\n", s.consulToken)
+	}
 	return fmt.Sprintf(`
 consul {
   address = %q
-}
+%s}
 admin {
   address = %q
 }
 %s
-`, s.consulAddr, s.Admin, strings.ReplaceAll(body, "FRONT", s.Front))
+`, s.consulAddr, token, s.Admin, strings.ReplaceAll(body, "FRONT", s.Front))
 }
 
 // writeConfig rewrites the configuration file in place (no SIGHUP).
@@ -575,4 +604,147 @@ func sameReload(a, b *reloadStatus) bool {
 		return a == b
 	}
 	return a.At == b.At && a.Result == b.Result && strings.Join(a.Diagnostics, "\n") == strings.Join(b.Diagnostics, "\n")
+}
+
+// ---------------------------------------------------------------------------
+// Multi-server Consul cluster (leader_test.go).
+
+// consulServer is one server agent of a consulCluster.
+type consulServer struct {
+	name  string
+	ports [4]int // http, serf lan, serf wan, server rpc
+	proc  *process
+	args  []string // to start it again on the same ports and data
+	t     testing.TB
+}
+
+// restart starts a killed server again with its ports and data directory.
+func (s *consulServer) restart() {
+	s.t.Helper()
+	s.proc = startProcess(s.t, binary(s.t, "CONSUL_BIN", "consul"), s.args...)
+}
+
+// rpcAddr is the address Status().Leader() names when this server leads.
+func (s *consulServer) rpcAddr() string { return fmt.Sprintf("127.0.0.1:%d", s.ports[3]) }
+
+// consulCluster is three Consul server agents and one client agent (node
+// consulNode, so sluice.instance works) on loopback, each with a data
+// directory of its own.
+type consulCluster struct {
+	servers []*consulServer
+	Client  *consulAgent // the client agent: register through it, point sluice at it
+}
+
+// startConsulCluster runs three servers (-bootstrap-expect 3, raft_multiplier
+// 1) and a client agent joined to them, and waits until the client agent
+// names a leader and the catalog lists all four nodes.
+func startConsulCluster(t testing.TB) *consulCluster {
+	t.Helper()
+	bin := binary(t, "CONSUL_BIN", "consul")
+	c := &consulCluster{}
+	for i := range 3 {
+		c.servers = append(c.servers, &consulServer{
+			name:  fmt.Sprintf("srv%d", i),
+			ports: [4]int{freePort(t), freePort(t), freePort(t), freePort(t)},
+		})
+	}
+	common := func(node string, ports [4]int) []string {
+		return []string{"agent", "-node", node, "-data-dir", t.TempDir(),
+			"-bind", "127.0.0.1", "-client", "127.0.0.1",
+			"-http-port", fmt.Sprint(ports[0]), "-serf-lan-port", fmt.Sprint(ports[1]),
+			"-serf-wan-port", fmt.Sprint(ports[2]), "-server-port", fmt.Sprint(ports[3]),
+			"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "ports { grpc_tls = -1 }",
+			"-hcl", "performance { raft_multiplier = 1 }",
+			"-log-level", "info"}
+	}
+	for i, s := range c.servers {
+		args := append(common(s.name, s.ports), "-server", "-bootstrap-expect", "3")
+		for j, o := range c.servers {
+			if j != i {
+				args = append(args, "-retry-join", fmt.Sprintf("127.0.0.1:%d", o.ports[1]), "-retry-interval", "200ms")
+			}
+		}
+		s.t, s.args = t, args
+		s.proc = startProcess(t, bin, args...)
+	}
+	a := &consulAgent{t: t, ports: [4]int{freePort(t), freePort(t), freePort(t), freePort(t)}}
+	a.Addr = fmt.Sprintf("127.0.0.1:%d", a.ports[0])
+	client, err := api.NewClient(&api.Config{Address: a.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Client = client
+	args := common(consulNode, a.ports)
+	for _, o := range c.servers {
+		args = append(args, "-retry-join", fmt.Sprintf("127.0.0.1:%d", o.ports[1]), "-retry-interval", "200ms")
+	}
+	a.proc = startProcess(t, bin, args...)
+	c.Client = a
+	waitFor(t, 60*time.Second, "consul cluster: a leader and four nodes", func() bool {
+		leader, err := a.Client.Status().Leader()
+		if err != nil || leader == "" {
+			return false
+		}
+		nodes, _, err := a.Client.Catalog().Nodes(nil)
+		return err == nil && len(nodes) == 4
+	})
+	return c
+}
+
+// server returns the server whose RPC address is rpcAddr, or nil.
+func (c *consulCluster) server(rpcAddr string) *consulServer {
+	for _, s := range c.servers {
+		if s.rpcAddr() == rpcAddr {
+			return s
+		}
+	}
+	return nil
+}
+
+// alive reports whether the server's process is still running.
+func (s *consulServer) alive() bool {
+	select {
+	case <-s.proc.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// startSluiceConsul is startSluiceConfig with extra attributes (e.g.
+// "stale = false") in the consul block. The returned sluice must not be
+// reloaded: writeConfig would drop them.
+func startSluiceConsul(t testing.TB, consulAddr, consulExtra, body string) *sluice {
+	t.Helper()
+	s := &sluice{
+		t:      t,
+		Front:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		Admin:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
+	}
+	s.consulAddr = consulAddr
+	s.Path = filepath.Join(t.TempDir(), "sluice.hcl")
+	cfg := fmt.Sprintf(`
+consul {
+  address = %q
+  %s
+}
+admin {
+  address = %q
+}
+%s
+`, consulAddr, consulExtra, s.Admin, strings.ReplaceAll(body, "FRONT", s.Front))
+	if err := os.WriteFile(s.Path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.proc = startProcess(t, binary(t, "SLUICE_BIN", "sluice"), "run", "-config", s.Path)
+	waitFor(t, 20*time.Second, "sluice /healthz 200", func() bool {
+		resp, err := s.client.Get("http://" + s.Admin + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return s
 }

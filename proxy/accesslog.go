@@ -9,8 +9,8 @@ import (
 
 // AccessLog writes one line per HTTP request or TCP connection, in logfmt:
 //
-//	2026-11-28T03:04:05.678Z listener=public service=web instance=web-1 client=127.0.0.1:5555 method=GET path=/x status=200 bytes=123 duration_ms=1.234 attempts=1
-//	2026-11-28T03:04:05.678Z listener=db service=pg instance=pg-1 client=127.0.0.1:5555 bytes_in=10 bytes_out=20 duration_ms=1.234 attempts=1
+//	2026-11-28T03:04:05.678Z listener=public service=web instance=node-1/web-1 client=127.0.0.1:5555 method=GET path=/x status=200 bytes=123 duration_ms=1.234 attempts=1
+//	2026-11-28T03:04:05.678Z listener=db service=pg instance=node-1/pg-1 client=127.0.0.1:5555 bytes_in=10 bytes_out=20 duration_ms=1.234 attempts=1
 //
 // A line is built in a pooled buffer and written with one Write call; it
 // allocates nothing else. Values are written as they are: the path is

@@ -74,6 +74,9 @@ type app struct {
 	services  map[string]*service
 	listeners []*listener
 	admin     *adminServer
+	// registrar keeps the register block's registration; nil without one
+	// (register.go).
+	registrar *registrar
 	// draining are listeners a reload removed that still finish their
 	// connections; shutdown waits for them.
 	draining sync.WaitGroup
@@ -208,6 +211,7 @@ type prepared struct {
 	policies map[string]balance.Policy // service name -> its policy, when new or changed
 	admin    net.Listener              // nil when the admin address is unchanged
 	consul   *consulClient             // nil when the consul block is unchanged
+	register *registerChange           // nil when the registration is unchanged
 	created  []*accessLog              // logs opened by prepare, closed by discard
 }
 
@@ -290,14 +294,6 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 	}
 	a.listeners = next
 
-	if p.admin != nil {
-		if old := a.admin; old != nil {
-			old.stopAccepting() // its address is free for the next reload at once
-			a.background(old.shutdown, nil)
-		}
-		a.admin = a.newAdmin(p.admin, cfg.Admin.Address)
-	}
-
 	for name, s := range a.services {
 		if _, ok := cfg.Services[name]; !ok {
 			s.stop(&a.env)
@@ -310,7 +306,19 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 	for _, name := range cfg.ServiceNames() {
 		pools = append(pools, a.services[name].pool)
 	}
+	// Before the admin API starts: at start, an admin API seeing no pools
+	// would answer /healthz 200 before any Consul answer.
 	a.pools.Store(&pools)
+
+	if p.admin != nil {
+		if old := a.admin; old != nil {
+			old.stopAccepting() // its address is free for the next reload at once
+			a.background(old.shutdown, nil)
+		}
+		a.admin = a.newAdmin(p.admin, cfg.Admin.Address)
+	}
+	// Self-registration once what it registers is serving.
+	a.applyRegister(p.register)
 	a.cfg = cfg
 	return nil
 }
@@ -445,6 +453,10 @@ func (a *app) prepare(cfg *config.Config) (_ *prepared, err error) {
 		}
 		p.consul = &consulClient{cfg: cfg.Consul, generation: gen, health: health}
 	}
+	// Self-registration: a client only when the registration changed.
+	if p.register, err = a.prepareRegister(cfg); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -511,10 +523,15 @@ func (a *app) drain(l *listener) {
 	})
 }
 
-// shutdown drains every listener for up to grace, then stops the services
-// and closes the upstream connections.
+// shutdown deregisters (unless deregisterFirst did), drains every listener
+// for up to grace, then stops the services and closes the upstream
+// connections.
 func (a *app) shutdown(grace time.Duration) {
 	a.stop()
+	if a.registrar != nil { // a stop without deregisterFirst (a fatal error)
+		a.registrar.stop(true)
+		a.registrar = nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -124,6 +124,10 @@ func summary(cfg *config.Config) string {
 			http++
 		}
 	}
-	return fmt.Sprintf("%d http and %d tcp listeners, %d services (%s), consul %s",
+	out := fmt.Sprintf("%d http and %d tcp listeners, %d services (%s), consul %s",
 		http, tcp, len(cfg.Services), strings.Join(cfg.ServiceNames(), ", "), cfg.Consul.Address)
+	if r := cfg.Register; r != nil {
+		out += fmt.Sprintf(", registers %q as %s", r.Name, r.ID)
+	}
+	return out
 }

@@ -47,7 +47,9 @@ func (s *signals) release() {
 // serve runs the balancer described by cfg (read from path) until SIGINT
 // or SIGTERM, reloading path on every SIGHUP. Every socket is bound before
 // anything starts, so an address in use is a start-up error and nothing is
-// left running.
+// left running. On SIGINT or SIGTERM a register block's registration is
+// removed first and sluice serves on for its shutdown_delay; then it
+// drains for up to shutdownGrace.
 func serve(path string, cfg *config.Config, level string, stderr io.Writer, sigs *signals) error {
 	logLevel := hclog.LevelFromString(level)
 	if logLevel == hclog.NoLevel {
@@ -70,6 +72,7 @@ loop:
 			a.reload()
 		case sig := <-sigs.stop:
 			logger.Info("stopping", "signal", sig.String(), "grace", shutdownGrace)
+			a.deregisterFirst(sigs.stop) // register.go; no delay without a register block
 			break loop
 		case runErr = <-a.fatal:
 			logger.Error("stopping", "error", runErr)

@@ -61,7 +61,9 @@ type Options struct {
 //	GET /v1/status    JSON status of the process (Options.Status)
 //	GET /metrics      Prometheus metrics (Options.Metrics)
 //	GET /healthz      200 when Ready says so or every pool has had its
-//	                  first Consul answer, else 503
+//	                  first Consul answer, else 503 naming the services
+//	                  waiting and, in consul_errors, the last Consul error
+//	                  of each that has one (an ACL error, for instance)
 func NewHandler(opts Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
@@ -78,13 +80,21 @@ func NewHandler(opts Options) http.Handler {
 			return
 		}
 		var waiting []string
+		errs := map[string]string{}
 		for _, p := range opts.Pools() {
-			if !p.Load().Synced {
+			if s := p.Load(); !s.Synced {
 				waiting = append(waiting, p.Service())
+				if s.ConsulError != "" {
+					errs[p.Service()] = s.ConsulError
+				}
 			}
 		}
 		if len(waiting) > 0 {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "waiting for consul", "services": waiting})
+			body := map[string]any{"status": "waiting for consul", "services": waiting}
+			if len(errs) > 0 {
+				body["consul_errors"] = errs
+			}
+			writeJSON(w, http.StatusServiceUnavailable, body)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})

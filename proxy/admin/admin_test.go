@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -40,8 +41,22 @@ func TestServicesAndHealthz(t *testing.T) {
 	for !web.Load().Synced && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
-	if rec := get("/healthz"); rec.Code != http.StatusServiceUnavailable {
-		t.Fatalf("healthz with api not synced: want 503, have %d", rec.Code)
+	if rec := get("/healthz"); rec.Code != http.StatusServiceUnavailable || strings.Contains(rec.Body.String(), "consul_errors") {
+		t.Fatalf("healthz with api not synced: want 503 without errors, have %d %s", rec.Code, rec.Body)
+	}
+	// An unsynced pool's Consul error is shown.
+	api.SetError(ctx, errors.New(`consul ACL: results filtered`))
+	for api.Load().ConsulError == "" && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	rec := get("/healthz")
+	var body struct {
+		Services     []string          `json:"services"`
+		ConsulErrors map[string]string `json:"consul_errors"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || rec.Code != http.StatusServiceUnavailable ||
+		len(body.Services) != 1 || body.Services[0] != "api" || body.ConsulErrors["api"] != "consul ACL: results filtered" || len(body.ConsulErrors) != 1 {
+		t.Fatalf("healthz with api failing: want 503 naming api and its error, have %d %s", rec.Code, rec.Body)
 	}
 	api.SetMembers(ctx, 1, nil)
 	for !api.Load().Synced && time.Now().Before(deadline) {
@@ -53,7 +68,7 @@ func TestServicesAndHealthz(t *testing.T) {
 
 	res, _ := web.Load().Picker.Pick(balance.PickInfo{})
 	defer res.Done(nil)
-	rec := get("/v1/services")
+	rec = get("/v1/services")
 	var have ServicesResponse
 	if err := json.Unmarshal(rec.Body.Bytes(), &have); err != nil || rec.Code != 200 {
 		t.Fatalf("services: %d %v %s", rec.Code, err, rec.Body)

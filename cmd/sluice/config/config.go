@@ -1,7 +1,8 @@
 // Package config parses and validates sluice's HCL configuration file.
 //
-// A file holds at most one consul block, at most one admin block, one or
-// more listener blocks and any number of service blocks:
+// A file holds at most one consul block, at most one admin block, at most
+// one register block, one or more listener blocks and any number of service
+// blocks:
 //
 //	consul { address = "127.0.0.1:8500" }
 //	listener "public" {
@@ -51,6 +52,9 @@ type Options struct {
 	// Getenv reads the environment defaults of the consul block (see
 	// Consul). nil means os.Getenv.
 	Getenv func(string) string
+	// Hostname is the host name in a register block's default id. nil
+	// means os.Hostname.
+	Hostname func() (string, error)
 }
 
 // Config is a validated configuration with every default filled in.
@@ -63,6 +67,8 @@ type Config struct {
 	// named by a route or a tcp listener. A service without a block has
 	// every default.
 	Services map[string]*Service
+	// Register is nil when the file has no register block.
+	Register *Register
 }
 
 // ServiceNames returns the keys of c.Services in sorted order.

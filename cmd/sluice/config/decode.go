@@ -37,6 +37,7 @@ var (
 			{Type: "admin"},
 			{Type: "listener", LabelNames: []string{"name"}},
 			{Type: "service", LabelNames: []string{"name"}},
+			{Type: "register"},
 		},
 	}
 	consulSchema = &hcl.BodySchema{
@@ -117,6 +118,9 @@ type adminAddress struct {
 func newDecoder(filename string, opts Options) *decoder {
 	if opts.Getenv == nil {
 		opts.Getenv = os.Getenv
+	}
+	if opts.Hostname == nil {
+		opts.Hostname = os.Hostname
 	}
 	return &decoder{
 		filename:      filename,
@@ -199,6 +203,7 @@ func (d *decoder) file(body hcl.Body) *Config {
 			cfg.Services[name] = defaultService(name)
 		}
 	}
+	cfg.Register = d.register(d.first(c.Blocks, "register"), cfg.Listeners) // after the listeners
 	return cfg
 }
 
