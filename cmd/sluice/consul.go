@@ -15,12 +15,23 @@ import (
 	"github.com/sluice-lb/sluice/discovery"
 )
 
-// newConsulHealth is env.newHealth for a real Consul agent. Every setting
-// comes from c alone, which config resolved from the file and the
-// environment; the api package's own fallbacks to the process environment
-// are overridden (TLS and scheme here, token, namespace and partition by
-// pinned). The token goes in as a value: config read the token file at load.
+// newConsulHealth is env.newHealth for a real Consul agent: the health
+// API of newConsulClient, whose TLS failures name the setting to look at.
 func newConsulHealth(c config.Consul) (discovery.HealthAPI, error) {
+	client, err := newConsulClient(c)
+	if err != nil {
+		return nil, err
+	}
+	return tlsExplained{h: client.Health(), tls: c.TLS}, nil
+}
+
+// newConsulClient makes the Consul API client of a consul block, for the
+// watches and the self-registration. Every setting comes from c alone,
+// which config resolved from the file and the environment; the api
+// package's own fallbacks to the process environment are overridden (TLS
+// and scheme here, token, namespace and partition by pinned). The token
+// goes in as a value: config read the token file at load.
+func newConsulClient(c config.Consul) (*api.Client, error) {
 	scheme := "http"
 	if strings.HasPrefix(c.Address, "https://") {
 		scheme = "https"
@@ -57,7 +68,7 @@ func newConsulHealth(c config.Consul) (discovery.HealthAPI, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
-	return tlsExplained{h: client.Health(), tls: c.TLS}, nil
+	return client, nil
 }
 
 // pinned sends every request with exactly the consul block's token,
