@@ -172,16 +172,6 @@ listener "public" {
 	return s
 }
 
-// healthz returns the status of GET /healthz, or 0 when it cannot be read.
-func (s *sluice) healthz() int {
-	resp, err := s.client.Get("http://" + s.Admin + "/healthz")
-	if err != nil {
-		return 0
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
 func TestConsulTLS(t *testing.T) {
 	pki := newTestPKI(t)
 	consul, httpsAddr := startConsulTLS(t, pki)
