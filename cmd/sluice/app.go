@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -49,15 +48,6 @@ type env struct {
 	// newHealth makes the Consul health client of a consul block; tests
 	// replace it with a fake.
 	newHealth func(config.Consul) (discovery.HealthAPI, error)
-}
-
-// newConsulHealth is env.newHealth for a real Consul agent.
-func newConsulHealth(c config.Consul) (discovery.HealthAPI, error) {
-	client, err := api.NewClient(&api.Config{Address: c.Address, Token: c.Token, Datacenter: c.Datacenter})
-	if err != nil {
-		return nil, fmt.Errorf("consul client: %w", err)
-	}
-	return client.Health(), nil
 }
 
 // consulClient is the Consul client of one consul block. generation

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -24,17 +23,6 @@ const registerWatchPeriod = time.Second
 // registerCallTimeout bounds one call to the agent: a register, a check
 // or a deregister.
 const registerCallTimeout = 5 * time.Second
-
-// newConsulClient makes the Consul API client of a consul block.
-// newConsulHealth makes the same client for the watches; the two are meant
-// to become one constructor.
-func newConsulClient(c config.Consul) (*api.Client, error) {
-	client, err := api.NewClient(&api.Config{Address: c.Address, Token: c.Token, Datacenter: c.Datacenter})
-	if err != nil {
-		return nil, fmt.Errorf("consul client: %w", err)
-	}
-	return client, nil
-}
 
 // registration is what sluice registers and with which agent. Two equal
 // registrations (reflect.DeepEqual) mean no call to the agent.

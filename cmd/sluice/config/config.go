@@ -31,6 +31,7 @@
 package config
 
 import (
+	"crypto/sha256"
 	"errors"
 	"io"
 	"io/fs"
@@ -48,8 +49,8 @@ import (
 
 // Options tune validation. The zero value reads the process environment.
 type Options struct {
-	// Getenv reads the environment defaults CONSUL_HTTP_ADDR and
-	// CONSUL_HTTP_TOKEN. nil means os.Getenv.
+	// Getenv reads the environment defaults of the consul block (see
+	// Consul). nil means os.Getenv.
 	Getenv func(string) string
 	// Hostname is the host name in a register block's default id. nil
 	// means os.Hostname.
@@ -80,18 +81,77 @@ func (c *Config) ServiceNames() []string {
 	return names
 }
 
-// Consul says how to reach the Consul agent.
+// Consul says how to reach the Consul agent. Every field but Stale has a
+// default from the environment variable that Consul's own CLI reads (named
+// below); a value written in the file wins over the environment, and the
+// environment over the built-in default. A value taken from the environment
+// is validated like one written in the file, and a diagnostic about it names
+// the variable. Consul is comparable: a reload compares it with == to decide
+// whether to make a new client.
+//
+// Token is a secret: it is never logged or shown by the admin API, so the
+// struct must not be logged as a whole.
 type Consul struct {
 	// Address is "host:port", "http://host:port" or "https://host:port".
-	// Default: $CONSUL_HTTP_ADDR, else "127.0.0.1:8500". A value taken from
-	// the environment is validated like one written in the file.
+	// Default: $CONSUL_HTTP_ADDR, else "127.0.0.1:8500". An address without
+	// a scheme gets "https://" when $CONSUL_HTTP_SSL is true (the scheme
+	// written in an address always wins).
 	Address string
-	// Token is the ACL token. Default: $CONSUL_HTTP_TOKEN.
+	// Token is the ACL token: the token attribute, or the content of
+	// TokenFile read at load (surrounding white space removed), so that a
+	// token file whose content changed makes a reload count as a change.
+	// Default: the content of $CONSUL_HTTP_TOKEN_FILE, else
+	// $CONSUL_HTTP_TOKEN, else "" (the agent's default token). The file may
+	// set token or token_file, not both; either overrides both variables.
 	Token string
-	// Datacenter to query. Default "" (the agent's own).
+	// TokenFile is the file Token was read from; "" when Token was given
+	// directly. Default $CONSUL_HTTP_TOKEN_FILE.
+	TokenFile string
+	// Datacenter to query. Default "" (the agent's own). No variable.
 	Datacenter string
-	// Stale allows any Consul server to answer reads. Default true.
+	// Namespace to query (Consul Enterprise), sent as the "ns" query
+	// parameter on every request. Default $CONSUL_NAMESPACE, else "" (the
+	// token's or the agent's default).
+	Namespace string
+	// Partition to query (Consul Enterprise), sent as the "partition" query
+	// parameter on every request. Default $CONSUL_PARTITION, else "".
+	Partition string
+	// Stale allows any Consul server to answer reads. Default true. No
+	// variable.
 	Stale bool
+	// TLS is used when the address is https.
+	TLS ConsulTLS
+}
+
+// ConsulTLS is how sluice checks the Consul agent's certificate and which
+// certificate it presents. Every file is read at load to check it, and
+// again when the client is made (at start and when a reload changes the
+// consul block).
+type ConsulTLS struct {
+	// CAFile is a PEM file of the certificate authorities to trust; it
+	// must hold at least one certificate. Default $CONSUL_CACERT, else ""
+	// (with CAPath also "", the system's roots).
+	CAFile string
+	// CAPath is a directory of PEM certificate files to trust. Default
+	// $CONSUL_CAPATH, else "".
+	CAPath string
+	// CertFile and KeyFile are the client certificate and its private key,
+	// PEM; both or neither, and they must form a key pair. Defaults
+	// $CONSUL_CLIENT_CERT and $CONSUL_CLIENT_KEY, else "" (no client
+	// certificate).
+	CertFile string
+	KeyFile  string
+	// ServerName is the name checked against the agent's certificate.
+	// Default $CONSUL_TLS_SERVER_NAME, else "" (the host of Address).
+	ServerName string
+	// InsecureSkipVerify turns off checking the agent's certificate.
+	// Default false, or true when $CONSUL_HTTP_SSL_VERIFY is false.
+	InsecureSkipVerify bool
+	// Files is a SHA-256 digest of the content of the files above as read
+	// at load, so that a reload after a certificate or key was replaced
+	// under the same name counts as a change of the consul block; zero
+	// when no file is named.
+	Files [sha256.Size]byte
 }
 
 // Admin is the admin API listener.

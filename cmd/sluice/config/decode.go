@@ -41,7 +41,11 @@ var (
 		},
 	}
 	consulSchema = &hcl.BodySchema{
-		Attributes: attrs("address", "token", "datacenter", "stale"),
+		Attributes: attrs("address", "token", "token_file", "datacenter", "namespace", "partition", "stale"),
+		Blocks:     []hcl.BlockHeaderSchema{{Type: "tls"}},
+	}
+	consulTLSSchema = &hcl.BodySchema{
+		Attributes: attrs("ca_file", "ca_path", "cert_file", "key_file", "server_name", "insecure_skip_verify"),
 	}
 	adminSchema = &hcl.BodySchema{
 		Attributes: attrs("address"),
@@ -201,40 +205,6 @@ func (d *decoder) file(body hcl.Body) *Config {
 	}
 	cfg.Register = d.register(d.first(c.Blocks, "register"), cfg.Listeners) // after the listeners
 	return cfg
-}
-
-func (d *decoder) consul(b *hcl.Block) Consul {
-	c := Consul{
-		Address: d.opts.Getenv("CONSUL_HTTP_ADDR"),
-		Token:   d.opts.Getenv("CONSUL_HTTP_TOKEN"),
-		Stale:   true,
-	}
-	fromEnv := c.Address != ""
-	if !fromEnv {
-		c.Address = defaultConsulAddress
-	}
-	if b != nil {
-		as := d.content(b.Body, consulSchema).Attributes
-		if as["address"] != nil {
-			fromEnv = false
-		}
-		d.str(as, "address", &c.Address, consulAddress)
-		d.str(as, "token", &c.Token)
-		d.str(as, "datacenter", &c.Datacenter)
-		d.boolean(as, "stale", &c.Stale)
-	}
-	if fromEnv {
-		if problem := consulAddress(c.Address); problem != "" {
-			d.diags = append(d.diags, &hcl.Diagnostic{
-				Severity: hcl.DiagError,
-				Summary:  "Invalid CONSUL_HTTP_ADDR",
-				Detail: fmt.Sprintf("environment variable CONSUL_HTTP_ADDR %s; got %q (set consul.address to override it)",
-					problem, c.Address),
-				Context: &hcl.Range{Filename: d.filename},
-			})
-		}
-	}
-	return c
 }
 
 // decodeAdmin decodes the admin block, if any, and records its address in

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-cleanhttp"
+
+	"github.com/sluice-lb/sluice/cmd/sluice/config"
+	"github.com/sluice-lb/sluice/discovery"
+)
+
+// newConsulHealth is env.newHealth for a real Consul agent: the health
+// API of newConsulClient, whose TLS failures name the setting to look at.
+func newConsulHealth(c config.Consul) (discovery.HealthAPI, error) {
+	client, err := newConsulClient(c)
+	if err != nil {
+		return nil, err
+	}
+	return tlsExplained{h: client.Health(), tls: c.TLS}, nil
+}
+
+// newConsulClient makes the Consul API client of a consul block, for the
+// watches and the self-registration. Every setting comes from c alone,
+// which config resolved from the file and the environment; the api
+// package's own fallbacks to the process environment are overridden (TLS
+// and scheme here, token, namespace and partition by pinned). The token
+// goes in as a value: config read the token file at load.
+func newConsulClient(c config.Consul) (*api.Client, error) {
+	scheme := "http"
+	if strings.HasPrefix(c.Address, "https://") {
+		scheme = "https"
+	}
+	tlsConfig := api.TLSConfig{
+		Address:            c.TLS.ServerName,
+		CAFile:             c.TLS.CAFile,
+		CAPath:             c.TLS.CAPath,
+		CertFile:           c.TLS.CertFile,
+		KeyFile:            c.TLS.KeyFile,
+		InsecureSkipVerify: c.TLS.InsecureSkipVerify,
+	}
+	transport := cleanhttp.DefaultPooledTransport() // what api.DefaultConfig uses, without reading the environment
+	// HTTP/1.1 over TLS as over plain http: over HTTP/2 an agent that
+	// refuses the client certificate shows only as "http2: client conn
+	// could not be established", without the TLS alert.
+	transport.ForceAttemptHTTP2 = false
+	httpClient, err := api.NewHttpClient(transport, tlsConfig)
+	if err != nil {
+		return nil, fmt.Errorf("consul TLS: %w", err)
+	}
+	httpClient.Transport = pinned{next: transport, token: c.Token, namespace: c.Namespace, partition: c.Partition}
+	client, err := api.NewClient(&api.Config{
+		Address:    c.Address,
+		Scheme:     scheme,
+		Datacenter: c.Datacenter,
+		Token:      c.Token,
+		Namespace:  c.Namespace,
+		Partition:  c.Partition,
+		Transport:  transport,
+		HttpClient: httpClient,
+		TLSConfig:  tlsConfig,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	return client, nil
+}
+
+// pinned sends every request with exactly the consul block's token,
+// namespace ("ns") and partition, set or absent: api.NewClient fills empty
+// ones from the process environment, which the file may have overridden
+// with "".
+type pinned struct {
+	next                        http.RoundTripper
+	token, namespace, partition string
+}
+
+func (p pinned) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context()) // a RoundTripper must not change its request
+	if p.token != "" {
+		r.Header.Set("X-Consul-Token", p.token)
+	} else {
+		r.Header.Del("X-Consul-Token")
+	}
+	q := r.URL.Query()
+	for name, v := range map[string]string{"ns": p.namespace, "partition": p.partition} {
+		if v != "" {
+			q.Set(name, v)
+		} else {
+			q.Del(name)
+		}
+	}
+	r.URL.RawQuery = q.Encode()
+	return p.next.RoundTrip(r)
+}
+
+// tlsExplained is a HealthAPI whose TLS failures say which setting to look
+// at: a certificate the agent presented that does not verify names the CA
+// file or directory it was checked against, and a handshake the agent
+// refused names the client certificate. Other errors pass unchanged; every
+// error stays wrapped (%w).
+type tlsExplained struct {
+	h   discovery.HealthAPI
+	tls config.ConsulTLS
+}
+
+var _ discovery.HealthAPI = tlsExplained{}
+
+func (t tlsExplained) Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	entries, meta, err := t.h.Service(service, tag, passingOnly, q)
+	if err != nil {
+		err = explainTLS(err, t.tls)
+	}
+	return entries, meta, err
+}
+
+// explainTLS decorates a TLS failure of a request to Consul.
+func explainTLS(err error, c config.ConsulTLS) error {
+	var (
+		unknown  x509.UnknownAuthorityError
+		invalid  x509.CertificateInvalidError
+		hostname x509.HostnameError
+		verify   *tls.CertificateVerificationError
+	)
+	switch {
+	case errors.As(err, &unknown), errors.As(err, &invalid), errors.As(err, &hostname), errors.As(err, &verify):
+		trust := "the system's roots"
+		switch {
+		case c.CAFile != "" && c.CAPath != "":
+			trust = fmt.Sprintf("ca_file %s, ca_path %s", c.CAFile, c.CAPath)
+		case c.CAFile != "":
+			trust = "ca_file " + c.CAFile
+		case c.CAPath != "":
+			trust = "ca_path " + c.CAPath
+		}
+		if c.ServerName != "" {
+			trust += ", server_name " + c.ServerName
+		}
+		return fmt.Errorf("consul TLS: certificate verification failed (%s): %w", trust, err)
+	case strings.Contains(err.Error(), "remote error: tls: "):
+		cert := "no cert_file"
+		if c.CertFile != "" {
+			cert = "cert_file " + c.CertFile
+		}
+		return fmt.Errorf("consul TLS: the agent refused the handshake (%s): %w", cert, err)
+	}
+	return err
+}
