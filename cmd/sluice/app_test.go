@@ -301,6 +301,8 @@ func TestApplyUnchangedKeepsEverything(t *testing.T) {
 	}
 	svc := ta.services["web"]
 	pool, watch, probe, lst, admin := svc.pool, svc.watch, svc.probe, ta.listeners[0], ta.admin
+	// The first query is answered; the second blocks until cancelled.
+	waitUntil(t, "the blocking query", func() bool { return fc.count("127.0.0.1:8500", "web", "") >= 2 })
 	queries := fc.count("127.0.0.1:8500", "web", "")
 
 	ta.reload()
@@ -378,9 +380,7 @@ service "web" {
 	if ta.listeners[0] != lst {
 		t.Error("a listener at the same address was replaced")
 	}
-	if fc.count("127.0.0.1:8500", "web", "v2") == 0 {
-		t.Error("no query with the new tag")
-	}
+	waitUntil(t, "a query with the new tag", func() bool { return fc.count("127.0.0.1:8500", "web", "v2") > 0 })
 	// The new service's routes are live at once (it had its answer).
 	if code, body := get(t, "http://"+front+"/api"); code != 200 || body != "a1" {
 		t.Errorf("new route: %d %q", code, body)
