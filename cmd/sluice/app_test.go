@@ -149,14 +149,25 @@ func (ta *testApp) synced() {
 	}
 }
 
+// handedOut holds the addresses freeAddr returned, so that a test never
+// gets one twice (the kernel may hand a closed port out again).
+var handedOut sync.Map
+
+// freeAddr returns a loopback address that was free a moment ago and that
+// no other freeAddr call in this process returned.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if _, dup := handedOut.LoadOrStore(addr, true); !dup {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // backend serves its name on a loopback port until the test ends.

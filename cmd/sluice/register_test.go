@@ -126,6 +126,10 @@ func TestRegisterLoopReregisters(t *testing.T) {
 	waitUntil(t, "agent unreachable logged", func() bool { return strings.Contains(logs.String(), "consul agent unreachable") })
 	agent.set(false, false)
 	waitUntil(t, "registration after the agent came back", func() bool { n, _, has := agent.state("edge-1"); return n == 3 && has })
+	// The loop logs a registration once the agent's answer is back.
+	waitUntil(t, "the third registration logged", func() bool {
+		return strings.Count(logs.String(), "registered with consul") == 3
+	})
 
 	r.stop(true)
 	n, dereg, has := agent.state("edge-1")

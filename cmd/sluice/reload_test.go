@@ -62,9 +62,11 @@ func TestMovedListenerKeepsMetrics(t *testing.T) {
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	if m := scrape(t, adm); !strings.Contains(m, `sluice_requests_total{code="200",listener="public"`) {
-		t.Fatalf("before the drain ends, no request series:\n%s", grepLines(m, "sluice_requests_total"))
-	}
+	// The answer is counted when its body is closed, a moment after the
+	// client has read it.
+	waitUntil(t, "the request series before the drain ends", func() bool {
+		return strings.Contains(scrape(t, adm), `sluice_requests_total{code="200",listener="public"`)
+	})
 	close(release)
 	<-slowDone
 	ta.draining.Wait()
@@ -75,7 +77,11 @@ func TestMovedListenerKeepsMetrics(t *testing.T) {
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	m := scrape(t, adm)
+	var m string
+	waitUntil(t, "the second request counted", func() bool {
+		m = scrape(t, adm)
+		return strings.Contains(m, `sluice_requests_total{code="200",listener="public"`)
+	})
 	if !strings.Contains(m, `sluice_requests_total{code="200",listener="public"`) {
 		t.Errorf("the moved listener's requests are not exported:\n%s", grepLines(m, "sluice_requests_total"))
 	}
@@ -338,6 +344,11 @@ func TestRemovedServiceSeriesDeleted(t *testing.T) {
 	if code, body := get(t, "http://"+front+"/api"); code != 200 || body != "a1" {
 		t.Fatalf("%d %q", code, body)
 	}
+	// The answer is counted when its body is closed, a moment after the
+	// client has read it.
+	waitUntil(t, "the api request counted", func() bool {
+		return strings.Contains(scrape(t, adm), `service="api"`)
+	})
 	ta.write(strings.Replace(strings.TrimSuffix(withAPI, "service \"api\" {\n}\n"), `service = "api"`, `service = "web"`, 1))
 	ta.reload()
 	if st := ta.status().(Status); st.LastReload.Result != "success" {
