@@ -269,7 +269,8 @@ type sluice struct {
 	// names (writeConfig renders the same blocks around a new body).
 	Path       string
 	consulAddr string
-	// consulToken, when set, is the consul block's token.
+	// consulToken, when set, is the consul block's token, written to a
+	// file that token_file names.
 	consulToken string
 }
 
@@ -386,7 +387,12 @@ func (s *sluice) service(name string) admin.Service {
 func (s *sluice) renderConfig(body string) string {
 	var token string
 	if s.consulToken != "" {
-		token = fmt.Sprintf("  token = %q\n", s.consulToken)
+		// Given as token_file, as an operator would (the file is 0600).
+		file := filepath.Join(filepath.Dir(s.Path), "consul.token")
+		if err := os.WriteFile(file, []byte(s.consulToken+"\n"), 0o600); err != nil {
+			s.t.Fatal(err)
+		}
+		token = fmt.Sprintf("  token_file = %q\n", file)
 	}
 	return fmt.Sprintf(`
 consul {
