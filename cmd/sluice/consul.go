@@ -54,11 +54,20 @@ func newConsulClient(c config.Consul) (*api.Client, error) {
 		return nil, fmt.Errorf("consul TLS: %w", err)
 	}
 	httpClient.Transport = pinned{next: transport, token: c.Token, namespace: c.Namespace, partition: c.Partition}
+	// api.NewClient reads $CONSUL_HTTP_TOKEN_FILE when given no token (or
+	// the one in $CONSUL_HTTP_TOKEN): a file the consul block turned off,
+	// never checked at load, that may be missing or a FIFO that blocks.
+	// A placeholder it cannot match keeps it from looking; pinned sends
+	// the real token, or none.
+	token := c.Token
+	if token == "" {
+		token = noTokenPlaceholder
+	}
 	client, err := api.NewClient(&api.Config{
 		Address:    c.Address,
 		Scheme:     scheme,
 		Datacenter: c.Datacenter,
-		Token:      c.Token,
+		Token:      token,
 		Namespace:  c.Namespace,
 		Partition:  c.Partition,
 		Transport:  transport,
@@ -70,6 +79,9 @@ func newConsulClient(c config.Consul) (*api.Client, error) {
 	}
 	return client, nil
 }
+
+// noTokenPlaceholder stands for "no token" in api.Config; it is never sent.
+const noTokenPlaceholder = "sluice:no-token"
 
 // pinned sends every request with exactly the consul block's token,
 // namespace ("ns") and partition, set or absent: api.NewClient fills empty

@@ -224,7 +224,7 @@ func (a *app) prepareRegister(cfg *config.Config) (*registerChange, error) {
 
 // applyRegister applies a change that prepareRegister made: the old
 // registration is deregistered when it is removed or its ID or agent
-// changes (else the new one replaces it in place), and the new one is
+// changes (see sameAgent; else the new one replaces it in place), and the new one is
 // registered by a new registrar. It waits for the old registrar's
 // deregistration, at most registerCallTimeout.
 func (a *app) applyRegister(ch *registerChange) {
@@ -232,13 +232,21 @@ func (a *app) applyRegister(ch *registerChange) {
 		return
 	}
 	if old := a.registrar; old != nil {
-		replaced := ch.next != nil && ch.next.service.ID == old.reg.service.ID && reflect.DeepEqual(ch.next.consul, old.reg.consul)
+		replaced := ch.next != nil && ch.next.service.ID == old.reg.service.ID && sameAgent(ch.next.consul, old.reg.consul)
 		old.stop(!replaced)
 		a.registrar = nil
 	}
 	if ch.next != nil {
 		a.registrar = startRegistrar(ch.next, ch.client, a.logger.Named("register"), registerWatchPeriod)
 	}
+}
+
+// sameAgent reports whether two consul blocks reach the same agent and
+// catalog: then a registration is replaced in place (a rotated token,
+// rotated certificates, or another stale or datacenter setting, keep the
+// service in the catalog), else the old one is deregistered first.
+func sameAgent(a, b config.Consul) bool {
+	return a.Address == b.Address && a.Namespace == b.Namespace && a.Partition == b.Partition
 }
 
 // deregisterFirst is the start of a stop by signal: without a register
