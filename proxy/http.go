@@ -35,10 +35,14 @@ type Route struct {
 	Host       string // lowercase host without port; "" matches any host
 	PathPrefix string // plain string prefix of the URL path, starting with "/"
 	Service    ServiceOptions
-	// Label is the route's label value in metrics; default Host +
-	// PathPrefix as configured ("api.example.com/v1", "/").
+	// Label is the route's label value in metrics; default
+	// RouteLabel(Host, PathPrefix).
 	Label string
 }
+
+// RouteLabel is a route's default metrics label: its host and path prefix
+// as configured ("api.example.com/v1", "/").
+func RouteLabel(host, pathPrefix string) string { return host + pathPrefix }
 
 // NoRouteLabel is the route label of requests that match no route (404);
 // their service label is "". No configured route has it: a route's label
@@ -191,7 +195,7 @@ func (h *HTTPHandler) Update(opts HTTPOptions) {
 	for _, r := range opts.Routes {
 		label := r.Label
 		if label == "" {
-			label = r.Host + r.PathPrefix
+			label = RouteLabel(r.Host, r.PathPrefix)
 		}
 		sp := newServiceProxy(r.Service, &opts, h.buffers, h.errLog, fwd, opts.Metrics.Route(opts.Listener, label, r.Service.Name))
 		rt.routes = append(rt.routes, route{host: strings.ToLower(r.Host), prefix: r.PathPrefix, svc: sp})
@@ -257,8 +261,7 @@ func requestHost(hostport string) string {
 // ReverseProxy's transport does the picking, so failover can re-pick
 // without re-running the handler.
 type serviceProxy struct {
-	name string
-	rp   *httputil.ReverseProxy
+	rp *httputil.ReverseProxy
 }
 
 func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger, fwd *forwarding, rm *metrics.Route) *serviceProxy {
@@ -278,7 +281,7 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 		route: rm, svcm: opts.Metrics.Service(svc.Name),
 	}
 	logger := opts.Logger
-	sp := &serviceProxy{name: svc.Name}
+	sp := &serviceProxy{}
 	sp.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			// The instance is chosen in the transport; the Host header

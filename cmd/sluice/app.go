@@ -351,7 +351,7 @@ type routeKey struct{ label, service string }
 func routeSeries(l *config.Listener) map[routeKey]bool {
 	out := map[routeKey]bool{}
 	for _, r := range l.Routes {
-		out[routeKey{r.Host + r.PathPrefix, r.Service}] = true
+		out[routeKey{proxy.RouteLabel(r.Host, r.PathPrefix), r.Service}] = true
 	}
 	return out
 }

@@ -116,6 +116,9 @@ func (r *registrar) registerLoop(ctx context.Context) {
 			return
 		}
 		state = s
+		if err != nil {
+			err = explainTLS(err, r.reg.consul.TLS)
+		}
 		switch s {
 		case stateRegistered:
 			r.logger.Info("registered with consul")
@@ -186,7 +189,7 @@ func (r *registrar) stop(deregister bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), registerCallTimeout)
 	defer cancel()
 	if err := r.agent.ServiceDeregisterOpts(r.reg.service.ID, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-		r.logger.Warn("consul deregistration failed", "error", err)
+		r.logger.Warn("consul deregistration failed", "error", explainTLS(err, r.reg.consul.TLS))
 		return
 	}
 	r.logger.Info("deregistered from consul")
