@@ -122,7 +122,7 @@ func run(args []string) error {
 // one is missing, and says so.
 func ensureTools() error {
 	var missing []string
-	for _, tool := range []string{"haproxy", "nginx", "wrk", "taskset"} {
+	for _, tool := range []string{"haproxy", "nginx", "wrk", "taskset", "h2load"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
 		}
@@ -130,12 +130,12 @@ func ensureTools() error {
 	if len(missing) == 0 {
 		return nil
 	}
-	fmt.Printf("missing %s: installing haproxy nginx-light wrk util-linux from Debian's packages\n", strings.Join(missing, ", "))
-	cmd := exec.Command("apt-get", "install", "-y", "haproxy", "nginx-light", "wrk", "util-linux")
+	fmt.Printf("missing %s: installing haproxy nginx-light wrk util-linux nghttp2-client from Debian's packages\n", strings.Join(missing, ", "))
+	cmd := exec.Command("apt-get", "install", "-y", "haproxy", "nginx-light", "wrk", "util-linux", "nghttp2-client")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("apt-get install (run as root, or install haproxy nginx-light wrk yourself): %w", err)
+		return fmt.Errorf("apt-get install (run as root, or install haproxy nginx-light wrk nghttp2-client yourself): %w", err)
 	}
 	return nil
 }
@@ -145,6 +145,7 @@ type contender struct {
 	name     string
 	httpAddr string // "" when it does not proxy HTTP
 	tcpAddr  string // "" when it does not proxy TCP
+	tlsAddr  string // HTTPS (HTTP/1.1 and h2 by ALPN); "" when none
 	proc     *proc  // nil for direct
 }
 
@@ -217,12 +218,17 @@ func setup(o *options, self, work string) (*env, error) {
 		}
 	}
 	e.contenders = append(e.contenders, &contender{name: "direct", httpAddr: e.backends[0].httpAddr, tcpAddr: e.backends[0].tcpAddr})
+	cert, err := writeBenchCert(work)
+	if err != nil {
+		return e, err
+	}
 
 	// sluice
-	s := &contender{name: "sluice", httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort()), tcpAddr: fmt.Sprintf("127.0.0.1:%d", freePort())}
+	s := &contender{name: "sluice", httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort()), tcpAddr: fmt.Sprintf("127.0.0.1:%d", freePort()),
+		tlsAddr: fmt.Sprintf("127.0.0.1:%d", freePort())}
 	e.adminAddr = fmt.Sprintf("127.0.0.1:%d", freePort())
 	cfg := filepath.Join(work, "sluice.hcl")
-	if err := os.WriteFile(cfg, []byte(sluiceConfig(e.consulAddr, e.adminAddr, s.httpAddr, s.tcpAddr)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(sluiceConfig(e.consulAddr, e.adminAddr, s.httpAddr, s.tcpAddr, s.tlsAddr, cert)), 0o644); err != nil {
 		return e, err
 	}
 	if s.proc, err = start(work, "sluice", "0", nil, o.sluice, "run", "-config", cfg); err != nil {
@@ -235,9 +241,10 @@ func setup(o *options, self, work string) (*env, error) {
 	e.contenders = append(e.contenders, s)
 
 	// HAProxy
-	h := &contender{name: "haproxy", httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort()), tcpAddr: fmt.Sprintf("127.0.0.1:%d", freePort())}
+	h := &contender{name: "haproxy", httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort()), tcpAddr: fmt.Sprintf("127.0.0.1:%d", freePort()),
+		tlsAddr: fmt.Sprintf("127.0.0.1:%d", freePort())}
 	cfg = filepath.Join(work, "haproxy.cfg")
-	if err := os.WriteFile(cfg, []byte(haproxyConfig(h.httpAddr, h.tcpAddr, e.backends)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(haproxyConfig(h.httpAddr, h.tcpAddr, h.tlsAddr, cert, e.backends)), 0o644); err != nil {
 		return e, err
 	}
 	if h.proc, err = start(work, "haproxy", "0", nil, "haproxy", "-db", "-f", cfg); err != nil {
@@ -250,11 +257,11 @@ func setup(o *options, self, work string) (*env, error) {
 	e.contenders = append(e.contenders, h)
 
 	// nginx (nginx-light has no stream module: HTTP only)
-	n := &contender{name: "nginx", httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort())}
+	n := &contender{name: "nginx", httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort()), tlsAddr: fmt.Sprintf("127.0.0.1:%d", freePort())}
 	prefix := filepath.Join(work, "nginx")
 	os.MkdirAll(filepath.Join(prefix, "logs"), 0o755)
 	cfg = filepath.Join(prefix, "nginx.conf")
-	if err := os.WriteFile(cfg, []byte(nginxConfig(prefix, n.httpAddr, e.backends)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(nginxConfig(prefix, n.httpAddr, n.tlsAddr, cert, e.backends)), 0o644); err != nil {
 		return e, err
 	}
 	if n.proc, err = start(work, "nginx", "0", nil, "nginx", "-p", prefix, "-c", cfg, "-g", "daemon off;"); err != nil {
@@ -271,11 +278,16 @@ func setup(o *options, self, work string) (*env, error) {
 		if err := waitHTTP("http://"+c.httpAddr+"/", 200, 20*time.Second); err != nil {
 			return e, fmt.Errorf("%s: %w", c.name, err)
 		}
+		if c.tlsAddr != "" {
+			if err := waitTCP(c.tlsAddr, 10*time.Second); err != nil {
+				return e, fmt.Errorf("%s: %w", c.name, err)
+			}
+		}
 	}
 	return e, nil
 }
 
-func sluiceConfig(consulAddr, adminAddr, httpAddr, tcpAddr string) string {
+func sluiceConfig(consulAddr, adminAddr, httpAddr, tcpAddr, tlsAddr string, cert benchCert) string {
 	return fmt.Sprintf(`
 consul {
   address = %q
@@ -293,6 +305,18 @@ listener "tcp" {
   address  = %q
   protocol = "tcp"
   service  = "bench-tcp"
+}
+listener "https" {
+  address = %q
+  tls {
+    certificate {
+      cert_file = %q
+      key_file  = %q
+    }
+  }
+  route "/" {
+    service = "bench-http"
+  }
 }
 service "bench-http" {
   strategy = "round_robin"
@@ -314,13 +338,13 @@ service "bench-http" {
 service "bench-tcp" {
   strategy = "round_robin"
 }
-`, consulAddr, adminAddr, httpAddr, tcpAddr)
+`, consulAddr, adminAddr, httpAddr, tcpAddr, tlsAddr, cert.certFile, cert.keyFile)
 }
 
 // haproxyConfig: one thread, keep-alive both sides, the same checks and
 // retries as sluice's config (check every 1 s, fall 2, rise 2; 3 tries with
 // redispatch to another server).
-func haproxyConfig(httpAddr, tcpAddr string, backends []*backendProc) string {
+func haproxyConfig(httpAddr, tcpAddr, tlsAddr string, cert benchCert, backends []*backendProc) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `global
   nbthread 1
@@ -335,12 +359,16 @@ frontend fe_http
   mode http
   bind %s
   default_backend be_http
+frontend fe_https
+  mode http
+  bind %s ssl crt %s alpn h2,http/1.1
+  default_backend be_http
 backend be_http
   mode http
   balance roundrobin
   retry-on all-retryable-errors
   http-reuse safe
-`, httpAddr)
+`, httpAddr, tlsAddr, cert.bundle)
 	for _, be := range backends {
 		fmt.Fprintf(&b, "  server %s %s check inter 1s fall 2 rise 2\n", be.name, be.httpAddr)
 	}
@@ -360,7 +388,7 @@ backend be_tcp
 
 // nginxConfig: one worker, upstream keep-alive, default passive health
 // (max_fails=1 fail_timeout=10s) and proxy_next_upstream error timeout.
-func nginxConfig(prefix, httpAddr string, backends []*backendProc) string {
+func nginxConfig(prefix, httpAddr, tlsAddr string, cert benchCert, backends []*backendProc) string {
 	var servers strings.Builder
 	for _, be := range backends {
 		fmt.Fprintf(&servers, "    server %s;\n", be.httpAddr)
@@ -389,8 +417,18 @@ http {
       proxy_set_header Connection "";
     }
   }
+  server {
+    listen %[4]s ssl http2;
+    ssl_certificate %[5]s;
+    ssl_certificate_key %[6]s;
+    location / {
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
 }
-`, prefix, httpAddr, servers.String())
+`, prefix, httpAddr, servers.String(), tlsAddr, cert.certFile, cert.keyFile)
 }
 
 // sample is one run of one workload on one contender.
@@ -406,6 +444,7 @@ type sample struct {
 type workload struct {
 	name, unit string
 	tcp        bool
+	tls        bool // runs against tlsAddr
 	run        func(o *options, e *env, c *contender) (sample, error)
 }
 
@@ -415,6 +454,8 @@ func workloads() []workload {
 		{name: "http 64KiB", unit: "req/s", run: wrkRun("/64k", false)},
 		{name: "http new conn", unit: "req/s", run: wrkRun("/", true)},
 		{name: "http 5k req/s fixed", unit: "req/s", run: rateRun(5000)},
+		{name: "https small keep-alive", unit: "req/s", tls: true, run: httpsRun("/")},
+		{name: "h2 small (h2load)", unit: "req/s", tls: true, run: h2Run("/")},
 		{name: "tcp bulk", unit: "MB/s", tcp: true, run: tcpRun("bulk", 4)},
 		{name: "tcp conn rate", unit: "conn/s", tcp: true, run: tcpRun("connrate", 32)},
 	}
@@ -558,7 +599,7 @@ func measure(o *options, e *env) ([]Row, error) {
 	for round := 1; round <= o.rounds; round++ {
 		for _, w := range order {
 			for _, c := range e.contenders {
-				if (w.tcp && c.tcpAddr == "") || (!w.tcp && c.httpAddr == "") {
+				if (w.tcp && c.tcpAddr == "") || (w.tls && c.tlsAddr == "") || (!w.tcp && !w.tls && c.httpAddr == "") {
 					continue
 				}
 				s, err := w.run(o, e, c)
@@ -807,7 +848,9 @@ func report(o *options, rows []Row, react reactionResult, kills []killResult) er
 	}
 	b.WriteString("\nCPU per unit: per request (http), per MB (tcp bulk), per connection (tcp conn rate). Spread: (max − min) / median of throughput over the rounds, the machine's noise. " +
 		"The closed-loop rows (wrk, 32 connections) run each contender at its own maximum; \"http 5k req/s fixed\" offers every contender the same open-loop load, with latency counted from each request's scheduled time. " +
-		"nginx-light has no stream module, so nginx is not in the tcp rows.\n")
+		"nginx-light has no stream module, so nginx is not in the tcp rows. " +
+		"The https and h2 rows terminate TLS with the same self-signed ECDSA P-256 certificate on every contender (TLS 1.3, plain HTTP/1.1 to the backends); " +
+		"\"h2 small (h2load)\" is h2load with 32 connections of up to 10 streams each, and h2load reports no percentiles: its p50 column is the mean time per request and its p99 and p99.9 columns the maximum.\n")
 	if len(react) > 0 {
 		b.WriteString("\nReaction through sluice under load (time from the Consul write to the last request that reached the instance):\n\n| Consul write | changes | p50 | p99 | max |\n|---|---|---|---|---|\n")
 		for _, kind := range []string{"check critical", "deregister"} {
