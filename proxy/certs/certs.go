@@ -92,7 +92,7 @@ type Set struct {
 }
 
 // LoadServer reads every file opts names and builds a Set. An error names
-// the file (or the pair of files) at fault.
+// the file (a *FileError) or the pair of files (a *PairError) at fault.
 func LoadServer(opts ServerOptions) (*Set, error) {
 	if len(opts.Pairs) == 0 {
 		return nil, errors.New("certs: no certificate")
@@ -273,18 +273,43 @@ func LoadClient(opts ClientOptions) (*tls.Config, error) {
 }
 
 // CheckPair loads certFile and keyFile and checks that they form a key
-// pair; the error names the file at fault, or both.
+// pair, as LoadServer and LoadClient do. The error is a *FileError naming
+// the file at fault or a *PairError naming both.
 func CheckPair(certFile, keyFile string) error {
 	_, err := loadPair(certFile, keyFile)
 	return err
 }
 
 // CheckCAFile loads a PEM file of certificate authorities and checks that
-// it holds at least one certificate; the error names the file.
+// it holds at least one certificate, as LoadServer and LoadClient do; the
+// error is a *FileError.
 func CheckCAFile(name string) error {
 	_, err := loadPool(name)
 	return err
 }
+
+// FileError is a file that cannot be used: missing, unreadable, not a
+// regular file, too large, or without the PEM content it should hold.
+type FileError struct {
+	File string
+	Err  error // the cause, without the file name
+}
+
+func (e *FileError) Error() string { return "certs: " + e.File + ": " + e.Err.Error() }
+func (e *FileError) Unwrap() error { return e.Err }
+
+// PairError is a certificate file and a key file, both readable, that do
+// not form a key pair (either holds the wrong PEM content, or the key
+// does not match the certificate).
+type PairError struct {
+	CertFile, KeyFile string
+	Err               error // from tls.X509KeyPair
+}
+
+func (e *PairError) Error() string {
+	return "certs: certificate " + e.CertFile + " and key " + e.KeyFile + ": " + e.Err.Error()
+}
+func (e *PairError) Unwrap() error { return e.Err }
 
 // loadPair reads a certificate chain and its key, with the leaf parsed.
 func loadPair(certFile, keyFile string) (*tls.Certificate, error) {
@@ -298,11 +323,11 @@ func loadPair(certFile, keyFile string) (*tls.Certificate, error) {
 	}
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("certs: certificate %s and key %s: %w", certFile, keyFile, err)
+		return nil, &PairError{CertFile: certFile, KeyFile: keyFile, Err: err}
 	}
 	if cert.Leaf == nil { // GODEBUG x509keypairleaf=0
 		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
-			return nil, fmt.Errorf("certs: certificate %s: %w", certFile, err)
+			return nil, &FileError{File: certFile, Err: err}
 		}
 	}
 	return &cert, nil
@@ -316,41 +341,46 @@ func loadPool(name string) (*x509.CertPool, error) {
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("certs: %s holds no PEM certificate", name)
+		return nil, &FileError{File: name, Err: errors.New("no PEM certificate in it")}
 	}
 	return pool, nil
 }
 
-// readFile reads a regular file of at most MaxFileSize bytes; the error
-// names it. Anything but a regular file is refused before it is opened.
+// readFile reads a regular file of at most MaxFileSize bytes. Anything
+// but a regular file is refused before it is opened.
 func readFile(name string) ([]byte, error) {
 	if name == "" {
-		return nil, errors.New("certs: empty file name")
+		return nil, &FileError{File: name, Err: errors.New("no file name")}
 	}
 	fi, err := os.Stat(name)
 	if err != nil {
-		return nil, fmt.Errorf("certs: %w", err)
+		return nil, &FileError{File: name, Err: bare(err)}
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("certs: %s is not a regular file", name)
+		return nil, &FileError{File: name, Err: errors.New("not a regular file")}
 	}
 	f, err := os.Open(name)
 	if err != nil {
-		return nil, fmt.Errorf("certs: %w", err)
+		return nil, &FileError{File: name, Err: bare(err)}
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
-		var pe *fs.PathError
-		if !errors.As(err, &pe) {
-			err = &fs.PathError{Op: "read", Path: name, Err: err}
-		}
-		return nil, fmt.Errorf("certs: %w", err)
+		return nil, &FileError{File: name, Err: bare(err)}
 	}
 	if len(data) > MaxFileSize {
-		return nil, fmt.Errorf("certs: %s is larger than %d bytes", name, MaxFileSize)
+		return nil, &FileError{File: name, Err: fmt.Errorf("larger than %d bytes", MaxFileSize)}
 	}
 	return data, nil
+}
+
+// bare strips the path from a *fs.PathError, which FileError names anyway.
+func bare(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // certNames returns leaf's DNS names, else its common name, lowercased

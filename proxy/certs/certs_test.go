@@ -390,6 +390,7 @@ func TestLoadErrors(t *testing.T) {
 		{"no pairs", ServerOptions{}, []string{"no certificate"}},
 		{"mismatched pair", ServerOptions{Pairs: []Pair{{certA, keyB}}}, []string{certA, keyB, "does not match"}},
 		{"missing cert", ServerOptions{Pairs: []Pair{{missing, keyA}}}, []string{missing, "no such file"}},
+		{"empty name", ServerOptions{Pairs: []Pair{{"", keyA}}}, []string{"no file name"}},
 		{"missing key", ServerOptions{Pairs: []Pair{{certA, missing}}}, []string{missing}},
 		{"directory", ServerOptions{Pairs: []Pair{{dir, keyA}}}, []string{dir, "not a regular file"}},
 		{"too large", ServerOptions{Pairs: []Pair{{huge, keyA}}}, []string{huge, "larger than"}},
@@ -539,5 +540,30 @@ func TestLoadClient(t *testing.T) {
 		if _, err := LoadClient(tc.opts); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: want an error naming %q, have %v", tc.name, tc.want, err)
 		}
+	}
+}
+
+func TestErrorTypes(t *testing.T) {
+	dir := t.TempDir()
+	ca := certstest.NewCA(t, "test CA")
+	certA, _ := ca.WriteLeaf(t, dir, "a.test")
+	_, keyB := ca.WriteLeaf(t, dir, "b.test")
+	missing := filepath.Join(dir, "missing.pem")
+
+	var fe *FileError
+	if err := CheckPair(certA, missing); !errors.As(err, &fe) || fe.File != missing || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing key: want a *FileError naming %s, have %#v", missing, err)
+	} else if strings.Count(err.Error(), missing) != 1 {
+		t.Errorf("file named more than once: %v", err)
+	}
+	var pe *PairError
+	if err := CheckPair(certA, keyB); !errors.As(err, &pe) || pe.CertFile != certA || pe.KeyFile != keyB {
+		t.Errorf("mismatch: want a *PairError, have %#v", err)
+	}
+	if err := CheckPair(keyB, certA); !errors.As(err, &pe) {
+		t.Errorf("switched files: want a *PairError, have %#v", err)
+	}
+	if err := CheckCAFile(keyB); !errors.As(err, &fe) || fe.File != keyB {
+		t.Errorf("CA file holding a key: want a *FileError, have %#v", err)
 	}
 }
