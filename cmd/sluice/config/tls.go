@@ -123,7 +123,7 @@ var tlsVersions = map[string]uint16{"1.2": tls.VersionTLS12, "1.3": tls.VersionT
 
 // listenerTLS decodes a listener's tls block. isHTTP says the listener is
 // an http one (mode is then an error); ok is false when the mode is
-// invalid, so the caller cannot tell what the listener does.
+// invalid or misplaced, so that what depends on it goes unreported.
 func (d *decoder) listenerTLS(b *hcl.Block, listener string, isHTTP bool) (t *ListenerTLS, ok bool) {
 	t = &ListenerTLS{Mode: TLSTerminate}
 	c := d.content(b.Body, listenerTLSSchema)
@@ -133,6 +133,7 @@ func (d *decoder) listenerTLS(b *hcl.Block, listener string, isHTTP bool) (t *Li
 		if isHTTP {
 			d.errorf(a.NameRange, "Unexpected mode",
 				"mode is only valid in tcp listeners; http listener %q terminates TLS", listener)
+			ok = false
 		} else {
 			ok = enum(d, as, "mode", &t.Mode, TLSModes())
 		}
