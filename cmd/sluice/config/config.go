@@ -25,6 +25,11 @@
 // offending attribute value, block or label, and returns a Config only when
 // there are none. Expressions are evaluated without variables or functions.
 //
+// Files that tls blocks name (certificates, keys, certificate authorities)
+// are loaded at Parse to check them, as the runtime will load them; the
+// Config holds their names, never their content, so the runtime reads them
+// again at start and on every reload.
+//
 // A file over MaxFileSize bytes, nested deeper than MaxNesting or with a
 // number literal longer than MaxNumberLength is refused before it is
 // parsed, so that hostile input cannot crash or stall the process.
