@@ -187,7 +187,7 @@ type Server struct {
 	config *tls.Config
 }
 
-// NewServer returns a Server that serves s until the next Swap.
+// NewServer returns a Server that serves s (not nil) until the next Swap.
 func NewServer(s *Set) *Server {
 	srv := &Server{}
 	srv.cur.Store(s)
@@ -199,7 +199,7 @@ func NewServer(s *Set) *Server {
 	return srv
 }
 
-// Swap makes new handshakes use s. Connections already established, and
+// Swap makes new handshakes use s (not nil). Connections already established, and
 // handshakes that already received their ClientHello, keep the Set they
 // started with. Session tickets stay valid across swaps (the stable
 // config's keys encrypt them); a resumed session is checked again against
