@@ -25,6 +25,11 @@
 // offending attribute value, block or label, and returns a Config only when
 // there are none. Expressions are evaluated without variables or functions.
 //
+// Files that tls blocks name (certificates, keys, certificate authorities)
+// are loaded at Parse to check them, as the runtime will load them; the
+// Config holds their names, never their content, so the runtime reads them
+// again at start and on every reload.
+//
 // A file over MaxFileSize bytes, nested deeper than MaxNesting or with a
 // number literal longer than MaxNumberLength is refused before it is
 // parsed, so that hostile input cannot crash or stall the process.
@@ -169,8 +174,9 @@ type Listener struct {
 	Address string
 	// Protocol is ProtocolHTTP (default) or ProtocolTCP.
 	Protocol Protocol
-	// Routes are the http listener's routes in file order; at least one.
-	// Empty for tcp listeners.
+	// Routes are the http listener's routes in file order; at least one,
+	// except on a redirect listener (RedirectHTTPS), which has none. Empty
+	// for tcp listeners.
 	Routes []Route
 	// AccessLog is where one line per HTTP request or TCP connection is
 	// written: "stdout", "stderr" or a file path (appended to). Default ""
@@ -201,8 +207,46 @@ type Listener struct {
 	// set after its length. Default none; always nil for tcp listeners.
 	TrustedProxies []netip.Prefix
 	// Service receives all of a tcp listener's connections. Empty for http
-	// listeners.
+	// listeners and for tcp listeners that route by server name
+	// (SNIRoutes).
 	Service string
+
+	// TLS is nil when the listener has no tls block (plain HTTP or TCP).
+	// With one, an http listener terminates TLS (and offers HTTP/2 by
+	// ALPN); a tcp listener terminates it or, in TLSPassthrough mode,
+	// routes by server name without terminating it.
+	TLS *ListenerTLS
+	// SNIRoutes are a passthrough tcp listener's routes by server name,
+	// in file order; at least one. Empty otherwise.
+	SNIRoutes []SNIRoute
+	// RedirectHTTPS makes an http listener without TLS answer every
+	// request with 308 Permanent Redirect to the same host and request
+	// target over https on HTTPSPort. Such a listener has no routes.
+	// Default false; only on http listeners without a tls block.
+	RedirectHTTPS bool
+	// HTTPSPort is the port redirects point to; 443 is left out of the
+	// URL. Default 443 when RedirectHTTPS is set (1 to 65535), else 0.
+	HTTPSPort int
+	// HSTSMaxAge, when set, adds "Strict-Transport-Security:
+	// max-age=SECONDS" to every answer of a TLS http listener. Default 0
+	// (off); whole seconds, at least 1s; only on http listeners with a
+	// tls block.
+	HSTSMaxAge time.Duration
+	// MaxConnections caps the listener's open client connections. At the
+	// cap, accepting waits (clients queue in the kernel's backlog, they
+	// are never refused) and an http listener closes idle keep-alive
+	// connections first so that waiting clients get served. Default 0
+	// (no cap); 0 to 2147483647.
+	MaxConnections int
+	// MaxConcurrentStreams is how many HTTP/2 streams one client
+	// connection may have open at once. Default 100; 1 to 10000; 0 for
+	// tcp listeners.
+	MaxConcurrentStreams int
+	// MaxHeaderBytes bounds a request head (request line and headers, or
+	// an HTTP/2 header block); a larger one is answered 431. Default 64
+	// KiB (h1.DefaultMaxHeaderBytes); 1 KiB to 16 MiB; 0 for tcp
+	// listeners.
+	MaxHeaderBytes int
 }
 
 // Protocol is what a listener speaks to its clients.
@@ -226,6 +270,11 @@ type Route struct {
 	PathPrefix string
 	// Service is the target service name, never empty.
 	Service string
+	// MaxBodyBytes bounds a request body: a larger Content-Length is
+	// answered 413 at once, and a streamed body that grows beyond it ends
+	// in 413 (or a closed connection if the answer has begun). Written as
+	// a number of bytes or a string such as "10MiB". Default 0 (no bound).
+	MaxBodyBytes int64
 }
 
 // Service is the balancing policy for one Consul service.
@@ -259,6 +308,10 @@ type Service struct {
 	ResponseBodyTimeout time.Duration
 	// Retry is always set; without a retry block it holds the defaults.
 	Retry Retry
+	// TLS is nil when the service has no tls block: sluice speaks plain
+	// HTTP (or TCP) to its instances. With one, it speaks TLS to them,
+	// health checks included.
+	TLS *ServiceTLS
 }
 
 // Sticky is session affinity.

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/sluice-lb/sluice/balance"
+	"github.com/sluice-lb/sluice/proxy/h1"
 )
 
 const fullExample = `consul {
@@ -35,8 +36,12 @@ listener "public" {
   request_body_timeout   = "60s"
   response_write_timeout = "60s"
   trusted_proxies        = ["10.0.0.0/8", "127.0.0.1", "::1", "fd00::/8"]
+  max_connections        = 0
+  max_concurrent_streams = 100
+  max_header_bytes       = "64KiB"
   route "/" {
-    service = "web"
+    service        = "web"
+    max_body_bytes = 0
   }
   route "api.example.com/v1" {
     service = "api"
@@ -47,6 +52,7 @@ listener "db" {
   protocol     = "tcp"
   service      = "postgres"
   idle_timeout = "2m"
+  max_connections = 0
 }
 service "web" {
   tag                     = ""
@@ -125,6 +131,7 @@ func TestParseFullExample(t *testing.T) {
 					{Host: "", PathPrefix: "/", Service: "web"},
 					{Host: "api.example.com", PathPrefix: "/v1", Service: "api"},
 				},
+				MaxConcurrentStreams: 100, MaxHeaderBytes: 64 << 10,
 			},
 			{Name: "db", Address: "127.0.0.1:5433", Protocol: "tcp", IdleTimeout: 2 * time.Minute, Service: "postgres"},
 		},
@@ -188,7 +195,8 @@ func TestParseMinimalGetsDefaults(t *testing.T) {
 					Address:  "127.0.0.1:8080",
 					Protocol: "http", IdleTimeout: 2 * time.Minute,
 					RequestHeaderTimeout: 10 * time.Second, RequestBodyTimeout: time.Minute, ResponseWriteTimeout: time.Minute,
-					Routes: []Route{{PathPrefix: "/", Service: "web"}},
+					Routes:               []Route{{PathPrefix: "/", Service: "web"}},
+					MaxConcurrentStreams: 100, MaxHeaderBytes: h1.DefaultMaxHeaderBytes,
 				}},
 				Services: map[string]*Service{"web": defaultsFor("web")},
 			}

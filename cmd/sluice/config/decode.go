@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -28,6 +29,21 @@ const (
 	defaultResponseWriteTimeout  = h1.DefaultWriteTimeout
 	defaultResponseHeaderTimeout = proxy.DefaultResponseHeaderTimeout
 	defaultResponseBodyTimeout   = proxy.DefaultResponseBodyTimeout
+
+	// Limits and redirects.
+	defaultHTTPSPort      = 443
+	defaultMaxHeaderBytes = h1.DefaultMaxHeaderBytes
+	// defaultMaxConcurrentStreams is h1.DefaultMaxConcurrentStreams's
+	// value, to refer to it once proxy/h1 defines it.
+	defaultMaxConcurrentStreams = 100
+)
+
+// Bounds of the limits.
+const (
+	maxMaxConnections       = math.MaxInt32
+	maxMaxConcurrentStreams = 10000
+	minMaxHeaderBytes       = 1 << 10
+	maxMaxHeaderBytes       = 16 << 20
 )
 
 var (
@@ -52,10 +68,25 @@ var (
 	}
 	listenerSchema = &hcl.BodySchema{
 		Attributes: attrs("address", "protocol", "service", "access_log", "idle_timeout",
-			"request_header_timeout", "request_body_timeout", "response_write_timeout", "trusted_proxies"),
-		Blocks: []hcl.BlockHeaderSchema{{Type: "route", LabelNames: []string{"prefix"}}},
+			"request_header_timeout", "request_body_timeout", "response_write_timeout", "trusted_proxies",
+			"redirect_https", "https_port", "hsts_max_age",
+			"max_connections", "max_concurrent_streams", "max_header_bytes"),
+		Blocks: []hcl.BlockHeaderSchema{
+			{Type: "route", LabelNames: []string{"prefix"}},
+			{Type: "tls"},
+		},
+	}
+	listenerTLSSchema = &hcl.BodySchema{
+		Attributes: attrs("mode", "min_version", "client_ca_file", "require_client_cert"),
+		Blocks:     []hcl.BlockHeaderSchema{{Type: "certificate"}},
+	}
+	certificateSchema = &hcl.BodySchema{
+		Attributes: attrs("cert_file", "key_file"),
 	}
 	routeSchema = &hcl.BodySchema{
+		Attributes: attrs("service", "max_body_bytes"),
+	}
+	sniRouteSchema = &hcl.BodySchema{
 		Attributes: attrs("service"),
 	}
 	serviceSchema = &hcl.BodySchema{
@@ -65,7 +96,11 @@ var (
 			{Type: "health_check"},
 			{Type: "passive"},
 			{Type: "retry"},
+			{Type: "tls"},
 		},
+	}
+	serviceTLSSchema = &hcl.BodySchema{
+		Attributes: attrs("ca_file", "server_name", "insecure_skip_verify", "cert_file", "key_file"),
 	}
 	stickySchema = &hcl.BodySchema{
 		Attributes: attrs("mode", "cookie", "header", "ttl", "secret"),
@@ -252,20 +287,52 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 	isHTTP := protocolOK && l.Protocol == ProtocolHTTP
 	isTCP := protocolOK && l.Protocol == ProtocolTCP
 
+	modeOK := true
+	if tb := d.first(c.Blocks, "tls"); tb != nil {
+		l.TLS, modeOK = d.listenerTLS(tb, l.Name, isHTTP)
+	}
+	passthrough := l.TLS != nil && l.TLS.Mode == TLSPassthrough
+	redirectOK := d.boolean(as, "redirect_https", &l.RedirectHTTPS)
+	if l.RedirectHTTPS && l.TLS != nil && !isTCP {
+		d.errorf(as["redirect_https"].Expr.Range(), "Invalid redirect_https",
+			"redirect_https is only valid in listeners without a tls block; listener %q serves https itself", l.Name)
+		redirectOK = false
+	}
+	redirect := redirectOK && l.RedirectHTTPS
+
 	routes := c.Blocks.OfType("route")
-	if isTCP {
+	switch {
+	case isTCP && passthrough:
+		seen := map[string]hcl.Range{}
+		for _, rb := range routes {
+			if r, ok := d.sniRoute(rb, seen); ok {
+				l.SNIRoutes = append(l.SNIRoutes, r)
+			}
+		}
+		if len(routes) == 0 {
+			d.errorf(b.DefRange, "Missing route",
+				`tcp listener %q passes TLS through and needs at least one route block naming a server name, such as route "db.example.com" { service = "db" } or route "*" { service = "db" }`, l.Name)
+		}
+	case isTCP:
+		if modeOK {
+			for _, r := range routes {
+				d.errorf(r.DefRange, "Unexpected route block",
+					`route blocks are only valid in http listeners and in tcp listeners with tls { mode = "passthrough" }; tcp listener %q sends everything to its service`, l.Name)
+			}
+		}
+	case redirect:
 		for _, r := range routes {
 			d.errorf(r.DefRange, "Unexpected route block",
-				"route blocks are only valid in http listeners; tcp listener %q sends everything to its service", l.Name)
+				"listener %q has redirect_https = true and answers every request with a redirect to https; it has no routes", l.Name)
 		}
-	} else {
+	default:
 		seen := map[string]hcl.Range{}
 		for _, rb := range routes {
 			if r, ok := d.route(rb, seen); ok {
 				l.Routes = append(l.Routes, r)
 			}
 		}
-		if isHTTP && len(routes) == 0 {
+		if isHTTP && len(routes) == 0 && redirectOK {
 			d.errorf(b.DefRange, "Missing route",
 				`http listener %q needs at least one route block, such as route "/" { service = "web" }`, l.Name)
 		}
@@ -274,16 +341,19 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 	d.str(as, "access_log", &l.AccessLog, nonEmpty)
 	l.IdleTimeout = defaultIdleTimeout
 	d.duration(as, "idle_timeout", &l.IdleTimeout, positive)
+	d.integer(as, "max_connections", &l.MaxConnections, 0, maxMaxConnections)
 
-	// Client-side HTTP limits: defaults for http listeners, errors on tcp
-	// ones.
+	// Client-side HTTP settings: defaults for http listeners, errors on
+	// tcp ones.
 	if isTCP {
-		for _, name := range []string{"request_header_timeout", "request_body_timeout", "response_write_timeout", "trusted_proxies"} {
+		for _, name := range []string{"request_header_timeout", "request_body_timeout", "response_write_timeout", "trusted_proxies",
+			"redirect_https", "https_port", "hsts_max_age", "max_concurrent_streams", "max_header_bytes"} {
 			if a := as[name]; a != nil {
 				d.errorf(a.NameRange, "Unexpected "+name,
 					"%s is only valid in http listeners; %q is a tcp listener", name, l.Name)
 			}
 		}
+		l.RedirectHTTPS = false
 	} else {
 		l.RequestHeaderTimeout = defaultRequestHeaderTimeout
 		l.RequestBodyTimeout = defaultRequestBodyTimeout
@@ -292,6 +362,12 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 		d.duration(as, "request_body_timeout", &l.RequestBodyTimeout, positive)
 		d.duration(as, "response_write_timeout", &l.ResponseWriteTimeout, positive)
 		d.prefixes(as, "trusted_proxies", &l.TrustedProxies)
+		d.httpsRedirect(as, &l, redirectOK)
+		l.MaxConcurrentStreams = defaultMaxConcurrentStreams
+		d.integer(as, "max_concurrent_streams", &l.MaxConcurrentStreams, 1, maxMaxConcurrentStreams)
+		headerBytes := int64(defaultMaxHeaderBytes)
+		d.size(as, "max_header_bytes", &headerBytes, minMaxHeaderBytes, maxMaxHeaderBytes)
+		l.MaxHeaderBytes = int(headerBytes)
 	}
 
 	svc := as["service"]
@@ -299,13 +375,37 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 	case isHTTP && svc != nil:
 		d.errorf(svc.NameRange, "Unexpected service",
 			"service is only valid in tcp listeners; http listener %q routes with route blocks", l.Name)
-	case isTCP && svc == nil:
+	case isTCP && passthrough && svc != nil:
+		d.errorf(svc.NameRange, "Unexpected service",
+			`tcp listener %q passes TLS through (tls { mode = "passthrough" }) and picks the service by server name with route blocks`, l.Name)
+	case isTCP && svc == nil && !passthrough && modeOK:
 		d.errorf(b.DefRange, "Missing service",
 			"tcp listener %q needs a service attribute", l.Name)
 	case svc != nil:
 		d.serviceRef(as, &l.Service)
 	}
 	return l, true
+}
+
+// httpsRedirect decodes an http listener's https_port and hsts_max_age,
+// which depend on redirect_https (already in l; redirectOK is false when
+// it was invalid) and on the tls block.
+func (d *decoder) httpsRedirect(as hcl.Attributes, l *Listener, redirectOK bool) {
+	if a := as["https_port"]; a != nil && redirectOK && !l.RedirectHTTPS {
+		d.errorf(a.NameRange, "Unexpected https_port",
+			"https_port is only valid with redirect_https = true; it is the port redirects point to")
+	} else if l.RedirectHTTPS {
+		l.HTTPSPort = defaultHTTPSPort
+		d.integer(as, "https_port", &l.HTTPSPort, 1, 65535)
+	}
+	if a := as["hsts_max_age"]; a != nil {
+		if l.TLS == nil {
+			d.errorf(a.NameRange, "Unexpected hsts_max_age",
+				"hsts_max_age is only valid in listeners with a tls block; browsers ignore it over plain http")
+		} else {
+			d.duration(as, "hsts_max_age", &l.HSTSMaxAge, atLeast(time.Second), wholeSeconds)
+		}
+	}
 }
 
 // adminCollision reports a listener address equal to the admin interface's,
@@ -354,6 +454,7 @@ func (d *decoder) route(b *hcl.Block, seen map[string]hcl.Range) (r Route, ok bo
 	}
 	seen[key] = b.DefRange
 	as := d.content(b.Body, routeSchema).Attributes
+	d.size(as, "max_body_bytes", &r.MaxBodyBytes, 0, math.MaxInt64)
 	if as["service"] == nil {
 		d.errorf(b.DefRange, "Missing service", "route %q needs a service attribute", label)
 		return r, true
@@ -403,6 +504,7 @@ func (d *decoder) service(b *hcl.Block) *Service {
 	s.HealthCheck = d.healthCheck(d.first(c.Blocks, "health_check"))
 	s.Passive = d.passive(d.first(c.Blocks, "passive"))
 	d.retry(d.first(c.Blocks, "retry"), &s.Retry)
+	s.TLS = d.serviceTLS(d.first(c.Blocks, "tls"))
 	return s
 }
 

@@ -22,6 +22,11 @@ func FuzzParse(f *testing.F) {
 		serviceBlock("passive", "ejection_time     = \"60s\"\n    max_ejection_time = \"30s\""),
 		listenerAttr(`trusted_proxies = ["10.0.0.0/8", "10.0.0.1/8", 1, null, "fe80::1%eth0"]`),
 		tcpListenerAttr(`request_header_timeout = "5s"`),
+		tlsListener([]string{`hsts_max_age = "1h"`, `max_header_bytes = "64KiB"`}, certBlock("/nonexistent/cert.pem", "/dev/null")),
+		tlsListener([]string{"redirect_https = true", "https_port = 8443"}, nil, "max_connections = 10"),
+		tcpTLSListener(nil, []string{`mode = "passthrough"`}, `route "*.example.com" {`, `  service = "db"`, `}`, `route "*" {`, `  service = "x"`, `}`),
+		routeAttr(`max_body_bytes = "10 MiB"`),
+		serviceBlock("tls", "ca_file = \"/nonexistent\"\n    cert_file = \"x\""),
 		// Broken ones.
 		"listener \"ok\" {\n  address = \"127.0.0.1:8080\n}\n",
 		"listener \"ok\" {\n  address =\n}\n",

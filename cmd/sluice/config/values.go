@@ -105,6 +105,111 @@ func (d *decoder) integer(as hcl.Attributes, name string, dst *int, lo, hi int) 
 	return true
 }
 
+// size decodes a number of bytes in lo..hi, written as a whole number or
+// as a string (see parseSize).
+func (d *decoder) size(as hcl.Attributes, name string, dst *int64, lo, hi int64) bool {
+	a := as[name]
+	if a == nil {
+		return true
+	}
+	v, diags := a.Expr.Value(nil)
+	d.diags = append(d.diags, diags...)
+	if diags.HasErrors() || !v.IsWhollyKnown() {
+		return false
+	}
+	const syntax = `must be a whole number of bytes or a string such as "64KiB", "10MiB" or "1GiB"`
+	var (
+		n           int64
+		got         string
+		syntaxOK    = true
+		inRange     = true
+		rangeDetail = fmt.Sprintf("must be from %s to %s", formatSize(lo), formatSize(hi))
+	)
+	switch {
+	case v.IsNull():
+		d.invalid(a, "must not be null", "null")
+		return false
+	case v.Type().Equals(cty.Number):
+		bf := v.AsBigFloat()
+		got = formatNumber(bf)
+		var acc big.Accuracy
+		n, acc = bf.Int64()
+		syntaxOK = bf.IsInt() && bf.Sign() >= 0
+		inRange = acc == big.Exact
+	case v.Type().Equals(cty.String):
+		s := v.AsString()
+		got = quote(s)
+		n, syntaxOK, inRange = parseSize(s)
+	default:
+		d.invalid(a, syntax, describe(v))
+		return false
+	}
+	switch {
+	case !syntaxOK:
+		d.invalid(a, syntax, got)
+		return false
+	case !inRange || n < lo || n > hi:
+		d.invalid(a, rangeDetail, got)
+		return false
+	}
+	*dst = n
+	return true
+}
+
+// Size units, binary.
+const (
+	kib = 1 << 10
+	mib = 1 << 20
+	gib = 1 << 30
+)
+
+var sizeUnits = []struct {
+	name string
+	mult int64
+}{{"GiB", gib}, {"MiB", mib}, {"KiB", kib}}
+
+// parseSize parses a byte count: decimal digits, optionally followed by
+// white space and one of the units "KiB", "MiB" and "GiB" (1024, 1024^2,
+// 1024^3 bytes), such as "65536", "64KiB" or "10 MiB". syntaxOK is false
+// for anything else; fits is false for a value beyond math.MaxInt64.
+func parseSize(s string) (n int64, syntaxOK, fits bool) {
+	digits := strings.TrimLeft(s, "0123456789")
+	num, unit := s[:len(s)-len(digits)], strings.TrimLeft(digits, " ")
+	if num == "" {
+		return 0, false, true
+	}
+	mult := int64(1)
+	if unit != "" {
+		mult = 0
+		for _, u := range sizeUnits {
+			if unit == u.name {
+				mult = u.mult
+			}
+		}
+		if mult == 0 {
+			return 0, false, true
+		}
+	} else if digits != "" {
+		return 0, false, true // trailing spaces only
+	}
+	v, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || v > math.MaxInt64/mult {
+		return 0, true, false
+	}
+	return v * mult, true, true
+}
+
+// formatSize renders n bytes for a diagnostic: with the largest unit that
+// divides it ("16MiB"), else as a plain number.
+func formatSize(n int64) string {
+	for _, u := range sizeUnits {
+		if n != 0 && n%u.mult == 0 {
+			return strconv.FormatInt(n/u.mult, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
 // duration decodes a Go duration string ("1m30s"), which is never negative.
 func (d *decoder) duration(as hcl.Attributes, name string, dst *time.Duration, checks ...check[time.Duration]) bool {
 	a, v, ok := d.eval(as, name, cty.String, `a duration string such as "2s"`)
