@@ -273,6 +273,7 @@ func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) {
 			dialed = make(chan struct{})
 		}
 		p.wg.Add(1)
+		p.open.Add(1) // before the next waitConns
 		go func() {
 			defer p.wg.Done()
 			p.handle(connCtx, c, dialed)
@@ -332,12 +333,15 @@ func (p *TCPProxy) connClosed() {
 // HandleConn proxies one client connection and closes it, judging the
 // instance as the TCPProxy documentation says. Cancelling ctx closes both
 // sides.
-func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) { p.handle(ctx, client, nil) }
-
-// handle is HandleConn; it closes dialed, when not nil, once the dial is
-// over (connected or given up).
-func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan struct{}) {
+func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) {
 	p.open.Add(1)
+	p.handle(ctx, client, nil)
+}
+
+// handle is HandleConn for a connection already counted in open; it
+// closes dialed, when not nil, once the dial is over (connected or given
+// up).
+func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan struct{}) {
 	defer p.connClosed()
 	defer client.Close()
 	start := time.Now()
