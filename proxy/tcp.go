@@ -184,9 +184,10 @@ func NewTCPProxy(opts TCPOptions) *TCPProxy {
 	return p
 }
 
-// Update replaces the service options, dial and idle timeouts, listener
-// name and access log for the connections accepted after it returns;
-// open connections keep theirs. opts.Logger and opts.Pressure are
+// Update replaces the service options (or SNI routes), TLS, timeouts,
+// listener name, MaxConns and access log for the connections accepted
+// after it returns; open connections keep theirs (a new MaxConns counts
+// them all). opts.Logger and opts.Pressure are
 // ignored: those of NewTCPProxy stay. Safe to call concurrently with Serve.
 func (p *TCPProxy) Update(opts TCPOptions) {
 	if opts.DialTimeout <= 0 {
@@ -231,6 +232,9 @@ func (p *TCPProxy) Update(opts TCPOptions) {
 		}
 	}
 	p.cfg.Store(cfg)
+	if p.waiters.Load() > 0 {
+		p.wakeAll() // MaxConns may have grown
+	}
 }
 
 // Serve accepts connections until ln is closed, then waits for the open
@@ -323,11 +327,16 @@ func (p *TCPProxy) waitConns(ctx context.Context) bool {
 func (p *TCPProxy) connClosed() {
 	p.open.Add(-1)
 	if p.waiters.Load() > 0 {
-		p.wakeMu.Lock()
-		close(p.wake)
-		p.wake = make(chan struct{})
-		p.wakeMu.Unlock()
+		p.wakeAll()
 	}
+}
+
+// wakeAll wakes the accept loops waiting in waitConns.
+func (p *TCPProxy) wakeAll() {
+	p.wakeMu.Lock()
+	close(p.wake)
+	p.wake = make(chan struct{})
+	p.wakeMu.Unlock()
 }
 
 // HandleConn proxies one client connection and closes it, judging the

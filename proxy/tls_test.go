@@ -92,6 +92,7 @@ func tlsBackend(t *testing.T, ca *testCA, name string) (*httptest.Server, *atomi
 	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		w.Header().Set("Strict-Transport-Security", "max-age=1")
+		w.Header().Set("X-Seen-Proto", r.Header.Get("X-Forwarded-Proto"))
 		fmt.Fprintf(w, "%s %s tls=%v", name, r.Proto, r.TLS != nil)
 	}))
 	s.TLS = &tls.Config{Certificates: []tls.Certificate{ca.leaf(t, "127.0.0.1", "localhost")}, NextProtos: []string{"h2", "http/1.1"}}
@@ -374,7 +375,7 @@ func TestRedirectHTTPS(t *testing.T) {
 
 // TestHSTS: Strict-Transport-Security is on every answer to a request over
 // TLS (the instance's, which it replaces, a 404 and a 502), never on plain
-// ones.
+// ones (but the instance's own); X-Forwarded-Proto says https over TLS.
 func TestHSTS(t *testing.T) {
 	ca := newCA(t)
 	be, _ := tlsBackend(t, ca, "a")
@@ -406,6 +407,9 @@ func TestHSTS(t *testing.T) {
 			}
 			if base == plain.URL && len(have) != 0 && path != "/ok" {
 				t.Errorf("plain %s (%d): Strict-Transport-Security %q", path, resp.StatusCode, have)
+			}
+			if proto := resp.Header.Get("X-Seen-Proto"); path == "/ok" && (base == secure.URL) != (proto == "https") {
+				t.Errorf("%s: X-Forwarded-Proto %q", base, proto)
 			}
 		}
 	}
@@ -519,9 +523,10 @@ func TestSNIPassthrough(t *testing.T) {
 			t.Errorf("%s: want %q, have %q (%v)", name, want, have, err)
 		}
 	}
-	if !strings.Contains(log.String(), "server_name=a.example") {
-		t.Errorf("access log without the server name:\n%s", log.String())
-	}
+	// The line is written once both directions ended, after the client's EOF.
+	waitFor(t, "the access log line with the server name", func() bool {
+		return strings.Contains(log.String(), "server_name=a.example")
+	})
 
 	// No default: an unknown name is closed.
 	addr2, _ := tcpFront(t, TCPOptions{SNIRoutes: routes[:2], HandshakeTimeout: time.Second})
