@@ -12,6 +12,9 @@ import (
 //	2026-11-28T03:04:05.678Z listener=public service=web instance=node-1/web-1 client=127.0.0.1:5555 method=GET path=/x status=200 bytes=123 duration_ms=1.234 attempts=1
 //	2026-11-28T03:04:05.678Z listener=db service=pg instance=node-1/pg-1 client=127.0.0.1:5555 bytes_in=10 bytes_out=20 duration_ms=1.234 attempts=1
 //
+// A tcp line of a TLS listener (terminated or SNI passthrough) has
+// server_name=NAME after bytes_out when the client sent one.
+//
 // A line is built in a pooled buffer and written with one Write call; it
 // allocates nothing else. Values are written as they are: the path is
 // quoted when it holds a space, a quote or a control character.
@@ -32,6 +35,7 @@ type logEntry struct {
 	status                              int    // http only
 	bytes, bytesIn                      int64  // http: bytes = body bytes sent; tcp: bytesIn and bytes (out)
 	tcp                                 bool
+	serverName                          string // tcp: the TLS server name, when known
 	start                               time.Time
 	attempts                            int
 }
@@ -50,6 +54,9 @@ func (l *AccessLog) write(e *logEntry) {
 		b = strconv.AppendInt(b, e.bytesIn, 10)
 		b = append(b, " bytes_out="...)
 		b = strconv.AppendInt(b, e.bytes, 10)
+		if e.serverName != "" {
+			b = appendField(b, "server_name", e.serverName)
+		}
 	} else {
 		b = appendField(b, "method", e.method)
 		b = appendField(b, "path", e.path)

@@ -13,7 +13,7 @@ import (
 // builds it.
 func transportOf(svc ServiceOptions) *balancingTransport {
 	opts := HTTPOptions{Transport: NewUpstream(), Pressure: NewPressure(nil), MaxReplayBody: DefaultMaxReplayBody}
-	return newServiceProxy(svc, &opts, &bufferPool{}, nil, &forwarding{}, nil).rp.Transport.(*balancingTransport)
+	return newServiceProxy(svc, &opts, &bufferPool{}, nil, &forwarding{}, nil, nil, 0, nil).rp.Transport.(*balancingTransport)
 }
 
 // TestRoundTripLeavesRequestAlone: RoundTrip does not modify the request

@@ -6,6 +6,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,14 @@ type Route struct {
 	// Label is the route's label value in metrics; default
 	// RouteLabel(Host, PathPrefix).
 	Label string
+	// MaxBodyBytes is the largest request body accepted, in bytes; 0:
+	// unlimited. A request that declares a longer Content-Length is
+	// answered 413 at once, without contacting an instance; a streamed
+	// (chunked) body that grows beyond it fails with 413 when no answer
+	// has started. Both are the client's fault: the instance is not
+	// judged, nothing is retried, and an HTTP/1.1 connection is closed
+	// after the answer. Each counts as a max_body_bytes limit hit.
+	MaxBodyBytes int64
 }
 
 // RouteLabel is a route's default metrics label: its host and path prefix
@@ -75,6 +84,16 @@ type ServiceOptions struct {
 	// sticky service is read (at most one is set; see balance.StickyOptions).
 	StickyCookie string
 	StickyHeader string
+	// TLS, when set, makes sluice speak TLS to the service's instances
+	// (HTTPS for HTTP routes, TLS for TCP listeners); nil: plain. The
+	// caller builds it whole (RootCAs, ServerName, InsecureSkipVerify,
+	// client Certificates) and must not modify it afterwards; connections
+	// are pooled per *tls.Config. An empty ServerName means each
+	// instance's host as Consul reports it (an IP address is verified
+	// against the certificate's IP SANs), as a browser uses the URL's
+	// host. HTTP routes offer ALPN http/1.1 only, whatever NextProtos
+	// says. A failed handshake is a failed connection to the instance.
+	TLS *tls.Config
 }
 
 // HTTPOptions configure an HTTP handler.
@@ -108,7 +127,26 @@ type HTTPOptions struct {
 	// instance; children are resolved when a table is built. The open
 	// connections gauge is the handler's (see ConnOpened). nil: none.
 	Metrics *metrics.Metrics
+	// RedirectHTTPS makes the handler answer every request with 308
+	// Permanent Redirect to https://<the request's host>[:HTTPSPort]<its
+	// path and query>, without routing it or reading its body (an
+	// HTTP/1.1 connection with a body pending is closed after). A Host
+	// that is not a host name or an IP literal is answered 400. Routes
+	// are not used. Counted under the route label RedirectLabel.
+	RedirectHTTPS bool
+	// HTTPSPort is the port of the redirect's Location; 0: 443, which the
+	// Location leaves out.
+	HTTPSPort int
+	// HSTSMaxAge, when positive, adds "Strict-Transport-Security:
+	// max-age=<seconds>" to every answer to a request that came over TLS
+	// (r.TLS != nil), sluice's own error answers included; an instance's
+	// own Strict-Transport-Security header is replaced. 0: off.
+	HSTSMaxAge time.Duration
 }
+
+// RedirectLabel is the route label under which a RedirectHTTPS handler
+// counts its answers (service "").
+const RedirectLabel = "redirect"
 
 // Defaults of the upstream transport.
 const (
@@ -119,6 +157,8 @@ const (
 	// may try, the first included.
 	DefaultAttempts      = 2
 	DefaultMaxReplayBody = 64 << 10
+	// DefaultHTTPSPort is the port of RedirectHTTPS's Location.
+	DefaultHTTPSPort = 443
 )
 
 // HTTPHandler routes each request by host and path prefix (longest prefix
@@ -190,6 +230,18 @@ func (h *HTTPHandler) Update(opts HTTPOptions) {
 	opts.Transport, opts.Pressure, opts.Logger = h.transport, h.pressure, h.logger
 	rt := &router{listener: opts.Listener, log: opts.AccessLog,
 		noRoute: opts.Metrics.Route(opts.Listener, NoRouteLabel, ""), conns: opts.Metrics.Listener(opts.Listener, "http")}
+	if opts.HSTSMaxAge > 0 {
+		rt.hsts = []string{"max-age=" + strconv.FormatInt(int64(opts.HSTSMaxAge/time.Second), 10)}
+	}
+	if opts.RedirectHTTPS {
+		rt.redirect = true
+		if opts.HTTPSPort > 0 && opts.HTTPSPort != DefaultHTTPSPort {
+			rt.httpsPort = ":" + strconv.Itoa(opts.HTTPSPort)
+		}
+		rt.redirects = opts.Metrics.Route(opts.Listener, RedirectLabel, "")
+		h.table.Store(rt)
+		return
+	}
 	fwd := &forwarding{trusted: opts.TrustedProxies}
 	// One ReverseProxy per route, so that its metrics children are at hand.
 	for _, r := range opts.Routes {
@@ -197,7 +249,8 @@ func (h *HTTPHandler) Update(opts HTTPOptions) {
 		if label == "" {
 			label = RouteLabel(r.Host, r.PathPrefix)
 		}
-		sp := newServiceProxy(r.Service, &opts, h.buffers, h.errLog, fwd, opts.Metrics.Route(opts.Listener, label, r.Service.Name))
+		sp := newServiceProxy(r.Service, &opts, h.buffers, h.errLog, fwd, opts.Metrics.Route(opts.Listener, label, r.Service.Name),
+			rt.conns, r.MaxBodyBytes, rt.hsts)
 		rt.routes = append(rt.routes, route{host: strings.ToLower(r.Host), prefix: r.PathPrefix, svc: sp})
 	}
 	sort.SliceStable(rt.routes, func(i, j int) bool {
@@ -215,6 +268,14 @@ func (h *HTTPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.table.Load().ServeHTTP(w, r)
 }
 
+// LimitHit counts a hit of limit (a metrics.Limit* constant) on the
+// listener of the current table, for the server in front of the handler
+// (max_connections, max_header_bytes, max_concurrent_streams). It takes no
+// lock and does not allocate; without Metrics it counts nothing.
+func (h *HTTPHandler) LimitHit(limit string) {
+	h.table.Load().conns.LimitHit(limit)
+}
+
 type route struct {
 	host   string
 	prefix string
@@ -229,9 +290,21 @@ type router struct {
 	log      *AccessLog
 	noRoute  *metrics.Route    // nil-safe
 	conns    *metrics.Listener // open connections gauge; nil-safe
+	// hsts is the Strict-Transport-Security value for answers over TLS
+	// (len == cap, shared: an append copies); nil: none.
+	hsts []string
+	// redirect answers every request with a redirect to https://, on
+	// httpsPort (":8443", or "" for 443), counted in redirects.
+	redirect  bool
+	httpsPort string
+	redirects *metrics.Route // nil-safe
 }
 
 func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.redirect {
+		h.redirectHTTPS(w, r)
+		return
+	}
 	host := requestHost(r.Host)
 	for i := range h.routes {
 		rt := &h.routes[i]
@@ -241,6 +314,9 @@ func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	start := time.Now()
+	if h.hsts != nil && r.TLS != nil {
+		w.Header()["Strict-Transport-Security"] = h.hsts
+	}
 	writeJSONError(w, http.StatusNotFound, "no route", "")
 	h.noRoute.Observe(http.StatusNotFound, time.Since(start))
 	if h.log != nil {
@@ -264,7 +340,8 @@ type serviceProxy struct {
 	rp *httputil.ReverseProxy
 }
 
-func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger, fwd *forwarding, rm *metrics.Route) *serviceProxy {
+func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger, fwd *forwarding, rm *metrics.Route,
+	lm *metrics.Listener, maxBody int64, hsts []string) *serviceProxy {
 	attempts := svc.Attempts
 	if attempts <= 0 {
 		attempts = DefaultAttempts
@@ -278,15 +355,29 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 		listener: opts.Listener, service: svc.Name, pool: svc.Pool, up: opts.Transport,
 		attempts: attempts, limits: limits, maxReplay: opts.MaxReplayBody, fwd: fwd, pressure: opts.Pressure,
 		cookie: svc.StickyCookie, header: http.CanonicalHeaderKey(svc.StickyHeader), log: opts.AccessLog,
-		route: rm, svcm: opts.Metrics.Service(svc.Name),
+		route: rm, svcm: opts.Metrics.Service(svc.Name), tls: svc.TLS, maxBody: maxBody,
+	}
+	scheme := "http"
+	if svc.TLS != nil {
+		scheme = "https"
 	}
 	logger := opts.Logger
 	sp := &serviceProxy{}
+	var modify func(*http.Response) error
+	if hsts != nil {
+		modify = func(resp *http.Response) error {
+			if resp.Request != nil && resp.Request.TLS != nil {
+				resp.Header["Strict-Transport-Security"] = hsts
+			}
+			return nil
+		}
+	}
 	sp.rp = &httputil.ReverseProxy{
+		ModifyResponse: modify,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			// The instance is chosen in the transport; the Host header
 			// the client sent is passed through unchanged.
-			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Scheme = scheme
 			pr.Out.URL.Host = svc.Name
 			pr.Out.Host = pr.In.Host
 			fwd.set(pr)
@@ -301,6 +392,9 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 			status := http.StatusBadGateway
 			abort := false
 			var ce *clientError
+			if hsts != nil && r.TLS != nil {
+				w.Header()["Strict-Transport-Security"] = hsts
+			}
 			switch {
 			case errors.Is(err, balance.ErrNoEndpoint):
 				status = http.StatusServiceUnavailable
@@ -318,6 +412,9 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 				// failed (its answer says so); on h2 only this stream
 				// failed.
 				status = ce.status()
+				if status == http.StatusRequestEntityTooLarge {
+					lm.LimitHit(metrics.LimitMaxBodyBytes)
+				}
 				writeJSONError(w, status, ce.reason(), svc.Name)
 			default:
 				logger.Debug("upstream failed", "service", svc.Name, "error", err)
@@ -375,6 +472,8 @@ type balancingTransport struct {
 	log       *AccessLog
 	route     *metrics.Route   // nil-safe
 	svcm      *metrics.Service // nil-safe
+	tls       *tls.Config      // to the instances; nil: plain
+	maxBody   int64            // request body limit; 0: none
 }
 
 // errStatus marks a 5xx answer as a failure of the instance.
@@ -384,8 +483,11 @@ var errStatus = errors.New("upstream answered 5xx")
 // ran out of its own resources (file descriptors, ports).
 var errExhausted = errors.New("sluice is out of local resources")
 
+// errBodyTooLarge is a request body beyond its route's MaxBodyBytes.
+var errBodyTooLarge = &h1.Error{Status: http.StatusRequestEntityTooLarge, Reason: "request body too large"}
+
 // clientError is a request that failed on the client's account: its body
-// could not be read.
+// could not be read, or is too large.
 type clientError struct {
 	err   error
 	start time.Time
@@ -443,6 +545,9 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 	if t.log != nil || t.route != nil {
 		start = time.Now()
 	}
+	if t.maxBody > 0 && req.ContentLength > t.maxBody {
+		return nil, &clientError{err: errBodyTooLarge, start: start}
+	}
 	var info balance.PickInfo
 	info.Client = t.fwd.client(req)
 	switch {
@@ -474,6 +579,10 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 			// read and keeps the client's read error for the blame.
 			cb = &x.client
 			cb.ReadCloser = req.Body
+			cb.left = t.maxBody
+			if cb.left <= 0 {
+				cb.left = -1
+			}
 		}
 	}
 	var last *upstreamError
@@ -496,7 +605,7 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 		case cb != nil:
 			x.out.Body = cb
 		}
-		resp, err := t.up.Try(send, ep.Addr, t.limits)
+		resp, err := t.up.TryTLS(send, ep.Addr, t.tls, t.limits)
 		if err != nil {
 			if cb != nil && cb.err != nil {
 				res.Cancel() // the client's body failed: not the instance's fault
@@ -643,17 +752,33 @@ func isDialError(err error) bool {
 
 // clientBody lets a request body survive a failed dial (Close is a no-op:
 // the server closes the inbound body when the handler returns), records
-// whether any of it was read, and keeps the first read error: a failure of
-// the client, not of the instance.
+// whether any of it was read, enforces the route's body limit, and keeps
+// the first read error: a failure of the client, not of the instance.
 type clientBody struct {
 	io.ReadCloser
 	read bool
+	left int64 // bytes the limit still allows; negative: no limit
 	err  error
 }
 
 func (g *clientBody) Read(p []byte) (int, error) {
 	g.read = true
+	if g.err != nil {
+		return 0, g.err
+	}
+	if g.left >= 0 && int64(len(p)) > g.left {
+		// One byte beyond the limit tells a body that ends at it from
+		// one that goes on.
+		p = p[:g.left+1]
+	}
 	n, err := g.ReadCloser.Read(p)
+	if g.left >= 0 {
+		if int64(n) > g.left {
+			g.err = errBodyTooLarge
+			return 0, g.err
+		}
+		g.left -= int64(n)
+	}
 	if err != nil && err != io.EOF && g.err == nil {
 		g.err = err
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -19,8 +20,8 @@ type ProbeType string
 
 // Probe types.
 const (
-	ProbeHTTP ProbeType = "http" // GET Path answers 2xx or 3xx
-	ProbeTCP  ProbeType = "tcp"  // a connection opens
+	ProbeHTTP ProbeType = "http" // GET Path answers 2xx or 3xx (https with ProbeOptions.TLS)
+	ProbeTCP  ProbeType = "tcp"  // a connection opens (and its TLS handshake succeeds, with ProbeOptions.TLS)
 )
 
 // ProbeTypes lists every ProbeType.
@@ -45,6 +46,12 @@ type ProbeOptions struct {
 	Timeout  time.Duration // per probe
 	Rise     int           // successes in a row that make a failing instance passing
 	Fall     int           // failures in a row that make an instance failing
+	// TLS, when set, is the service's TLS configuration to its instances
+	// (ServiceOptions.TLS): an http probe is an HTTPS GET with it (an
+	// empty ServerName means the instance's host), and a tcp probe
+	// completes a TLS handshake with it and closes, so that an instance
+	// whose certificate sluice would refuse fails its probes. nil: plain.
+	TLS *tls.Config
 }
 
 // Prober runs one probe loop per instance of a pool: a loop starts when an
@@ -76,7 +83,8 @@ func NewProber(pool *balance.Pool, opts ProbeOptions, logger hclog.Logger) *Prob
 			// A fresh connection per probe, as HAProxy does: a probe
 			// must see a backend that stopped accepting.
 			Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true, DisableCompression: true,
-				DialContext: (&net.Dialer{Timeout: opts.Timeout}).DialContext},
+				DialContext:     (&net.Dialer{Timeout: opts.Timeout}).DialContext,
+				TLSClientConfig: opts.TLS},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 			Timeout:       opts.Timeout,
 		},
@@ -223,9 +231,20 @@ func (p *Prober) probe(ctx context.Context, addr string) error {
 		if err != nil {
 			return err
 		}
+		if p.opts.TLS != nil {
+			tc, err := handshakeTLS(ctx, c, addr, p.opts.TLS, nil)
+			if err != nil {
+				return err
+			}
+			c = tc
+		}
 		return c.Close()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+p.opts.Path, nil)
+	scheme := "http://"
+	if p.opts.TLS != nil {
+		scheme = "https://"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+addr+p.opts.Path, nil)
 	if err != nil {
 		return err
 	}

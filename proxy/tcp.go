@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,10 +20,39 @@ import (
 	"github.com/sluice-lb/sluice/proxy/metrics"
 )
 
-// TCPOptions configure a TCP proxy for one service.
+// TCPOptions configure a TCP proxy for one service, or for several
+// chosen by the TLS server name (SNIRoutes).
 type TCPOptions struct {
 	Listener string // listener name, for the access log and metrics labels
-	Service  ServiceOptions
+	// Service is where connections go; unused when SNIRoutes is set.
+	// With Service.TLS set, sluice connects to its instances with TLS (a
+	// failed handshake is a failed dial) and forwards plain bytes inside.
+	Service ServiceOptions
+	// TLS, when set, terminates TLS: each client's handshake is done in
+	// its connection's goroutine within HandshakeTimeout, then the
+	// decrypted bytes are forwarded. A failed handshake closes the client
+	// without contacting an instance. nil: bytes are forwarded as they
+	// come. Not with SNIRoutes.
+	TLS *tls.Config
+	// SNIRoutes, when set, routes by the server name of the client's TLS
+	// ClientHello without terminating TLS (passthrough): the hello is read
+	// (within HandshakeTimeout and maxClientHello bytes), the route chosen
+	// (an exact name, else a wildcard "*.example.com" that matches exactly
+	// one more label, else "*", the default; names are matched without
+	// regard to case and the first of duplicates wins), then the hello's
+	// bytes and everything after are forwarded untouched. A client whose
+	// name matches no route, or that sends no valid ClientHello in time,
+	// is closed without contacting an instance.
+	SNIRoutes []SNIRoute
+	// HandshakeTimeout bounds the TLS handshake (TLS) or the wait for the
+	// ClientHello (SNIRoutes); default DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// MaxConns bounds the connections open at once (accepted by Serve,
+	// or given to HandleConn); 0: unlimited. At the limit, the accept
+	// loop waits until one closes: new clients wait in the listen
+	// backlog, never refused. Each wait counts as a max_connections
+	// limit hit.
+	MaxConns int
 	// DialTimeout bounds each connection attempt to an instance; default
 	// 5s. It also bounds how long an accepted client waits for sluice to
 	// recover from local resource exhaustion (see Pressure) before it is
@@ -43,6 +74,20 @@ type TCPOptions struct {
 	// connections by instance. nil: none.
 	Metrics *metrics.Metrics
 }
+
+// SNIRoute sends TLS connections whose ClientHello names ServerName to
+// Service; see TCPOptions.SNIRoutes.
+type SNIRoute struct {
+	ServerName string // "host.example.com", "*.example.com" or "*"
+	Service    ServiceOptions
+}
+
+// DefaultHandshakeTimeout is TCPOptions.HandshakeTimeout's default.
+const DefaultHandshakeTimeout = 10 * time.Second
+
+// maxClientHello bounds the bytes read while looking for the ClientHello's
+// server name: a handshake message's largest size plus record headers.
+const maxClientHello = 64<<10 + 1<<10
 
 // TCPProxy forwards each accepted connection to an instance of one service,
 // trying another instance when the dial fails (a failure for passive
@@ -83,6 +128,13 @@ type TCPProxy struct {
 	// being closed (see connect).
 	established atomic.Int64
 	shedding    atomic.Bool
+	// open counts the connections being handled, for MaxConns; waiters
+	// counts the accept loops waiting for one to close, woken by closing
+	// wake (replaced under wakeMu).
+	open    atomic.Int64
+	waiters atomic.Int32
+	wakeMu  sync.Mutex
+	wake    chan struct{}
 }
 
 // tcpConfig is one generation of a TCPProxy's options, immutable once
@@ -91,7 +143,31 @@ type tcpConfig struct {
 	opts     TCPOptions // defaults applied
 	dialer   net.Dialer
 	listener *metrics.Listener // nil-safe
-	svcm     *metrics.Service  // nil-safe
+	svc      *tcpService       // Service; nil with SNI routes
+	// SNI routes: exact names, wildcards by the suffix after "*.", and
+	// the default ("*"; nil: none).
+	exact, wild map[string]*tcpService
+	sniDefault  *tcpService
+}
+
+// tcpService is a service that a tcpConfig forwards to.
+type tcpService struct {
+	opts ServiceOptions   // Attempts defaulted
+	svcm *metrics.Service // nil-safe
+}
+
+// route returns the service of an SNI server name, or nil.
+func (c *tcpConfig) route(name string) *tcpService {
+	name = strings.ToLower(name)
+	if s := c.exact[name]; s != nil {
+		return s
+	}
+	if i := strings.IndexByte(name, '.'); i > 0 {
+		if s := c.wild[name[i+1:]]; s != nil {
+			return s
+		}
+	}
+	return c.sniDefault
 }
 
 // NewTCPProxy returns a proxy; call Serve with a listener.
@@ -103,14 +179,15 @@ func NewTCPProxy(opts TCPOptions) *TCPProxy {
 	if pr == nil {
 		pr = NewPressure(opts.Logger)
 	}
-	p := &TCPProxy{logger: opts.Logger, pressure: pr}
+	p := &TCPProxy{logger: opts.Logger, pressure: pr, wake: make(chan struct{})}
 	p.Update(opts)
 	return p
 }
 
-// Update replaces the service options, dial and idle timeouts, listener
-// name and access log for the connections accepted after it returns;
-// open connections keep theirs. opts.Logger and opts.Pressure are
+// Update replaces the service options (or SNI routes), TLS, timeouts,
+// listener name, MaxConns and access log for the connections accepted
+// after it returns; open connections keep theirs (a new MaxConns counts
+// them all). opts.Logger and opts.Pressure are
 // ignored: those of NewTCPProxy stay. Safe to call concurrently with Serve.
 func (p *TCPProxy) Update(opts TCPOptions) {
 	if opts.DialTimeout <= 0 {
@@ -119,19 +196,52 @@ func (p *TCPProxy) Update(opts TCPOptions) {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = h1.DefaultIdleTimeout
 	}
-	if opts.Service.Attempts <= 0 {
-		opts.Service.Attempts = DefaultAttempts
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	opts.Service.Attempts = min(opts.Service.Attempts, balance.MaxTries)
 	opts.Logger, opts.Pressure = p.logger, p.pressure
-	p.cfg.Store(&tcpConfig{opts: opts, dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second},
-		listener: opts.Metrics.Listener(opts.Listener, "tcp"), svcm: opts.Metrics.Service(opts.Service.Name)})
+	cfg := &tcpConfig{opts: opts, dialer: net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second},
+		listener: opts.Metrics.Listener(opts.Listener, "tcp")}
+	service := func(so ServiceOptions) *tcpService {
+		if so.Attempts <= 0 {
+			so.Attempts = DefaultAttempts
+		}
+		so.Attempts = min(so.Attempts, balance.MaxTries)
+		return &tcpService{opts: so, svcm: opts.Metrics.Service(so.Name)}
+	}
+	if len(opts.SNIRoutes) == 0 {
+		cfg.svc = service(opts.Service)
+	} else {
+		cfg.exact, cfg.wild = map[string]*tcpService{}, map[string]*tcpService{}
+		for _, r := range opts.SNIRoutes {
+			name := strings.ToLower(r.ServerName)
+			switch {
+			case name == "*":
+				if cfg.sniDefault == nil {
+					cfg.sniDefault = service(r.Service)
+				}
+			case strings.HasPrefix(name, "*."):
+				if cfg.wild[name[2:]] == nil {
+					cfg.wild[name[2:]] = service(r.Service)
+				}
+			default:
+				if cfg.exact[name] == nil {
+					cfg.exact[name] = service(r.Service)
+				}
+			}
+		}
+	}
+	p.cfg.Store(cfg)
+	if p.waiters.Load() > 0 {
+		p.wakeAll() // MaxConns may have grown
+	}
 }
 
 // Serve accepts connections until ln is closed, then waits for the open
 // connections to finish or ctx to end, whichever is first; then it closes
 // them. Closing ln is the caller's way to stop accepting; while a Pressure
-// pause is in effect that is noticed when the pause ends (at most 1 s).
+// pause is in effect that is noticed when the pause ends (at most 1 s),
+// and while MaxConns connections are open, when one closes or ctx ends.
 // Accepts pause while sluice is out of local resources, so that clients
 // wait in the listen backlog; other accept errors are logged and retried
 // with a backoff up to 1 s.
@@ -141,6 +251,9 @@ func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) {
 	var delay time.Duration
 	for {
 		_ = p.pressure.WaitAccept(ctx)
+		if !p.waitConns(ctx) {
+			break
+		}
 		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
@@ -164,6 +277,7 @@ func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) {
 			dialed = make(chan struct{})
 		}
 		p.wg.Add(1)
+		p.open.Add(1) // before the next waitConns
 		go func() {
 			defer p.wg.Done()
 			p.handle(connCtx, c, dialed)
@@ -182,30 +296,96 @@ func (p *TCPProxy) Serve(ctx context.Context, ln net.Listener) {
 	}
 }
 
+// waitConns waits while MaxConns connections are open, counting a limit
+// hit when it has to; it reports false when ctx ended meanwhile.
+func (p *TCPProxy) waitConns(ctx context.Context) bool {
+	cfg := p.cfg.Load()
+	limit := int64(cfg.opts.MaxConns)
+	if limit <= 0 || p.open.Load() < limit {
+		return true
+	}
+	cfg.listener.LimitHit(metrics.LimitMaxConnections)
+	p.waiters.Add(1)
+	defer p.waiters.Add(-1)
+	for {
+		p.wakeMu.Lock()
+		wake := p.wake
+		p.wakeMu.Unlock()
+		// Checked after taking wake: a close after this check closes it.
+		if limit = int64(p.cfg.Load().opts.MaxConns); limit <= 0 || p.open.Load() < limit {
+			return true
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// connClosed ends one open connection and wakes a waiting accept loop.
+func (p *TCPProxy) connClosed() {
+	p.open.Add(-1)
+	if p.waiters.Load() > 0 {
+		p.wakeAll()
+	}
+}
+
+// wakeAll wakes the accept loops waiting in waitConns.
+func (p *TCPProxy) wakeAll() {
+	p.wakeMu.Lock()
+	close(p.wake)
+	p.wake = make(chan struct{})
+	p.wakeMu.Unlock()
+}
+
 // HandleConn proxies one client connection and closes it, judging the
 // instance as the TCPProxy documentation says. Cancelling ctx closes both
 // sides.
-func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) { p.handle(ctx, client, nil) }
+func (p *TCPProxy) HandleConn(ctx context.Context, client net.Conn) {
+	p.open.Add(1)
+	p.handle(ctx, client, nil)
+}
 
-// handle is HandleConn; it closes dialed, when not nil, once the dial is
-// over (connected or given up).
+// handle is HandleConn for a connection already counted in open; it
+// closes dialed, when not nil, once the dial is over (connected or given
+// up).
 func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan struct{}) {
+	defer p.connClosed()
 	defer client.Close()
 	start := time.Now()
 	cfg := p.cfg.Load()
 	opts := &cfg.opts
-	svc := &opts.Service
 	cfg.listener.ConnOpened()
 	defer cfg.listener.ConnClosed()
-	upstream, res, attempts, cancelled := p.connect(ctx, cfg, client)
-	if dialed != nil {
-		close(dialed)
+	entry := logEntry{listener: opts.Listener, client: client.RemoteAddr().String(), tcp: true, start: start}
+	// Until the instance is chosen and dialled, a waiting accept loop
+	// (after an exhaustion) must be released however this ends.
+	release := func() {
+		if dialed != nil {
+			close(dialed)
+			dialed = nil
+		}
 	}
+	defer release()
+	ts, client, name, err := p.front(ctx, cfg, client)
+	entry.serverName = name
+	if err != nil {
+		release()
+		p.logger.Debug("closing connection: "+err.Error(), "listener", opts.Listener, "client", entry.client)
+		if opts.AccessLog != nil {
+			opts.AccessLog.write(&entry)
+		}
+		return
+	}
+	svc := &ts.opts
+	entry.service = svc.Name
+	upstream, res, attempts, cancelled := p.connect(ctx, cfg, ts, client)
+	release()
 	if cancelled {
 		return
 	}
-	entry := logEntry{listener: opts.Listener, service: svc.Name, client: client.RemoteAddr().String(),
-		tcp: true, start: start, attempts: attempts}
+	entry.attempts = attempts
 	if upstream == nil {
 		if opts.AccessLog != nil {
 			opts.AccessLog.write(&entry)
@@ -250,6 +430,122 @@ func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan stru
 	}
 }
 
+// errNoSNIRoute is a ClientHello whose server name matches no SNI route.
+var errNoSNIRoute = errors.New("no route for the TLS server name")
+
+// front does what comes before choosing the instance: the TLS handshake
+// (TLS) or reading the ClientHello (SNIRoutes), each within
+// HandshakeTimeout. It returns the service, the connection to forward
+// (decrypting, or replaying the hello first) and the TLS server name; an
+// error means the client is to be closed.
+func (p *TCPProxy) front(ctx context.Context, cfg *tcpConfig, client net.Conn) (*tcpService, net.Conn, string, error) {
+	opts := &cfg.opts
+	switch {
+	case len(opts.SNIRoutes) > 0:
+		stop := context.AfterFunc(ctx, func() { client.Close() }) // shutdown
+		hello, name, err := peekClientHello(client, opts.HandshakeTimeout)
+		stop()
+		if err != nil {
+			return nil, nil, name, err
+		}
+		ts := cfg.route(name)
+		if ts == nil {
+			return nil, nil, name, errNoSNIRoute
+		}
+		return ts, &prefixConn{Conn: client, prefix: hello}, name, nil
+	case opts.TLS != nil:
+		tc := tls.Server(client, opts.TLS)
+		hctx, cancel := context.WithTimeout(ctx, opts.HandshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("tls handshake: %w", err)
+		}
+		return cfg.svc, tc, tc.ConnectionState().ServerName, nil
+	}
+	return cfg.svc, client, "", nil
+}
+
+// errHelloTooLarge is a client that sent more than maxClientHello bytes
+// without completing a ClientHello.
+var errHelloTooLarge = errors.New("tls: ClientHello too large")
+
+// errHelloRead stops crypto/tls once the server name is known.
+var errHelloRead = errors.New("ClientHello read")
+
+// peekClientHello reads client's TLS ClientHello within timeout and
+// returns the bytes read (to be forwarded first) and its server name
+// (lowercase; "" when the client sent none). crypto/tls parses the hello
+// over a connection that records what it reads and fails every write:
+// the handshake stops at GetConfigForClient, nothing is sent to the
+// client.
+func peekClientHello(client net.Conn, timeout time.Duration) ([]byte, string, error) {
+	rec := &helloRecorder{Conn: client}
+	var name string
+	var got bool
+	client.SetReadDeadline(time.Now().Add(timeout))
+	err := tls.Server(rec, &tls.Config{GetConfigForClient: func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+		name, got = strings.ToLower(hi.ServerName), true
+		return nil, errHelloRead
+	}}).Handshake()
+	client.SetReadDeadline(time.Time{})
+	if !got {
+		if rec.err != nil {
+			err = rec.err
+		}
+		return nil, "", fmt.Errorf("reading the ClientHello: %w", err)
+	}
+	return rec.buf, name, nil
+}
+
+// helloRecorder is the connection under peekClientHello's tls.Server.
+type helloRecorder struct {
+	net.Conn
+	buf []byte
+	err error // the first read error
+}
+
+func (r *helloRecorder) Read(p []byte) (int, error) {
+	if len(r.buf)+len(p) > maxClientHello {
+		p = p[:maxClientHello-len(r.buf)]
+		if len(p) == 0 {
+			r.err = errHelloTooLarge
+			return 0, r.err
+		}
+	}
+	n, err := r.Conn.Read(p)
+	r.buf = append(r.buf, p[:n]...)
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	return n, err
+}
+
+func (r *helloRecorder) Write(p []byte) (int, error) { return 0, errHelloRead }
+
+// prefixConn reads prefix before the connection's bytes.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes the connection under the prefix.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
 // connect dials an instance for client, trying up to Attempts instances
 // when dials fail. It returns the connection and its pick, or nil when no
 // instance could be reached (or sluice gave up under local exhaustion),
@@ -262,13 +558,13 @@ func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan stru
 // end could free a descriptor, and no other waiting client is giving up:
 // waiting clients accepted in a burst could otherwise hold the last
 // descriptors until DialTimeout, each waiting for another's.
-func (p *TCPProxy) connect(ctx context.Context, cfg *tcpConfig, client net.Conn) (upstream net.Conn, res balance.PickResult, attempts int, cancelled bool) {
+func (p *TCPProxy) connect(ctx context.Context, cfg *tcpConfig, ts *tcpService, client net.Conn) (upstream net.Conn, res balance.PickResult, attempts int, cancelled bool) {
 	var info balance.PickInfo
 	if ap, err := netip.ParseAddrPort(client.RemoteAddr().String()); err == nil {
 		info.Client = ap.Addr().Unmap()
 	}
 	opts := &cfg.opts
-	svc := &opts.Service
+	svc := &ts.opts
 	var localDeadline time.Time // set at the first local exhaustion
 	counted := 0                // tries beyond the first counted in metrics
 	for attempts < svc.Attempts {
@@ -279,9 +575,9 @@ func (p *TCPProxy) connect(ctx context.Context, cfg *tcpConfig, client net.Conn)
 		}
 		if attempts > counted { // not a dial again after local exhaustion
 			counted = attempts
-			cfg.svcm.Retried()
+			ts.svcm.Retried()
 		}
-		c, err := cfg.dialer.DialContext(ctx, "tcp", r.Endpoint.Addr)
+		c, err := p.dial(ctx, cfg, svc, r.Endpoint.Addr)
 		if err == nil {
 			p.established.Add(1) // handle subtracts it when the connection ends
 			p.pressure.Report(opts.Listener, nil)
@@ -324,6 +620,21 @@ func (p *TCPProxy) connect(ctx context.Context, cfg *tcpConfig, client net.Conn)
 		p.logger.Debug("dial failed", "service", svc.Name, "instance", r.Endpoint.ID, "error", err)
 	}
 	return nil, res, attempts, false
+}
+
+// dial connects to an instance at addr, with svc.TLS when set (dial and
+// handshake within DialTimeout; a failed handshake is a failed dial).
+func (p *TCPProxy) dial(ctx context.Context, cfg *tcpConfig, svc *ServiceOptions, addr string) (net.Conn, error) {
+	if svc.TLS == nil {
+		return cfg.dialer.DialContext(ctx, "tcp", addr)
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.opts.DialTimeout)
+	defer cancel()
+	c, err := cfg.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return handshakeTLS(ctx, c, addr, svc.TLS, nil)
 }
 
 // Parties of a proxied connection, as recorded by tcpSession.end.

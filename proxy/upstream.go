@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -38,14 +39,23 @@ import (
 // while the next request is being written or answered, are read as the
 // start of the next answer; an instance must never send unsolicited bytes.
 //
-// Only plain http:// upstreams are supported. The zero value is not
-// usable; use NewUpstream.
+// TLS (TryTLS): the connection is made and its handshake done within the
+// dial timeout; a failed handshake is a failed dial (nothing of the request
+// was sent). Idle connections are pooled by address and *tls.Config, so
+// that requests under one configuration never travel on a connection made
+// under another. The integrity rule holds for TLS too: a reused TLS
+// connection must have nothing buffered in crypto/tls (no decrypted or
+// undecrypted record, not even part of one) besides nothing on the socket;
+// see tlsRaw.
+//
+// The zero value is not usable; use NewUpstream.
 type Upstream struct {
 	dialer      net.Dialer
 	maxIdle     int           // idle connections kept per instance
 	idleTimeout time.Duration // an idle connection older than this is closed
 	defaults    TryLimits     // for RoundTrip
-	hosts       sync.Map      // addr -> *hostPool
+	defaultTLS  *tls.Config   // for RoundTrip of https:// URLs: system roots
+	hosts       sync.Map      // poolKey -> *hostPool
 	reaperOnce  sync.Once     // starts reap
 	closed      atomic.Bool   // stops reap
 	trackMu     sync.Mutex    // guards tracked and refs (Track)
@@ -98,6 +108,7 @@ func NewUpstream() *Upstream {
 		dialer:      net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second},
 		maxIdle:     256,
 		idleTimeout: 90 * time.Second,
+		defaultTLS:  &tls.Config{},
 	}
 	u.bufs.New = func() any { return &upBody{} }
 	return u
@@ -105,21 +116,38 @@ func NewUpstream() *Upstream {
 
 var _ http.RoundTripper = (*Upstream)(nil)
 
-// hostPool holds the idle connections to one instance.
+// poolKey identifies a hostPool: an instance address and the TLS
+// configuration its connections were made with (nil: plain TCP).
+type poolKey struct {
+	addr string
+	tls  *tls.Config
+}
+
+// hostPool holds the idle connections to one instance under one TLS
+// configuration.
 type hostPool struct {
 	idle chan *upConn
 	// dead is set when the address left every tracked service (see
-	// Track): the pool is out of Upstream.hosts and closes what it gets.
+	// Track), or when reap removed an unused TLS pool: the pool is out of
+	// Upstream.hosts and closes what it gets.
 	dead atomic.Bool
+	// emptyReaps counts the reaps in a row that found the pool empty
+	// (written by reap only).
+	emptyReaps int
 }
 
 // upConn is one keep-alive connection.
 type upConn struct {
-	net.Conn
+	net.Conn // the *tls.Conn for TLS connections
+	// raw is the TCP connection (under Conn); rec is the record tracker
+	// between it and crypto/tls, nil for plain connections.
+	raw    net.Conn
+	rec    *tlsRaw
 	br     *bufio.Reader // reads through headerLimiter
 	bw     *bufio.Writer // writes through writeLimiter
 	idleAt time.Time
-	// writeWait is the progress deadline of each write (TryLimits.Write).
+	// writeWait is the progress deadline of each write (TryLimits.Write);
+	// 0: none (an upgraded connection).
 	writeWait time.Duration
 	// werr is the last error writing to the instance, to tell it from an
 	// error reading the request body.
@@ -130,6 +158,8 @@ type upConn struct {
 	// budget is what may still be read while response headers are read;
 	// negative: no limit (bodies).
 	budget int64
+	// peekBuf is where alive's peek on a TLS connection reads.
+	peekBuf [1]byte
 }
 
 // maxResponseHeader bounds the bytes read from an instance while its
@@ -160,28 +190,123 @@ func (l headerLimiter) Read(p []byte) (int, error) {
 }
 
 // writeLimiter is the writer under an upConn's bufio.Writer: a write fails
-// only when the instance takes no byte for writeWait.
+// only when the instance takes no byte for writeWait. On a TLS connection
+// the progress deadlines are applied under crypto/tls (tlsRaw), whose
+// state a write timeout breaks for good.
 type writeLimiter struct{ c *upConn }
 
 func (w writeLimiter) Write(p []byte) (int, error) {
 	c := w.c
+	var n int
+	var err error
+	if c.rec != nil {
+		n, err = c.Conn.Write(p)
+	} else {
+		n, err = c.writeProgress(c.Conn, p)
+	}
+	if err != nil {
+		c.werr = err
+	}
+	return n, err
+}
+
+// writeProgress writes p to conn, failing only when conn takes no byte
+// for c.writeWait (or the exchange was cancelled); writeWait 0: no
+// deadline.
+func (c *upConn) writeProgress(conn net.Conn, p []byte) (int, error) {
+	if c.writeWait <= 0 {
+		return conn.Write(p)
+	}
 	total := 0
 	for {
-		c.Conn.SetWriteDeadline(time.Now().Add(c.writeWait))
+		conn.SetWriteDeadline(time.Now().Add(c.writeWait))
 		if c.cancelled.Load() {
-			c.Conn.SetWriteDeadline(pastDeadline)
+			conn.SetWriteDeadline(pastDeadline)
 		}
-		n, err := c.Conn.Write(p)
+		n, err := conn.Write(p)
 		total += n
 		if err != nil && n > 0 && n < len(p) && errors.Is(err, os.ErrDeadlineExceeded) && !c.cancelled.Load() {
 			p = p[n:] // slow but moving: a new deadline for the rest
 			continue
 		}
-		if err != nil {
-			c.werr = err
-		}
 		return total, err
 	}
+}
+
+// tlsRaw is the connection under an upstream *tls.Conn. It applies the
+// write progress deadlines (see writeLimiter) and follows the TLS record
+// framing of what crypto/tls reads, so that alive can tell whether
+// crypto/tls holds bytes: a whole record that it has not yet processed is
+// found by a Read while peeking (which returns errPeek instead of reading
+// the socket), part of one by the framing position. Used by the
+// connection's goroutine only, but for the peek flag, which alive sets
+// on an idle connection.
+type tlsRaw struct {
+	net.Conn
+	c       *upConn
+	peeking bool
+	hdr     [5]byte // the record header being read
+	hlen    int     // bytes of hdr read
+	need    int     // bytes of the current record's body still to come
+}
+
+// errPeek is what tlsRaw returns while peeking: a temporary timeout, so
+// that crypto/tls keeps its state (and its buffered bytes) intact.
+var errPeek = &peekError{}
+
+type peekError struct{}
+
+func (*peekError) Error() string   { return "peek: would block" }
+func (*peekError) Timeout() bool   { return true }
+func (*peekError) Temporary() bool { return true }
+
+func (r *tlsRaw) Read(p []byte) (int, error) {
+	if r.peeking {
+		return 0, errPeek
+	}
+	n, err := r.Conn.Read(p)
+	r.track(p[:n])
+	return n, err
+}
+
+func (r *tlsRaw) Write(p []byte) (int, error) {
+	if r.c == nil { // the handshake: bounded by its deadline
+		return r.Conn.Write(p)
+	}
+	return r.c.writeProgress(r.Conn, p)
+}
+
+// track advances the record framing over bytes read.
+func (r *tlsRaw) track(p []byte) {
+	for len(p) > 0 {
+		if r.need > 0 {
+			k := min(r.need, len(p))
+			r.need -= k
+			p = p[k:]
+			continue
+		}
+		k := copy(r.hdr[r.hlen:], p)
+		r.hlen += k
+		p = p[k:]
+		if r.hlen == len(r.hdr) {
+			r.need = int(r.hdr[3])<<8 | int(r.hdr[4])
+			r.hlen = 0
+		}
+	}
+}
+
+// atBoundary reports whether what was read ends at a record's end.
+func (r *tlsRaw) atBoundary() bool { return r.hlen == 0 && r.need == 0 }
+
+// Close closes the connection. A TLS connection is closed without a
+// close_notify alert, which could wait on an instance that does not read:
+// a connection is closed by sluice only when it is idle, broken or given
+// up, and HTTP framing, not the alert, tells where an answer ends.
+func (c *upConn) Close() error {
+	if c.rec != nil {
+		return c.raw.Close()
+	}
+	return c.Conn.Close()
 }
 
 // pastDeadline interrupts any blocked read or write.
@@ -203,11 +328,12 @@ func (c *upConn) setReadDeadline(t time.Time) {
 	}
 }
 
-func (u *Upstream) pool(addr string) *hostPool {
-	if hp, ok := u.hosts.Load(addr); ok {
+func (u *Upstream) pool(addr string, tc *tls.Config) *hostPool {
+	key := poolKey{addr, tc}
+	if hp, ok := u.hosts.Load(key); ok {
 		return hp.(*hostPool)
 	}
-	hp, _ := u.hosts.LoadOrStore(addr, &hostPool{idle: make(chan *upConn, u.maxIdle)})
+	hp, _ := u.hosts.LoadOrStore(key, &hostPool{idle: make(chan *upConn, u.maxIdle)})
 	u.reaperOnce.Do(func() { time.AfterFunc(u.idleTimeout/2, u.reap) })
 	return hp.(*hostPool)
 }
@@ -292,9 +418,21 @@ func (u *Upstream) Track(service string, addrs []string) {
 	}
 }
 
-// forget removes addr's pool and closes its idle connections.
+// forget removes addr's pools (of every TLS configuration) and closes
+// their idle connections.
 func (u *Upstream) forget(addr string) {
-	if v, ok := u.hosts.LoadAndDelete(addr); ok {
+	u.hosts.Range(func(k, _ any) bool {
+		if k.(poolKey).addr == addr {
+			u.remove(k)
+		}
+		return true
+	})
+}
+
+// remove takes the pool at key out of hosts and closes its idle
+// connections; connections in use are closed when they come back.
+func (u *Upstream) remove(key any) {
+	if v, ok := u.hosts.LoadAndDelete(key); ok {
 		hp := v.(*hostPool)
 		hp.dead.Store(true)
 		drain(hp)
@@ -303,14 +441,25 @@ func (u *Upstream) forget(addr string) {
 
 // reap closes the idle connections that have been idle for idleTimeout,
 // every idleTimeout/2, so that connections to an instance nobody asks for
-// any more do not stay open. It runs on a timer from the first pool on;
-// after Close it runs once more and stops.
+// any more do not stay open. A TLS pool found empty by three reaps in a
+// row is removed (a reload that replaces a service's TLS configuration
+// leaves the old configuration's pools unused; a connection in use when
+// its pool is removed is closed when its answer ends). It runs on a timer
+// from the first pool on; after Close it runs once more and stops.
 func (u *Upstream) reap() {
 	if u.closed.Load() {
 		return
 	}
-	u.hosts.Range(func(_, v any) bool {
+	u.hosts.Range(func(k, v any) bool {
 		hp := v.(*hostPool)
+		if k.(poolKey).tls != nil {
+			if len(hp.idle) > 0 {
+				hp.emptyReaps = 0
+			} else if hp.emptyReaps++; hp.emptyReaps >= 3 {
+				u.remove(k)
+				return true
+			}
+		}
 		for n := len(hp.idle); n > 0; n-- {
 			select {
 			case c := <-hp.idle:
@@ -352,25 +501,87 @@ func (u *Upstream) CloseIdleConnections() {
 	})
 }
 
-func (u *Upstream) dial(ctx context.Context, addr string) (*upConn, error) {
+// dial connects to addr and, with tc, completes a TLS handshake (see
+// dialTLS), all within the dial timeout and ctx.
+func (u *Upstream) dial(ctx context.Context, addr string, tc *tls.Config) (*upConn, error) {
+	if tc != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, u.dialer.Timeout)
+		defer cancel()
+	}
 	nc, err := u.dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	c := &upConn{Conn: nc, budget: -1}
+	c := &upConn{Conn: nc, raw: nc, budget: -1}
+	if tc != nil {
+		c.rec = &tlsRaw{Conn: nc}
+		tconn, err := handshakeTLS(ctx, c.rec, addr, tc, []string{"http/1.1"})
+		if err != nil {
+			return nil, err
+		}
+		c.Conn, c.rec.c = tconn, c
+	}
 	c.bw = bufio.NewWriterSize(writeLimiter{c}, 4096)
 	c.br = bufio.NewReaderSize(headerLimiter{c}, 4096)
 	return c, nil
 }
 
+// handshakeTLS runs the client side of a TLS handshake over nc, which it
+// closes on failure, within ctx. tc is not modified: when its ServerName
+// is empty the instance's host (addr without port) is used, as a browser
+// would use the URL's host, and ALPN offers alpn when given. A failure is
+// returned as a dial error (*net.OpError with Op "dial"): nothing was
+// sent, the instance is blamed as for a refused connection and another
+// may be tried.
+func handshakeTLS(ctx context.Context, nc net.Conn, addr string, tc *tls.Config, alpn []string) (*tls.Conn, error) {
+	if tc.ServerName == "" || alpn != nil {
+		tc = tc.Clone()
+		if tc.ServerName == "" {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				host = addr
+			}
+			tc.ServerName = host
+		}
+		if alpn != nil {
+			tc.NextProtos = alpn
+		}
+	}
+	tconn := tls.Client(nc, tc)
+	if err := tconn.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, cause // the caller's context: not the instance's doing
+		}
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: nc.RemoteAddr(), Err: fmt.Errorf("tls handshake: %w", err)}
+	}
+	return tconn, nil
+}
+
 // alive reports whether an idle connection may carry a request: nothing
 // is buffered from it and a non-blocking read finds nothing (quiet and
-// open), neither bytes the instance sent unasked nor EOF.
+// open), neither bytes the instance sent unasked nor EOF. On a TLS
+// connection crypto/tls must hold nothing either: no part of a record,
+// and a peeking read that processes the whole records it holds yields no
+// byte (a post-handshake message, such as a session ticket, is processed
+// and yields none).
 func (c *upConn) alive() bool {
 	if c.br.Buffered() > 0 {
 		return false // the server sent something unasked: do not trust it
 	}
-	return quiet(c.Conn)
+	if c.rec != nil {
+		if !c.rec.atBoundary() {
+			return false
+		}
+		c.rec.peeking = true
+		n, err := c.Conn.Read(c.peekBuf[:])
+		c.rec.peeking = false
+		if n > 0 || err != errPeek {
+			return false
+		}
+	}
+	return quiet(c.raw)
 }
 
 // errStaleConn marks a reused connection that the server had closed.
@@ -401,8 +612,13 @@ var errUnaskedUpgrade = errors.New("101 Switching Protocols to a protocol that w
 // maxInterim bounds the 1xx answers before a final one.
 const maxInterim = 16
 
-// RoundTrip sends req to req.URL.Host with the default TryLimits. See Try.
+// RoundTrip sends req to req.URL.Host with the default TryLimits: http://
+// URLs over TCP (see Try), https:// ones over TLS with the system's roots
+// (see TryTLS).
 func (u *Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme == "https" {
+		return u.TryTLS(req, req.URL.Host, u.defaultTLS, u.defaults)
+	}
 	return u.Try(req, req.URL.Host, u.defaults)
 }
 
@@ -419,7 +635,17 @@ func (u *Upstream) Try(req *http.Request, addr string, limits TryLimits) (*http.
 	if req.URL.Scheme != "http" {
 		return nil, fmt.Errorf("upstream: unsupported scheme %q", req.URL.Scheme)
 	}
-	hp := u.pool(addr)
+	return u.TryTLS(req, addr, nil, limits)
+}
+
+// TryTLS is Try over TLS made with tc (nil: plain TCP, as Try, but
+// req.URL.Scheme is not checked). tc is not modified and must not be
+// modified once used: connections are pooled by tc's identity. An empty
+// tc.ServerName means the instance's host (addr without its port), an IP
+// address verified against the certificate's IP SANs; ALPN always offers
+// http/1.1 only. A failed handshake is returned as a failed dial.
+func (u *Upstream) TryTLS(req *http.Request, addr string, tc *tls.Config, limits TryLimits) (*http.Response, error) {
+	hp := u.pool(addr, tc)
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	for {
 		c := u.get(hp)
@@ -430,7 +656,7 @@ func (u *Upstream) Try(req *http.Request, addr string, limits TryLimits) (*http.
 		}
 		if !reused {
 			var err error
-			if c, err = u.dial(req.Context(), addr); err != nil {
+			if c, err = u.dial(req.Context(), addr, tc); err != nil {
 				return nil, err
 			}
 		}
@@ -563,6 +789,7 @@ func (u *Upstream) wrap(hp *hostPool, c *upConn, req *http.Request, resp *http.R
 		// context ends, whatever ReverseProxy does with it.
 		stop()
 		c.SetDeadline(time.Time{})
+		c.writeWait = 0 // an upgraded stream's writes have no deadline, as on plain TCP
 		context.AfterFunc(req.Context(), func() { c.Conn.Close() })
 		resp.Body = &upgradedConn{upConn: c}
 		return resp

@@ -273,7 +273,7 @@ func TestUpstreamForgetsAddressesThatLeave(t *testing.T) {
 		t.Fatalf("want 1 pooled connection, have %d", n)
 	}
 	u.Track("a", nil)
-	if _, ok := u.hosts.Load(addr); !ok || open.Load() != 1 {
+	if _, ok := u.hosts.Load(poolKey{addr: addr}); !ok || open.Load() != 1 {
 		t.Fatal("an address still tracked by b was forgotten")
 	}
 	u.Track("b", []string{})
@@ -284,7 +284,7 @@ func TestUpstreamForgetsAddressesThatLeave(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if _, ok := u.hosts.Load(addr); ok {
+	if _, ok := u.hosts.Load(poolKey{addr: addr}); ok {
 		t.Fatal("the forgotten address keeps its entry")
 	}
 	// A request in flight when its address is forgotten closes its

@@ -29,7 +29,17 @@ type Metrics struct {
 	tcpBytes    *prometheus.CounterVec   // listener, direction
 	reloads     *prometheus.CounterVec   // result
 	lastSuccess prometheus.Gauge
+	limitHits   *prometheus.CounterVec // listener, limit
+	certExpiry  *prometheus.GaugeVec   // listener, cert
 }
+
+// Limits, the values of sluice_limit_hits_total's limit label.
+const (
+	LimitMaxConnections       = "max_connections"
+	LimitMaxHeaderBytes       = "max_header_bytes"
+	LimitMaxConcurrentStreams = "max_concurrent_streams"
+	LimitMaxBodyBytes         = "max_body_bytes"
+)
 
 // Reload results, the values of sluice_config_reloads_total's label.
 const (
@@ -69,11 +79,19 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "sluice_config_last_reload_success_timestamp_seconds",
 			Help: "Unix time of the last successful configuration load (the start counts as one).",
 		}),
+		limitHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_limit_hits_total",
+			Help: "Times a listener's limit was reached, by listener and limit (max_connections, max_header_bytes, max_concurrent_streams, max_body_bytes).",
+		}, []string{"listener", "limit"}),
+		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_tls_cert_not_after_seconds",
+			Help: "Unix time at which a listener's certificate expires (its NotAfter), by listener and certificate.",
+		}, []string{"listener", "cert"}),
 	}
 	// Both results are exported from the start, at 0.
 	m.reloads.WithLabelValues(ReloadSuccess)
 	m.reloads.WithLabelValues(ReloadFailure)
-	reg.MustRegister(m.requests, m.duration, m.retries, m.openConns, m.tcpBytes, m.reloads, m.lastSuccess)
+	reg.MustRegister(m.requests, m.duration, m.retries, m.openConns, m.tcpBytes, m.reloads, m.lastSuccess, m.limitHits, m.certExpiry)
 	return m
 }
 
@@ -194,19 +212,72 @@ type Listener struct {
 	open     prometheus.Gauge
 	bytesIn  prometheus.Counter // client to instance (tcp only)
 	bytesOut prometheus.Counter // instance to client (tcp only)
+	// The limit hit counters, resolved with the listener (nil: a limit
+	// the protocol does not have).
+	maxConns, maxHeader, maxStreams, maxBody prometheus.Counter
 }
 
-// Listener returns the children of a listener; protocol is "http" or "tcp".
+// Listener returns the children of a listener; protocol is "http" or
+// "tcp". Its limit series are created at 0: max_connections for both,
+// the other three for http only.
 func (m *Metrics) Listener(name, protocol string) *Listener {
 	if m == nil {
 		return nil
 	}
-	l := &Listener{open: m.openConns.WithLabelValues(name, protocol)}
+	l := &Listener{open: m.openConns.WithLabelValues(name, protocol),
+		maxConns: m.limitHits.WithLabelValues(name, LimitMaxConnections)}
 	if protocol == "tcp" {
 		l.bytesIn = m.tcpBytes.WithLabelValues(name, "in")
 		l.bytesOut = m.tcpBytes.WithLabelValues(name, "out")
+	} else {
+		l.maxHeader = m.limitHits.WithLabelValues(name, LimitMaxHeaderBytes)
+		l.maxStreams = m.limitHits.WithLabelValues(name, LimitMaxConcurrentStreams)
+		l.maxBody = m.limitHits.WithLabelValues(name, LimitMaxBodyBytes)
 	}
 	return l
+}
+
+// LimitHit counts one hit of limit (one of the Limit* constants) on the
+// listener; an unknown limit, or one its protocol does not have, counts
+// nothing. It takes no lock and does not allocate.
+func (l *Listener) LimitHit(limit string) {
+	if l == nil {
+		return
+	}
+	var c prometheus.Counter
+	switch limit {
+	case LimitMaxConnections:
+		c = l.maxConns
+	case LimitMaxHeaderBytes:
+		c = l.maxHeader
+	case LimitMaxConcurrentStreams:
+		c = l.maxStreams
+	case LimitMaxBodyBytes:
+		c = l.maxBody
+	}
+	if c != nil {
+		c.Inc()
+	}
+}
+
+// SetCertNotAfter exports the expiry of a listener's certificate; cert
+// names it (for example its file or its first DNS name), the caller's
+// choice, stable across reloads.
+func (m *Metrics) SetCertNotAfter(listener, cert string, notAfter time.Time) {
+	if m == nil {
+		return
+	}
+	m.certExpiry.WithLabelValues(listener, cert).Set(float64(notAfter.Unix()))
+}
+
+// DeleteCerts removes the certificate series of a listener, before a
+// reload sets those of its new certificates (or when it has no TLS any
+// more).
+func (m *Metrics) DeleteCerts(listener string) {
+	if m == nil {
+		return
+	}
+	m.certExpiry.DeletePartialMatch(prometheus.Labels{"listener": listener})
 }
 
 // ConnOpened and ConnClosed track one client connection.
@@ -243,4 +314,6 @@ func (m *Metrics) DeleteListener(name string) {
 	m.tcpBytes.DeletePartialMatch(prometheus.Labels{"listener": name})
 	m.requests.DeletePartialMatch(prometheus.Labels{"listener": name})
 	m.duration.DeletePartialMatch(prometheus.Labels{"listener": name})
+	m.limitHits.DeletePartialMatch(prometheus.Labels{"listener": name})
+	m.certExpiry.DeletePartialMatch(prometheus.Labels{"listener": name})
 }
