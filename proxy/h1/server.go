@@ -158,6 +158,7 @@ type Server struct {
 	fieldLimits Limits
 	maxStreams  int32        // MaxConcurrentStreams with its default
 	open        atomic.Int64 // connections admitted and not yet closed
+	holding     atomic.Int32 // Serve loops holding a connection at MaxConns
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -253,9 +254,7 @@ func (l Limits) withDefaults() Limits {
 func (s *Server) SetLimits(l Limits) {
 	l = l.withDefaults()
 	s.limits.Store(&l)
-	s.mu.Lock()
-	s.wakeLocked()
-	s.mu.Unlock()
+	s.wake()
 }
 
 // currentLimits returns the limits in effect, defaults applied; the result
@@ -418,6 +417,8 @@ func (s *Server) admit(wake chan struct{}) bool {
 		}
 		if !held {
 			held = true
+			s.holding.Add(1)
+			defer s.holding.Add(-1)
 			s.limitHit(LimitMaxConnections)
 			// A signal from before the hold is stale: every close from
 			// now on signals again.
@@ -461,6 +462,13 @@ func (s *Server) closeLongestIdle(prev *conn) *conn {
 	}
 	oldest.netConn.Close()
 	return oldest
+}
+
+// wake signals every Serve loop that may hold a connection.
+func (s *Server) wake() {
+	s.mu.Lock()
+	s.wakeLocked()
+	s.mu.Unlock()
 }
 
 // connDone frees the slot of a closed connection.
@@ -688,6 +696,11 @@ func (c *conn) serve() {
 			c.idle.Store(true)
 			if s.shuttingDown() {
 				return
+			}
+			if s.holding.Load() > 0 {
+				// A held connection waits for a slot: this one may
+				// make room (see closeLongestIdle).
+				s.wake()
 			}
 			c.rwc.SetReadDeadline(start.Add(c.t.IdleTimeout))
 			if _, err := c.br.Peek(1); err != nil {
