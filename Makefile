@@ -86,14 +86,15 @@ bench: build consul
 	bin/bench -sluice bin/sluice -consul "$(CONSUL_BIN)" $(BENCH_FLAGS)
 	$(MAKE) --no-print-directory bench-balance
 
-# HTTP/2 conformance of the h2c path: h2spec (strict) against sluice's
-# listener and proxy in front of a loopback backend (TestH2Spec in proxy/).
+# HTTP/2 conformance: h2spec (strict) against sluice's listener and proxy
+# in front of a loopback backend, over h2c and over TLS with ALPN h2
+# (TestH2Spec and TestH2SpecTLS in proxy/).
 # bin/h2spec is installed with go install when missing; H2SPEC_VERSION
 # picks another release.
 H2SPEC_VERSION ?= v2.2.1+incompatible
 h2spec:
 	@test -x bin/h2spec || GOBIN=$(CURDIR)/bin $(GO) install github.com/summerwind/h2spec/cmd/h2spec@$(H2SPEC_VERSION)
-	PATH="$(CURDIR)/bin:$$PATH" SLUICE_H2SPEC=$(CURDIR)/bin/h2spec $(GO) test -count=1 -run '^TestH2Spec$$' -v ./proxy/
+	PATH="$(CURDIR)/bin:$$PATH" SLUICE_H2SPEC=$(CURDIR)/bin/h2spec $(GO) test -count=1 -run '^TestH2Spec(TLS)?$$' -v ./proxy/
 
 # Every fuzz target of every package (found with go test -list), one at a
 # time, each for FUZZTIME. New inputs that fail land in the package's

@@ -27,8 +27,9 @@ func badRequest(reason string) *Error {
 // Limits of a request head.
 const (
 	// DefaultMaxHeaderBytes bounds a request head: the request line and
-	// every header line (431 beyond it).
-	DefaultMaxHeaderBytes = 1 << 20
+	// every header line (431 beyond it). HTTP/2 streams get the same bound
+	// as their header list size (net/http's accounting, also 431).
+	DefaultMaxHeaderBytes = 64 << 10
 	// maxHeaderLines bounds the number of header lines (431 beyond it).
 	maxHeaderLines = 256
 )

@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
@@ -298,7 +299,7 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err := c.bw.Flush(); err != nil {
 		return nil, nil, err
 	}
-	hc := &hijackedConn{Conn: c.rwc, counter: c.closer}
+	hc := &hijackedConn{Conn: c.rwc, counter: c.closer, srv: c.srv, tlsState: c.tlsState}
 	if n := c.br.Buffered(); n > 0 {
 		buf, _ := c.br.Peek(n)
 		hc.pending = append([]byte(nil), buf...)
@@ -312,20 +313,29 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return hc, rw, nil
 }
 
-// hijackedConn is a hijacked client connection whose first reads return the
-// bytes sluice buffered before the hijack.
+// hijackedConn is a client connection handed on (hijacked, or to the
+// HTTP/2 server) whose first reads return the bytes sluice buffered before.
+// It is deliberately no tls.Conn and has no ConnectionState method, even
+// over TLS: net/http must serve it as h2c (see Server.init).
 type hijackedConn struct {
 	net.Conn
-	pending []byte
-	counter ConnCloser // told of the first Close, when not nil
-	closed  atomic.Bool
+	pending  []byte
+	counter  ConnCloser // told of the first Close, when not nil
+	srv      *Server    // its slot is freed at the first Close
+	tlsState *tls.ConnectionState
+	streams  atomic.Int32 // HTTP/2 streams in a handler
+	closed   atomic.Bool
 }
 
-// Close closes the connection; the first Close tells the ConnCounter.
+// Close closes the connection; the first Close tells the ConnCounter and
+// frees the connection's slot (Server.MaxConns).
 func (h *hijackedConn) Close() error {
 	err := h.Conn.Close()
-	if h.counter != nil && h.closed.CompareAndSwap(false, true) {
-		h.counter.ConnClosed()
+	if h.closed.CompareAndSwap(false, true) {
+		if h.counter != nil {
+			h.counter.ConnClosed()
+		}
+		h.srv.connDone()
 	}
 	return err
 }

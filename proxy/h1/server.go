@@ -15,11 +15,16 @@
 // On h2c streams BodyTimeout and WriteTimeout hold per read and per write
 // as on HTTP/1.1 connections (a stalled body fails with the same 408
 // *Error; a stalled answer resets the stream).
+//
+// With TLSConfig set the server terminates TLS: ALPN "h2" connections go to
+// the same HTTP/2 server, every other one is HTTP/1.1, and every request
+// carries r.TLS.
 package h1
 
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
@@ -42,11 +47,44 @@ const (
 	DefaultIdleTimeout   = 2 * time.Minute
 )
 
-// Server serves HTTP/1.1 (and h2c with prior knowledge) on a listener.
-// Fields must not change after Serve is called; the four timeouts can be
-// changed at any time with SetTimeouts.
+// DefaultMaxConcurrentStreams is the HTTP/2 streams a client connection may
+// have open at once (HAProxy's default too).
+const DefaultMaxConcurrentStreams = 100
+
+// The limits that Server.LimitHit names.
+const (
+	LimitMaxConnections       = "max_connections"
+	LimitMaxHeaderBytes       = "max_header_bytes"
+	LimitMaxConcurrentStreams = "max_concurrent_streams"
+)
+
+// Server serves HTTP/1.1 (and h2c with prior knowledge, or HTTP/2 over
+// TLS by ALPN) on a listener. Fields must not change after Serve is
+// called; the four timeouts can be changed at any time with SetTimeouts,
+// MaxConns and MaxHeaderBytes with SetLimits.
 type Server struct {
 	Handler http.Handler
+	// TLSConfig, when set, makes every accepted connection TLS. The
+	// handshake runs in the connection's goroutine, never in the accept
+	// loop; it and the first request head must arrive within
+	// HeaderTimeout of the accept. A failed or timed-out handshake closes
+	// the connection without an answer and without a log line.
+	//
+	// The config is used as given and never modified (swap certificates
+	// with its GetConfigForClient). The caller sets NextProtos, normally
+	// {"h2", "http/1.1"}: a connection that negotiates "h2" is served by
+	// the HTTP/2 server (and closed with GOAWAY INADEQUATE_SECURITY when
+	// the session is below RFC 9113 section 9.2: TLS 1.2 without an
+	// ECDHE AEAD suite, or older), every other one as HTTP/1.1; HTTP/2
+	// with prior knowledge is not taken over TLS. Every request carries
+	// r.TLS (the handshake's state, shared by the connection's requests:
+	// read only); it is nil on plain connections.
+	//
+	// A tls.Conn whose write timed out cannot write again, so over TLS
+	// WriteTimeout holds per TLS record (16 KiB) rather than per byte: a
+	// client that takes no whole record for WriteTimeout is cut, where a
+	// plain connection's slow reader that keeps taking bytes is not.
+	TLSConfig *tls.Config
 	// HeaderTimeout bounds the arrival of a whole request head, from the
 	// connection's accept or the request's first byte; on expiry the client
 	// gets 408 and the connection is closed. Default DefaultHeaderTimeout.
@@ -66,8 +104,37 @@ type Server struct {
 	// SetTimeouts has been called, its values apply instead.
 	IdleTimeout time.Duration
 	// MaxHeaderBytes bounds a request head (431 beyond it). Default
-	// DefaultMaxHeaderBytes.
+	// DefaultMaxHeaderBytes. HTTP/2 streams get the bound in effect when
+	// Serve first ran (as net/http's header list size, also 431).
 	MaxHeaderBytes int
+	// MaxConns bounds the client connections open at once, HTTP/2 and
+	// hijacked ones included; 0 (the default) is no bound. A client is
+	// never refused for it: at the bound each Serve loop accepts one more
+	// connection and holds it unserved (no byte read, no handshake, not
+	// yet told to ConnCounter), closes the HTTP/1.1 connection that has
+	// waited longest for a next request (one at a time, until the held
+	// one has its slot), and otherwise waits until a connection closes;
+	// the rest wait in the kernel's backlog. Shutdown and Close end the
+	// wait (the held connection is closed). Connections in a handshake or
+	// before their first request and HTTP/2 connections are never closed
+	// for room (their HeaderTimeout and IdleTimeout end them).
+	//
+	// MaxHeaderBytes and MaxConns are read when Serve first runs; once
+	// SetLimits has been called, its values apply instead.
+	MaxConns int
+	// MaxConcurrentStreams bounds the HTTP/2 streams a client connection
+	// may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); fixed when
+	// Serve first runs. Default DefaultMaxConcurrentStreams.
+	MaxConcurrentStreams uint32
+	// LimitHit, when set, is called each time a limit is hit, with
+	// LimitMaxConnections when a connection is held at MaxConns,
+	// LimitMaxHeaderBytes when a request head is answered 431 (HTTP/1.1
+	// only: net/http answers HTTP/2's unseen), or
+	// LimitMaxConcurrentStreams when a new HTTP/2 stream brings its
+	// connection's running handlers to MaxConcurrentStreams (streams
+	// refused beyond it are net/http's, unseen). Called from connection
+	// and accept goroutines; it must not block.
+	LimitHit func(limit string)
 	// ErrorLog receives handler panics and accept errors; nil: log's
 	// standard logger.
 	ErrorLog *log.Logger
@@ -86,6 +153,12 @@ type Server struct {
 	// fields' values with defaults, set by init.
 	timeouts      atomic.Pointer[Timeouts]
 	fieldTimeouts Timeouts
+	// limits and fieldLimits are the same for SetLimits.
+	limits      atomic.Pointer[Limits]
+	fieldLimits Limits
+	maxStreams  int32        // MaxConcurrentStreams with its default
+	open        atomic.Int64 // connections admitted and not yet closed
+	holding     atomic.Int32 // Serve loops holding a connection at MaxConns
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -96,6 +169,9 @@ type Server struct {
 	shutdown  atomic.Bool
 	inShut    chan struct{} // closed when Shutdown or Close starts
 	closeOnce sync.Once
+	// waiters are the Serve loops' wake channels (capacity 1), signalled
+	// whenever a connection closes or the limits change.
+	waiters map[chan struct{}]struct{}
 }
 
 // ConnCounter counts a Server's open client connections. ConnOpened is
@@ -158,6 +234,44 @@ func (s *Server) currentTimeouts() *Timeouts {
 	return &s.fieldTimeouts
 }
 
+// Limits are a Server's limits that can change at run time, as its fields
+// of the same names document them: 0 MaxConns is no bound, 0
+// MaxHeaderBytes is DefaultMaxHeaderBytes.
+type Limits struct {
+	MaxConns       int
+	MaxHeaderBytes int
+}
+
+func (l Limits) withDefaults() Limits {
+	return Limits{MaxConns: max(l.MaxConns, 0), MaxHeaderBytes: orInt(l.MaxHeaderBytes, DefaultMaxHeaderBytes)}
+}
+
+// SetLimits replaces the server's limits, before or after Serve, and takes
+// precedence over the fields from then on. A new MaxConns applies to the
+// next accept (a held connection is re-examined at once; connections above
+// a lowered bound stay open), a new MaxHeaderBytes to the next HTTP/1.1
+// request head.
+func (s *Server) SetLimits(l Limits) {
+	l = l.withDefaults()
+	s.limits.Store(&l)
+	s.wake()
+}
+
+// currentLimits returns the limits in effect, defaults applied; the result
+// is shared and must not be modified.
+func (s *Server) currentLimits() *Limits {
+	if l := s.limits.Load(); l != nil {
+		return l
+	}
+	return &s.fieldLimits
+}
+
+func (s *Server) limitHit(limit string) {
+	if s.LimitHit != nil {
+		s.LimitHit(limit)
+	}
+}
+
 func (s *Server) shuttingDown() bool { return s.shutdown.Load() }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -183,24 +297,35 @@ func (s *Server) init() {
 	}
 	s.fieldTimeouts = Timeouts{HeaderTimeout: s.HeaderTimeout, BodyTimeout: s.BodyTimeout,
 		WriteTimeout: s.WriteTimeout, IdleTimeout: s.IdleTimeout}.withDefaults()
+	s.fieldLimits = Limits{MaxConns: s.MaxConns, MaxHeaderBytes: s.MaxHeaderBytes}.withDefaults()
 	s.conns = map[*conn]struct{}{}
 	s.listeners = map[net.Listener]struct{}{}
+	s.waiters = map[chan struct{}]struct{}{}
 	s.inShut = make(chan struct{})
 	t := s.currentTimeouts()
+	streams := s.MaxConcurrentStreams
+	if streams == 0 {
+		streams = DefaultMaxConcurrentStreams
+	}
+	s.maxStreams = int32(min(streams, 1<<31-1))
 	var protocols http.Protocols
+	// Connections reach it through h2ln only, decrypted: they are
+	// "unencrypted" to net/http, which therefore never sets r.TLS (serveH2
+	// does, from the hijackedConn that ConnContext puts in the context).
 	protocols.SetUnencryptedHTTP2(true)
 	s.h2ln = newChanListener()
 	s.h2 = &http.Server{
 		Handler:           http.HandlerFunc(s.serveH2),
 		ReadHeaderTimeout: t.HeaderTimeout,
 		IdleTimeout:       t.IdleTimeout,
-		MaxHeaderBytes:    orInt(s.MaxHeaderBytes, DefaultMaxHeaderBytes),
+		MaxHeaderBytes:    s.currentLimits().MaxHeaderBytes,
 		ErrorLog:          s.ErrorLog,
 		Protocols:         &protocols,
+		ConnContext:       h2ConnContext,
 		// A connection whose client stops reading at the TCP level is
 		// closed; a stream whose client keeps its window shut is reset
 		// by h2Writer.
-		HTTP2: &http.HTTP2Config{WriteByteTimeout: t.WriteTimeout},
+		HTTP2: &http.HTTP2Config{WriteByteTimeout: t.WriteTimeout, MaxConcurrentStreams: int(s.maxStreams)},
 	}
 	s.baseCtx = context.WithValue(context.Background(), http.ServerContextKey, s.h2)
 	go s.h2.Serve(s.h2ln)
@@ -224,10 +349,13 @@ func (s *Server) Serve(ln net.Listener) error {
 		return ErrServerClosed
 	}
 	s.listeners[ln] = struct{}{}
+	wake := make(chan struct{}, 1)
+	s.waiters[wake] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		delete(s.listeners, ln)
+		delete(s.waiters, wake)
 		s.mu.Unlock()
 	}()
 	var delay time.Duration
@@ -255,9 +383,14 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		delay = 0
+		if !s.admit(wake) {
+			rwc.Close()
+			return ErrServerClosed
+		}
 		c := s.newConn(rwc)
 		if c == nil {
 			rwc.Close()
+			s.connDone()
 			continue
 		}
 		if s.ConnCounter != nil {
@@ -267,8 +400,105 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// admit takes a connection slot for a connection just accepted, holding it
+// while MaxConns connections are open (see MaxConns); false when the
+// server shut down first. wake is the calling Serve loop's.
+func (s *Server) admit(wake chan struct{}) bool {
+	held := false
+	var reaped *conn
+	for {
+		n := s.open.Load()
+		limit := int64(s.currentLimits().MaxConns)
+		if limit <= 0 || n < limit {
+			if s.open.CompareAndSwap(n, n+1) {
+				return true
+			}
+			continue
+		}
+		if !held {
+			held = true
+			s.holding.Add(1)
+			defer s.holding.Add(-1)
+			s.limitHit(LimitMaxConnections)
+			// A signal from before the hold is stale: every close from
+			// now on signals again.
+			select {
+			case <-wake:
+			default:
+			}
+			continue
+		}
+		reaped = s.closeLongestIdle(reaped)
+		select {
+		case <-wake:
+		case <-s.inShut:
+			return false
+		}
+	}
+}
+
+// closeLongestIdle closes the HTTP/1.1 connection that has waited longest
+// for a next request, unless prev (its last pick) is still closing, and
+// returns the connection it closed or is waiting for (nil: none idle).
+func (s *Server) closeLongestIdle(prev *conn) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.conns[prev]; ok && prev != nil {
+		return prev
+	}
+	var oldest *conn
+	var since int64
+	for c := range s.conns {
+		if c.idle.Load() && !c.fresh.Load() {
+			if t := c.idleSince.Load(); oldest == nil || t < since {
+				oldest, since = c, t
+			}
+		}
+	}
+	// The connection's goroutine takes idle back when its next request's
+	// first byte arrives: whoever swaps it first owns the connection.
+	if oldest == nil || !oldest.idle.CompareAndSwap(true, false) {
+		return nil
+	}
+	oldest.netConn.Close()
+	return oldest
+}
+
+// wake signals every Serve loop that may hold a connection.
+func (s *Server) wake() {
+	s.mu.Lock()
+	s.wakeLocked()
+	s.mu.Unlock()
+}
+
+// connDone frees the slot of a closed connection.
+func (s *Server) connDone() {
+	s.mu.Lock()
+	s.connDoneLocked()
+	s.mu.Unlock()
+}
+
+func (s *Server) connDoneLocked() {
+	s.open.Add(-1)
+	s.wakeLocked()
+}
+
+// wakeLocked signals every Serve loop that may hold a connection.
+func (s *Server) wakeLocked() {
+	for w := range s.waiters {
+		select {
+		case w <- struct{}{}:
+		default:
+		}
+	}
+}
+
 func (s *Server) newConn(rwc net.Conn) *conn {
-	c := &conn{srv: s, rwc: rwc, accepted: time.Now()}
+	c := &conn{srv: s, rwc: rwc, netConn: rwc, accepted: time.Now()}
+	if s.TLSConfig != nil {
+		c.tls = tls.Server(rwc, s.TLSConfig)
+		c.rwc = c.tls
+	}
 	c.fresh.Store(true)
 	c.r = &connReader{c: c}
 	c.br = bufio.NewReaderSize(c.r, 4096)
@@ -311,7 +541,7 @@ func (s *Server) Close() error {
 	s.beginShutdown()
 	s.mu.Lock()
 	for c := range s.conns {
-		c.rwc.Close()
+		c.netConn.Close()
 	}
 	s.mu.Unlock()
 	return s.h2.Close()
@@ -332,52 +562,79 @@ func (s *Server) beginShutdown() {
 // nothing yet live: its request may be on the wire.
 const newConnGrace = 500 * time.Millisecond
 
-// closeIdle closes the connections waiting for a request (a new one only
-// after newConnGrace) and returns how many connections remain.
+// closeIdle closes the connections waiting for a request (a new one, or
+// one in its TLS handshake, only after newConnGrace) and returns how many
+// connections remain. It closes the socket under TLS: a close_notify could
+// block.
 func (s *Server) closeIdle() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
 		if c.idle.Load() && (!c.fresh.Load() || time.Since(c.accepted) >= newConnGrace) {
-			c.rwc.Close()
+			c.netConn.Close()
 		}
 	}
 	return len(s.conns)
 }
 
-func (s *Server) forget(c *conn) {
+// forget drops c from the open connections; closed: c is closed (not
+// handed on), and its slot is free.
+func (s *Server) forget(c *conn, closed bool) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if closed {
+		s.connDoneLocked()
+	}
 	s.mu.Unlock()
 }
 
 // conn is one client connection. Its fields are used by the connection's
-// goroutine (and the handler it runs) only, except idle and the background
-// read in connReader.
+// goroutine (and the handler it runs) only, except idle, idleSince, fresh,
+// netConn's Close and the background read in connReader.
 type conn struct {
-	srv      *Server
-	rwc      net.Conn
-	r        *connReader
-	br       *bufio.Reader
-	bw       *bufio.Writer
-	w        *response // the answer in progress
-	idle     atomic.Bool
-	fresh    atomic.Bool // no byte received yet
-	accepted time.Time
-	broken   bool // framing or a write failed: close after this request
-	linger   bool // the client may have sent bytes that were not read
-	hijacked bool
-	remote   string     // RemoteAddr, formatted once
-	t        *Timeouts  // of the request in progress (or the idle wait after it)
-	closer   ConnCloser // from ConnCounter.ConnOpened; nil when not counted
+	srv       *Server
+	rwc       net.Conn // tls or netConn
+	netConn   net.Conn // as accepted; other goroutines close this one
+	tls       *tls.Conn
+	tlsState  *tls.ConnectionState // after the handshake; nil on plain conns
+	r         *connReader
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	w         *response    // the answer in progress
+	idle      atomic.Bool  // waiting for a request (or in the TLS handshake)
+	idleSince atomic.Int64 // UnixNano when a keep-alive wait began
+	fresh     atomic.Bool  // no byte received yet
+	accepted  time.Time
+	broken    bool // framing or a write failed: close after this request
+	linger    bool // the client may have sent bytes that were not read
+	hijacked  bool
+	remote    string     // RemoteAddr, formatted once
+	t         *Timeouts  // of the request in progress (or the idle wait after it)
+	closer    ConnCloser // from ConnCounter.ConnOpened; nil when not counted
 }
 
 // deadlineWriter fails a write to the client only when the client takes
 // no byte for WriteTimeout: a slow reader that keeps reading is not cut.
+// Over TLS it holds per record instead (see Server.TLSConfig).
 type deadlineWriter struct{ c *conn }
+
+// tlsRecord is the most plaintext a TLS record carries.
+const tlsRecord = 16 << 10
 
 func (d deadlineWriter) Write(p []byte) (int, error) {
 	total := 0
+	if d.c.tls != nil {
+		for len(p) > 0 {
+			d.c.rwc.SetWriteDeadline(time.Now().Add(d.c.t.WriteTimeout))
+			n, err := d.c.rwc.Write(p[:min(len(p), tlsRecord)])
+			total += n
+			if err != nil {
+				return total, err
+			}
+			p = p[n:]
+		}
+		return total, nil
+	}
 	for {
 		d.c.rwc.SetWriteDeadline(time.Now().Add(d.c.t.WriteTimeout))
 		n, err := d.c.rwc.Write(p)
@@ -398,30 +655,60 @@ func (c *conn) serve() {
 		switch {
 		case c.hijacked, handedOff:
 			// The new owner closes it (see hijackedConn.Close).
-		case c.linger:
+		case c.linger && !(c.tls != nil && c.broken):
 			c.lingerClose()
+			c.counted()
+		case c.tls != nil && c.broken:
+			// A failed write left the TLS session unable to send its
+			// close_notify: close the socket without waiting on it.
+			c.netConn.Close()
 			c.counted()
 		default:
 			c.rwc.Close()
 			c.counted()
 		}
-		c.srv.forget(c)
+		c.srv.forget(c, !c.hijacked && !handedOff)
 	}()
 	s := c.srv
+	if c.tls != nil {
+		if !c.handshake() {
+			return
+		}
+		if c.tlsState.NegotiatedProtocol == "h2" {
+			if !h2Adequate(c.tlsState) {
+				c.inadequateSecurity()
+				return
+			}
+			handedOff = c.handOff(s)
+			return
+		}
+	}
 	first := true
 	for {
 		start := time.Now()
-		if !first {
+		if first {
+			// The first head is due HeaderTimeout after the accept,
+			// the TLS handshake included.
+			start = c.accepted
+		} else {
 			// Keep-alive: wait for the next request's first byte.
+			c.idleSince.Store(start.UnixNano())
 			c.idle.Store(true)
 			if s.shuttingDown() {
 				return
+			}
+			if s.holding.Load() > 0 {
+				// A held connection waits for a slot: this one may
+				// make room (see closeLongestIdle).
+				s.wake()
 			}
 			c.rwc.SetReadDeadline(start.Add(c.t.IdleTimeout))
 			if _, err := c.br.Peek(1); err != nil {
 				return // closed, idle too long, or shut down: no answer
 			}
-			c.idle.Store(false)
+			if !c.idle.CompareAndSwap(true, false) {
+				return // closed for room (Server.MaxConns)
+			}
 			start = time.Now()
 		}
 		c.t = s.currentTimeouts()
@@ -440,12 +727,12 @@ func (c *conn) serve() {
 			}
 			c.idle.Store(false)
 			c.fresh.Store(false)
-			if b, err := c.br.Peek(1); err == nil && b[0] == 'P' && c.isH2Preface() {
+			if b, err := c.br.Peek(1); err == nil && b[0] == 'P' && c.tls == nil && c.isH2Preface() {
 				handedOff = c.handOff(s)
 				return
 			}
 		}
-		h, err := readHead(c.br, orInt(s.MaxHeaderBytes, DefaultMaxHeaderBytes))
+		h, err := readHead(c.br, s.currentLimits().MaxHeaderBytes)
 		if err != nil {
 			c.refuse(err)
 			return
@@ -474,10 +761,66 @@ func (c *conn) isH2Preface() bool {
 	return err == nil && string(b) == string(h2Preface)
 }
 
-// handOff passes an h2c connection, with what was buffered, to net/http.
+// handshake runs the TLS handshake within HeaderTimeout of the accept and
+// reports whether it succeeded. Until it is done the connection counts as
+// new and idle for Shutdown.
+func (c *conn) handshake() bool {
+	c.idle.Store(true)
+	if c.srv.shuttingDown() {
+		return false
+	}
+	c.netConn.SetDeadline(c.accepted.Add(c.srv.currentTimeouts().HeaderTimeout))
+	if err := c.tls.Handshake(); err != nil {
+		return false
+	}
+	c.netConn.SetWriteDeadline(time.Time{})
+	st := c.tls.ConnectionState()
+	c.tlsState = &st
+	return true
+}
+
+// h2Adequate reports whether a TLS session may carry HTTP/2 (RFC 9113
+// section 9.2): TLS 1.3, or TLS 1.2 with an ephemeral key exchange and an
+// AEAD cipher (the suites off the RFC's Appendix A list).
+func h2Adequate(st *tls.ConnectionState) bool {
+	switch {
+	case st.Version >= tls.VersionTLS13:
+		return true
+	case st.Version < tls.VersionTLS12:
+		return false
+	}
+	switch st.CipherSuite {
+	case tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+		tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256:
+		return true
+	}
+	return false
+}
+
+// h2InadequateSecurity is the server's connection preface (an empty
+// SETTINGS frame) and a GOAWAY with last stream 0 and error
+// INADEQUATE_SECURITY (0xc).
+var h2InadequateSecurity = []byte{
+	0, 0, 0, 0x4, 0, 0, 0, 0, 0,
+	0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xc,
+}
+
+// inadequateSecurity ends an h2 connection whose TLS session is not fit
+// for HTTP/2 (RFC 9113 section 9.2.1).
+func (c *conn) inadequateSecurity() {
+	c.rwc.SetWriteDeadline(time.Now().Add(c.srv.currentTimeouts().WriteTimeout))
+	c.rwc.Write(h2InadequateSecurity)
+}
+
+// handOff passes an h2c connection, with what was buffered, or an ALPN h2
+// one, to net/http.
 func (c *conn) handOff(s *Server) bool {
 	buf, _ := c.br.Peek(c.br.Buffered())
-	pc := &hijackedConn{Conn: c.rwc, pending: append([]byte(nil), buf...), counter: c.closer}
+	pc := &hijackedConn{Conn: c.rwc, counter: c.closer, srv: s, tlsState: c.tlsState}
+	if len(buf) > 0 {
+		pc.pending = append([]byte(nil), buf...)
+	}
 	c.rwc.SetDeadline(time.Time{})
 	return s.h2ln.deliver(pc)
 }
@@ -493,6 +836,9 @@ func (c *conn) refuse(err error) {
 		e = &Error{Status: http.StatusRequestTimeout, Reason: "request header timeout"}
 	default:
 		return // EOF or a reset: nobody to answer
+	}
+	if e.Status == http.StatusRequestHeaderFieldsTooLarge {
+		c.srv.limitHit(LimitMaxHeaderBytes)
 	}
 	c.writeError(e)
 }
@@ -535,6 +881,7 @@ func (c *conn) serveRequest(h *head) (keep bool) {
 		c.remote = c.rwc.RemoteAddr().String()
 	}
 	req.RemoteAddr = c.remote
+	req.TLS = c.tlsState
 	var b *body
 	switch {
 	case h.chunked:
@@ -703,13 +1050,35 @@ func (l *chanListener) Addr() net.Addr { return l.addr }
 // flush of the answer (a stall resets the stream). net/http's own
 // ReadTimeout and WriteTimeout would bound a whole stream instead, and
 // cut long uploads and streamed answers.
+//
+// It sets r.TLS on streams of a TLS connection, and counts the stream
+// against MaxConcurrentStreams for LimitHit.
 func (s *Server) serveH2(w http.ResponseWriter, r *http.Request) {
+	if hc, ok := r.Context().Value(h2ConnKey{}).(*hijackedConn); ok {
+		r.TLS = hc.tlsState
+		if hc.streams.Add(1) == s.maxStreams {
+			s.limitHit(LimitMaxConcurrentStreams)
+		}
+		defer hc.streams.Add(-1)
+	}
 	rc := http.NewResponseController(w)
 	t := s.currentTimeouts()
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &h2Body{ReadCloser: r.Body, rc: rc, timeout: t.BodyTimeout}
 	}
 	s.Handler.ServeHTTP(&h2Writer{ResponseWriter: w, rc: rc, timeout: t.WriteTimeout}, r)
+}
+
+// h2ConnKey is the context key of a handed-off connection's *hijackedConn
+// in the contexts of its HTTP/2 streams.
+type h2ConnKey struct{}
+
+// h2ConnContext is the HTTP/2 server's ConnContext.
+func h2ConnContext(ctx context.Context, nc net.Conn) context.Context {
+	if hc, ok := nc.(*hijackedConn); ok {
+		return context.WithValue(ctx, h2ConnKey{}, hc)
+	}
+	return ctx
 }
 
 // h2Body arms the stream's read deadline for the length of each Read
