@@ -1,16 +1,8 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,7 +14,7 @@ import (
 )
 
 // testPKI is a CA with a server and a client certificate it signed, and a
-// second CA that signed nothing, all as PEM files in one directory.
+// second CA that signed nothing, as PEM files.
 type testPKI struct {
 	ca, wrongCA        string
 	serverCert, server string // certificate, key
@@ -31,71 +23,13 @@ type testPKI struct {
 
 func newTestPKI(t *testing.T) testPKI {
 	t.Helper()
-	dir := t.TempDir()
-	write := func(name, typ string, der []byte) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	newKey := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	serial := int64(0)
-	// issue signs a certificate for key with tmpl's names; a nil parent
-	// makes it self-signed.
-	issue := func(tmpl *x509.Certificate, key *ecdsa.PrivateKey, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) *x509.Certificate {
-		serial++
-		tmpl.SerialNumber = big.NewInt(serial)
-		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)
-		if parent == nil {
-			parent, parentKey = tmpl, key
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cert, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cert
-	}
-	keyFile := func(name string, k *ecdsa.PrivateKey) string {
-		der, err := x509.MarshalECPrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return write(name, "EC PRIVATE KEY", der)
-	}
-	caTmpl := func(cn string) *x509.Certificate {
-		return &x509.Certificate{Subject: pkix.Name{CommonName: cn}, IsCA: true, BasicConstraintsValid: true,
-			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	}
-	caKey, wrongKey, serverKey, clientKey := newKey(), newKey(), newKey(), newKey()
-	ca := issue(caTmpl("e2e CA"), caKey, nil, nil)
-	wrong := issue(caTmpl("e2e wrong CA"), wrongKey, nil, nil)
-	server := issue(&x509.Certificate{
-		Subject:     pkix.Name{CommonName: "server.dc1.consul"},
-		DNSNames:    []string{"server.dc1.consul", "localhost"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}, serverKey, ca, caKey)
-	client := issue(&x509.Certificate{
-		Subject:     pkix.Name{CommonName: "sluice"},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, clientKey, ca, caKey)
+	ca, wrong := newTestCA(t, "e2e CA"), newTestCA(t, "e2e wrong CA")
+	server := ca.issue("server", "server.dc1.consul", "localhost", "127.0.0.1")
+	client := ca.issue("client", "sluice")
 	return testPKI{
-		ca: write("ca.pem", "CERTIFICATE", ca.Raw), wrongCA: write("wrong-ca.pem", "CERTIFICATE", wrong.Raw),
-		serverCert: write("server.pem", "CERTIFICATE", server.Raw), server: keyFile("server-key.pem", serverKey),
-		clientCert: write("client.pem", "CERTIFICATE", client.Raw), client: keyFile("client-key.pem", clientKey),
+		ca: ca.File, wrongCA: wrong.File,
+		serverCert: server.certFile, server: server.keyFile,
+		clientCert: client.certFile, client: client.keyFile,
 	}
 }
 

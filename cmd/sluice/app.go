@@ -24,6 +24,7 @@ import (
 	"github.com/sluice-lb/sluice/discovery"
 	"github.com/sluice-lb/sluice/proxy"
 	"github.com/sluice-lb/sluice/proxy/admin"
+	"github.com/sluice-lb/sluice/proxy/certs"
 	"github.com/sluice-lb/sluice/proxy/metrics"
 )
 
@@ -100,6 +101,9 @@ type app struct {
 	statusMu   sync.Mutex
 	generation uint64
 	lastReload *reloadStatus
+	// certs are the certificates of the terminating listeners, for
+	// /v1/status; apply replaces them.
+	certs atomic.Pointer[[]certStatus]
 }
 
 // Status is the answer of GET /v1/status.
@@ -109,6 +113,9 @@ type Status struct {
 	Generation uint64        `json:"generation"`
 	StartedAt  time.Time     `json:"started_at"`
 	LastReload *reloadStatus `json:"last_reload"`
+	// TLSCertificates are the certificates that the listeners present,
+	// in listener and file order, with their expiry.
+	TLSCertificates []certStatus `json:"tls_certificates"`
 }
 
 // reloadStatus is the outcome of the last reload; nil before the first.
@@ -198,7 +205,12 @@ func (a *app) reload() {
 func (a *app) status() any {
 	a.statusMu.Lock()
 	defer a.statusMu.Unlock()
-	return Status{Version: a.version, Config: a.path, Generation: a.generation, StartedAt: a.startedAt, LastReload: a.lastReload}
+	certs := []certStatus{}
+	if c := a.certs.Load(); c != nil {
+		certs = *c
+	}
+	return Status{Version: a.version, Config: a.path, Generation: a.generation, StartedAt: a.startedAt, LastReload: a.lastReload,
+		TLSCertificates: certs}
 }
 
 // prepared is what apply makes before it changes anything: every step
@@ -208,6 +220,8 @@ type prepared struct {
 	kept     map[string]*listener      // new listener name -> the running listener it keeps
 	logs     map[string]*accessLog     // new listener name -> its access log (new or kept)
 	reopen   map[*accessLog]*os.File   // kept file log -> the file reopened for it
+	certs    map[string]*certs.Set     // terminating listener name -> its certificates, read anew
+	tls      map[string]*clientTLS     // service name -> its TLS to instances, read anew; absent: plain
 	policies map[string]balance.Policy // service name -> its policy, when new or changed
 	admin    net.Listener              // nil when the admin address is unchanged
 	consul   *consulClient             // nil when the consul block is unchanged
@@ -244,10 +258,10 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 			if polChanged {
 				newPol = &pol
 			}
-			fwdChanged[name] = s.apply(svcCfg, newPol, &a.env, a.consul)
+			fwdChanged[name] = s.apply(svcCfg, newPol, p.tls[name], &a.env, a.consul)
 			continue
 		}
-		s := newService(name, svcCfg, pol, &a.env, a.consul)
+		s := newService(name, svcCfg, pol, p.tls[name], &a.env, a.consul)
 		a.services[name] = s
 		added = append(added, s.pool)
 	}
@@ -271,7 +285,7 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 		log := p.logs[lc.Name]
 		l := p.kept[lc.Name]
 		if l == nil {
-			l = newListener(lc, p.bound[lc.Name], log, a.services, &a.env)
+			l = newListener(lc, p.bound[lc.Name], log, p.certs[lc.Name], a.services, &a.env)
 			l.start(a.fatal)
 			a.logger.Info("listening", "listener", lc.Name, "address", l.ln.Addr().String(), "protocol", lc.Protocol)
 			next = append(next, l)
@@ -280,6 +294,7 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 		if f := p.reopen[log]; f != nil {
 			log.file.swap(f)
 		}
+		l.swapCerts(p.certs[lc.Name])
 		if changed(l, lc, fwdChanged) {
 			old := l.cfg
 			l.update(lc, log, a.services, &a.env)
@@ -293,6 +308,7 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 		}
 	}
 	a.listeners = next
+	a.publishCerts(next)
 
 	for name, s := range a.services {
 		if _, ok := cfg.Services[name]; !ok {
@@ -321,6 +337,23 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 	a.applyRegister(p.register)
 	a.cfg = cfg
 	return nil
+}
+
+// publishCerts shows the certificates of the listeners in /v1/status and
+// /metrics (sluice_tls_cert_not_after_seconds, by listener and file).
+func (a *app) publishCerts(listeners []*listener) {
+	out := []certStatus{}
+	for _, l := range listeners {
+		a.metrics.DeleteCerts(l.cfg.Name)
+		if l.tls == nil {
+			continue
+		}
+		for _, c := range l.tls.Current().Certificates() {
+			a.metrics.SetCertNotAfter(l.cfg.Name, c.CertFile, c.NotAfter)
+			out = append(out, certStatus{Listener: l.cfg.Name, CertFile: c.CertFile, Names: c.Names, NotAfter: c.NotAfter})
+		}
+	}
+	a.certs.Store(&out)
 }
 
 // forgetSeries deletes the request series of a kept listener that its new
@@ -376,7 +409,8 @@ func changed(l *listener, cfg *config.Listener, fwdChanged map[string]bool) bool
 // prepare does the steps of apply that can fail, undoing them on failure.
 func (a *app) prepare(cfg *config.Config) (_ *prepared, err error) {
 	p := &prepared{bound: map[string]net.Listener{}, kept: map[string]*listener{}, logs: map[string]*accessLog{},
-		reopen: map[*accessLog]*os.File{}, policies: map[string]balance.Policy{}}
+		reopen: map[*accessLog]*os.File{}, policies: map[string]balance.Policy{},
+		certs: map[string]*certs.Set{}, tls: map[string]*clientTLS{}}
 	defer func() {
 		if err != nil {
 			p.discard()
@@ -393,6 +427,26 @@ func (a *app) prepare(cfg *config.Config) (_ *prepared, err error) {
 		}
 		p.policies[name] = pol
 	}
+	// TLS files are read on every reload: a certificate renewed under the
+	// same name changes no configuration.
+	for _, name := range cfg.ServiceNames() {
+		if t := cfg.Services[name].TLS; t != nil {
+			c, err := loadClientTLS(name, t)
+			if err != nil {
+				return nil, err
+			}
+			p.tls[name] = c
+		}
+	}
+	for i := range cfg.Listeners {
+		if lc := &cfg.Listeners[i]; terminates(lc) {
+			set, err := loadListenerTLS(lc)
+			if err != nil {
+				return nil, err
+			}
+			p.certs[lc.Name] = set
+		}
+	}
 	byAddr := map[string]*listener{}
 	for _, l := range a.listeners {
 		byAddr[l.cfg.Address] = l
@@ -403,6 +457,14 @@ func (a *app) prepare(cfg *config.Config) (_ *prepared, err error) {
 			if l.cfg.Protocol != lc.Protocol {
 				return nil, fmt.Errorf("listener %q: the protocol of %s changes from %s to %s, which needs the old listener removed first (reload once without it) or a restart",
 					lc.Name, lc.Address, l.cfg.Protocol, lc.Protocol)
+			}
+			if was, is := tlsShape(&l.cfg), tlsShape(lc); was != is {
+				return nil, fmt.Errorf("listener %q: the TLS of %s changes from %s to %s, which needs the old listener removed first (reload once without it) or a restart",
+					lc.Name, lc.Address, was, is)
+			}
+			if l.cfg.MaxConcurrentStreams != lc.MaxConcurrentStreams {
+				return nil, fmt.Errorf("listener %q: max_concurrent_streams of %s changes from %d to %d, which needs the old listener removed first (reload once without it) or a restart",
+					lc.Name, lc.Address, l.cfg.MaxConcurrentStreams, lc.MaxConcurrentStreams)
 			}
 			p.kept[lc.Name] = l
 			continue

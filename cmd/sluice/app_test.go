@@ -275,13 +275,13 @@ service "b" {
 		pol.Passive.MaxEjectionTime != 300*time.Second || pol.Passive.MaxEjectionPercent != 50 {
 		t.Errorf("passive of a: %+v", pol.Passive)
 	}
-	fwd := forwardOptions("a", a, nil)
+	fwd := forwardOptions("a", a, nil, nil)
 	want := proxy.ServiceOptions{Name: "a", Attempts: 3, PerTryTimeout: 2 * time.Second, StickyCookie: "sluice_a",
 		ResponseHeaderTimeout: proxy.DefaultResponseHeaderTimeout, ResponseBodyTimeout: proxy.DefaultResponseBodyTimeout}
 	if fwd != want {
 		t.Errorf("forwarding of a:\nhave %+v\nwant %+v", fwd, want)
 	}
-	po := probeOptions(a.HealthCheck)
+	po := probeOptions(a.HealthCheck, nil)
 	if po.Type != "tcp" || po.Interval != 5*time.Second || po.Timeout != time.Second || po.Rise != 2 || po.Fall != 3 || po.Path != "" {
 		t.Errorf("probe of a: %+v", po)
 	}
@@ -290,7 +290,7 @@ service "b" {
 		t.Errorf("watch of a: %+v", wo)
 	}
 	b := cfg.Services["b"]
-	if fwd := forwardOptions("b", b, nil); fwd.StickyHeader != "X-User" || fwd.StickyCookie != "" || fwd.Attempts != proxy.DefaultAttempts {
+	if fwd := forwardOptions("b", b, nil, nil); fwd.StickyHeader != "X-User" || fwd.StickyCookie != "" || fwd.Attempts != proxy.DefaultAttempts {
 		t.Errorf("forwarding of b: %+v", fwd)
 	}
 	if _, err := poolPolicy("b", b, secret); err != nil {

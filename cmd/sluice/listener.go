@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/sluice-lb/sluice/cmd/sluice/config"
 	"github.com/sluice-lb/sluice/proxy"
+	"github.com/sluice-lb/sluice/proxy/certs"
 	"github.com/sluice-lb/sluice/proxy/h1"
 )
 
@@ -27,6 +29,7 @@ type listener struct {
 	srv     *h1.Server         // http
 	handler *proxy.HTTPHandler // http
 	tcp     *proxy.TCPProxy    // tcp
+	tls     *certs.Server      // nil unless the listener terminates TLS
 	stopNow context.CancelFunc // ends waits for pressure and, for tcp, closes connections still open
 	stopCtx context.Context    // done when stopNow is called
 	done    chan struct{}      // closed when serving has ended
@@ -49,20 +52,48 @@ func bind(what, addr string) (net.Listener, error) {
 func httpOptions(l *config.Listener, services map[string]*service, e *env, log *proxy.AccessLog) proxy.HTTPOptions {
 	routes := make([]proxy.Route, 0, len(l.Routes))
 	for _, r := range l.Routes {
-		routes = append(routes, proxy.Route{Host: r.Host, PathPrefix: r.PathPrefix, Service: services[r.Service].fwd})
+		routes = append(routes, proxy.Route{Host: r.Host, PathPrefix: r.PathPrefix, Service: services[r.Service].fwd,
+			MaxBodyBytes: r.MaxBodyBytes})
 	}
 	return proxy.HTTPOptions{
 		Listener: l.Name, Routes: routes, Transport: e.transport, AccessLog: log, Logger: e.logger.Named("http"),
 		TrustedProxies: l.TrustedProxies, Pressure: e.pressure, Metrics: e.metrics,
+		RedirectHTTPS: l.RedirectHTTPS, HTTPSPort: l.HTTPSPort, HSTSMaxAge: l.HSTSMaxAge,
 	}
 }
 
-// tcpOptions translates a tcp listener.
-func tcpOptions(l *config.Listener, services map[string]*service, e *env, log *proxy.AccessLog) proxy.TCPOptions {
-	return proxy.TCPOptions{
-		Listener: l.Name, Service: services[l.Service].fwd, IdleTimeout: l.IdleTimeout,
+// tcpOptions translates a tcp listener; tlsCfg is its TLS when it
+// terminates, else nil. A passthrough listener forwards the client's own
+// TLS session, so it never speaks TLS to instances itself even when a
+// service has a tls block (its probes still do).
+func tcpOptions(l *config.Listener, services map[string]*service, tlsCfg *tls.Config, e *env, log *proxy.AccessLog) proxy.TCPOptions {
+	opts := proxy.TCPOptions{
+		Listener: l.Name, IdleTimeout: l.IdleTimeout, TLS: tlsCfg, MaxConns: l.MaxConnections,
 		AccessLog: log, Logger: e.logger.Named("tcp"), Pressure: e.pressure, Metrics: e.metrics,
 	}
+	if l.Service != "" {
+		opts.Service = services[l.Service].fwd
+	}
+	for _, r := range l.SNIRoutes {
+		fwd := services[r.Service].fwd
+		fwd.TLS = nil
+		opts.SNIRoutes = append(opts.SNIRoutes, proxy.SNIRoute{ServerName: r.Host, Service: fwd})
+	}
+	return opts
+}
+
+// tlsConfig is the listener's TLS for its server or proxy; nil when it
+// does not terminate TLS.
+func (l *listener) tlsConfig() *tls.Config {
+	if l.tls == nil {
+		return nil
+	}
+	return l.tls.Config()
+}
+
+// limits translates an http listener's connection and head limits.
+func limits(l *config.Listener) h1.Limits {
+	return h1.Limits{MaxConns: l.MaxConnections, MaxHeaderBytes: l.MaxHeaderBytes}
 }
 
 // timeouts translates an http listener's client-side timeouts.
@@ -73,25 +104,33 @@ func timeouts(l *config.Listener) h1.Timeouts {
 	}
 }
 
-// newListener builds the runtime of cfg on the bound socket ln; start
-// begins serving.
-func newListener(cfg *config.Listener, ln net.Listener, log *accessLog, services map[string]*service, e *env) *listener {
+// newListener builds the runtime of cfg on the bound socket ln; certs is
+// its TLS material when it terminates TLS (else nil); start begins
+// serving.
+func newListener(cfg *config.Listener, ln net.Listener, log *accessLog, certSet *certs.Set, services map[string]*service, e *env) *listener {
 	l := &listener{cfg: *cfg, ln: ln, log: log, done: make(chan struct{})}
 	l.stopCtx, l.stopNow = context.WithCancel(context.Background())
+	if certSet != nil {
+		l.tls = certs.NewServer(certSet)
+	}
 	switch cfg.Protocol {
 	case config.ProtocolTCP:
-		l.tcp = proxy.NewTCPProxy(tcpOptions(cfg, services, e, log.log()))
+		l.tcp = proxy.NewTCPProxy(tcpOptions(cfg, services, l.tlsConfig(), e, log.log()))
 	default:
 		l.handler = proxy.NewHTTPHandler(httpOptions(cfg, services, e, log.log()))
 		name, stopCtx := cfg.Name, l.stopCtx
 		l.srv = &h1.Server{
-			Handler:     l.handler,
-			ConnCounter: l.handler,
-			AcceptGate:  func() { e.pressure.WaitAccept(stopCtx) },
-			AcceptError: func(err error) { e.pressure.Report(name, err) },
-			ErrorLog:    e.errLog,
+			Handler:              l.handler,
+			ConnCounter:          l.handler,
+			LimitHit:             l.handler.LimitHit,
+			TLSConfig:            l.tlsConfig(),
+			MaxConcurrentStreams: uint32(cfg.MaxConcurrentStreams),
+			AcceptGate:           func() { e.pressure.WaitAccept(stopCtx) },
+			AcceptError:          func(err error) { e.pressure.Report(name, err) },
+			ErrorLog:             e.errLog,
 		}
 		l.srv.SetTimeouts(timeouts(cfg))
+		l.srv.SetLimits(limits(cfg))
 	}
 	return l
 }
@@ -114,20 +153,30 @@ func (l *listener) start(fatal chan<- error) {
 	}()
 }
 
-// update applies cfg (same address and protocol) from the next request or
-// connection on; connections already open stay. A replaced access log is
-// not closed: requests and connections that began before may still write
-// to it, and its file is closed by the runtime once nothing refers to it
-// (see reopenFile).
+// update applies cfg (same address, protocol, TLS shape and HTTP/2
+// stream limit: see prepare) from the next request or connection on;
+// connections already open stay. A replaced access log is not closed:
+// requests and connections that began before may still write to it, and
+// its file is closed by the runtime once nothing refers to it (see
+// reopenFile).
 func (l *listener) update(cfg *config.Listener, log *accessLog, services map[string]*service, e *env) {
 	l.cfg = *cfg
 	l.log = log
 	if l.tcp != nil {
-		l.tcp.Update(tcpOptions(cfg, services, e, log.log()))
+		l.tcp.Update(tcpOptions(cfg, services, l.tlsConfig(), e, log.log()))
 		return
 	}
 	l.handler.Update(httpOptions(cfg, services, e, log.log()))
 	l.srv.SetTimeouts(timeouts(cfg))
+	l.srv.SetLimits(limits(cfg))
+}
+
+// swapCerts makes certSet the TLS material of a terminating listener for
+// new handshakes; connections already open keep theirs.
+func (l *listener) swapCerts(certSet *certs.Set) {
+	if l.tls != nil && certSet != nil {
+		l.tls.Swap(certSet)
+	}
 }
 
 // stopAccepting closes the socket at once, so that its address is free

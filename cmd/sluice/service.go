@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"reflect"
 	"time"
@@ -26,6 +27,7 @@ type service struct {
 	// fwd is what listeners forward with; it changes with the retry,
 	// timeout and sticky settings.
 	fwd      proxy.ServiceOptions
+	tls      *clientTLS // TLS to the instances; nil: plain
 	poolTask *task
 	watch    *task
 	watchKey watchKey
@@ -87,10 +89,11 @@ func poolPolicy(name string, svc *config.Service, secret []byte) (balance.Policy
 }
 
 // forwardOptions translates the forwarding settings of a service: retries,
-// timeouts and where the sticky key is read from.
-func forwardOptions(name string, svc *config.Service, pool *balance.Pool) proxy.ServiceOptions {
+// timeouts, where the sticky key is read from, and its TLS to instances
+// (nil: plain).
+func forwardOptions(name string, svc *config.Service, pool *balance.Pool, tlsCfg *tls.Config) proxy.ServiceOptions {
 	opts := proxy.ServiceOptions{
-		Name: name, Pool: pool,
+		Name: name, Pool: pool, TLS: tlsCfg,
 		Attempts: svc.Retry.Attempts, PerTryTimeout: svc.Retry.PerTryTimeout,
 		ResponseHeaderTimeout: svc.ResponseHeaderTimeout, ResponseBodyTimeout: svc.ResponseBodyTimeout,
 	}
@@ -105,10 +108,12 @@ func forwardOptions(name string, svc *config.Service, pool *balance.Pool) proxy.
 	return opts
 }
 
-// probeOptions translates a health_check block.
-func probeOptions(hc *config.HealthCheck) proxy.ProbeOptions {
+// probeOptions translates a health_check block; tlsCfg is the service's
+// TLS to its instances (nil: plain), which probes use too.
+func probeOptions(hc *config.HealthCheck, tlsCfg *tls.Config) proxy.ProbeOptions {
 	return proxy.ProbeOptions{
 		Type: hc.Type, Path: hc.Path, Interval: hc.Interval, Timeout: hc.Timeout, Rise: hc.Rise, Fall: hc.Fall,
+		TLS: tlsCfg,
 	}
 }
 
@@ -131,14 +136,15 @@ func policyPart(s *config.Service) any {
 	}{s.Strategy, s.SlowStart, s.Sticky, s.Passive}
 }
 
-// newService builds a service's runtime with pol (see poolPolicy) and
-// starts its pool, watch and prober.
-func newService(name string, cfg *config.Service, pol balance.Policy, e *env, consul *consulClient) *service {
+// newService builds a service's runtime with pol (see poolPolicy) and ct
+// (its TLS to instances, nil for plain) and starts its pool, watch and
+// prober.
+func newService(name string, cfg *config.Service, pol balance.Policy, ct *clientTLS, e *env, consul *consulClient) *service {
 	pool := balance.NewPool(balance.PoolOptions{
 		Service: name, Strategy: pol.Strategy, Builder: pol.Builder, SlowStart: pol.SlowStart, Passive: pol.Passive,
 		Logger: e.logger.Named("pool"),
 	})
-	s := &service{name: name, cfg: *cfg, pool: pool, fwd: forwardOptions(name, cfg, pool)}
+	s := &service{name: name, cfg: *cfg, pool: pool, tls: ct, fwd: forwardOptions(name, cfg, pool, ct.config())}
 	s.poolTask = startTask(pool.Run)
 	s.startWatch(e, consul)
 	if cfg.HealthCheck != nil {
@@ -161,7 +167,7 @@ func (s *service) startWatch(e *env, consul *consulClient) {
 }
 
 func (s *service) startProbe(e *env) {
-	prober := proxy.NewProber(s.pool, probeOptions(s.cfg.HealthCheck), e.logger.Named("probe"))
+	prober := proxy.NewProber(s.pool, probeOptions(s.cfg.HealthCheck, s.tls.config()), e.logger.Named("probe"))
 	s.probe = startTask(prober.Run)
 }
 
@@ -171,10 +177,13 @@ func (s *service) startProbe(e *env) {
 // Changed probe settings replace the prober (the pool keeps the verdicts,
 // which the new prober starts from); a removed health_check stops it and
 // clears them. A changed tag, weight key or Consul client replaces the
-// watch (the pool keeps its members until the new watch answers). It
-// reports whether the forwarding options changed. It does not fail: the
-// pool's owner always runs while the service does.
-func (s *service) apply(cfg *config.Service, pol *balance.Policy, e *env, consul *consulClient) (fwdChanged bool) {
+// watch (the pool keeps its members until the new watch answers). ct is
+// the service's TLS as read now (nil: plain); when its block and files are
+// unchanged the running config stays, and with it the pooled connections,
+// else forwarding and probes take the new one. It reports whether the
+// forwarding options changed. It does not fail: the pool's owner always
+// runs while the service does.
+func (s *service) apply(cfg *config.Service, pol *balance.Policy, ct *clientTLS, e *env, consul *consulClient) (fwdChanged bool) {
 	if pol != nil {
 		_ = s.pool.SetPolicy(context.Background(), *pol)
 	}
@@ -184,7 +193,11 @@ func (s *service) apply(cfg *config.Service, pol *balance.Policy, e *env, consul
 		s.watch.stop()
 		s.startWatch(e, consul)
 	}
-	if !reflect.DeepEqual(old.HealthCheck, cfg.HealthCheck) {
+	tlsChanged := (ct == nil) != (s.tls == nil) || (ct != nil && ct.digest != s.tls.digest)
+	if tlsChanged {
+		s.tls = ct
+	}
+	if !reflect.DeepEqual(old.HealthCheck, cfg.HealthCheck) || (tlsChanged && cfg.HealthCheck != nil) {
 		s.probe.stop()
 		s.probe = nil
 		if cfg.HealthCheck != nil {
@@ -193,7 +206,7 @@ func (s *service) apply(cfg *config.Service, pol *balance.Policy, e *env, consul
 			_ = s.pool.ClearProbes(context.Background())
 		}
 	}
-	fwd := forwardOptions(s.name, cfg, s.pool)
+	fwd := forwardOptions(s.name, cfg, s.pool, s.tls.config())
 	if fwd == s.fwd {
 		return false
 	}

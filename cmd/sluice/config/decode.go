@@ -31,11 +31,9 @@ const (
 	defaultResponseBodyTimeout   = proxy.DefaultResponseBodyTimeout
 
 	// Limits and redirects.
-	defaultHTTPSPort      = 443
-	defaultMaxHeaderBytes = h1.DefaultMaxHeaderBytes
-	// defaultMaxConcurrentStreams is h1.DefaultMaxConcurrentStreams's
-	// value, to refer to it once proxy/h1 defines it.
-	defaultMaxConcurrentStreams = 100
+	defaultHTTPSPort            = proxy.DefaultHTTPSPort
+	defaultMaxHeaderBytes       = h1.DefaultMaxHeaderBytes
+	defaultMaxConcurrentStreams = h1.DefaultMaxConcurrentStreams
 )
 
 // Bounds of the limits.
