@@ -70,7 +70,8 @@ type ListenerFrame struct {
 // RouteFrame is a route's traffic over the window. Latencies are in
 // seconds, estimated from sluice_request_duration_seconds' buckets.
 type RouteFrame struct {
-	Route
+	Route     string   `json:"route"`
+	Service   string   `json:"service"`
 	RPS       *float64 `json:"rps"`
 	ErrorRate *float64 `json:"error_rate"` // share of 5xx answers, 0..1; null without requests
 	P50       *float64 `json:"p50"`
@@ -99,7 +100,7 @@ func registerDashboard(mux *http.ServeMux, opts *Options) {
 		panic(err) // the embedded tree is fixed at build time
 	}
 	assets := http.FileServerFS(ui)
-	h := &hub{opts: opts, subs: map[*subscriber]struct{}{}}
+	h := newHub(opts)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		pageHeaders(w)
 		http.ServeFileFS(w, r, ui, "index.html")
@@ -137,6 +138,8 @@ type hub struct {
 	// running counts loops that have not returned, for tests.
 	running sync.WaitGroup
 }
+
+func newHub(opts *Options) *hub { return &hub{opts: opts, subs: map[*subscriber]struct{}{}} }
 
 // subscriber is one connected page: ch holds the newest frame not yet
 // written (older ones are dropped, never queued).

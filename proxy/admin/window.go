@@ -83,7 +83,7 @@ func delta(base, now float64) float64 {
 
 // routeFrame derives a route's rates over the window.
 func (w *window) routeFrame(k routeKey) RouteFrame {
-	rf := RouteFrame{Route: Route{Route: k.route, Service: k.service}}
+	rf := RouteFrame{Route: k.route, Service: k.service}
 	secs := w.span().Seconds()
 	if secs <= 0 {
 		return rf
