@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 )
@@ -101,7 +103,7 @@ service "web" {
 	if out != "1" || health != "degraded" {
 		t.Errorf("summary: out of rotation %q, health %q; want 1, degraded", out, health)
 	}
-	screenshot(t, ctx, "dashboard.png")
+	screenshot(t, ctx, "dashboard.png", true)
 
 	// Keyboard: "/" focuses the filter; typing narrows the rows.
 	if err := chromedp.Do(ctx, chromedp.KeyEvent("/")); err != nil {
@@ -129,7 +131,23 @@ service "web" {
 	}
 	evalUntil(t, ctx, 2*time.Second, "the page to fit 390 px", `document.documentElement.scrollWidth <= window.innerWidth`,
 		func(fits bool) bool { return fits })
-	screenshot(t, ctx, "dashboard-phone.png")
+	screenshot(t, ctx, "dashboard-phone.png", true)
+
+	// The system's dark setting turns the page dark, without a reload.
+	body := `getComputedStyle(document.body).backgroundColor`
+	if light := evaluate[string](t, ctx, body); light != "rgb(246, 247, 249)" {
+		t.Errorf("light background %s", light)
+	}
+	if err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tgt *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tgt, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
+			Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: "dark"}},
+		})
+		return err
+	})); err != nil {
+		t.Fatal(err)
+	}
+	evalUntil(t, ctx, 2*time.Second, "the dark background", body, func(bg string) bool { return bg == "rgb(15, 18, 22)" })
+	screenshot(t, ctx, "dashboard-dark.png", false)
 }
 
 // TestDashboardManyInstances: a service of 200 instances shows all 200
@@ -153,7 +171,7 @@ func TestDashboardManyInstances(t *testing.T) {
 	evalUntil(t, ctx, 10*time.Second, fmt.Sprintf("%d instance rows", n), `document.querySelectorAll('tr[data-id]').length`,
 		func(rows int) bool { return rows == n })
 	t.Logf("%d rows on the page %v after the navigation began", n, time.Since(start).Round(time.Millisecond))
-	screenshot(t, ctx, "dashboard-200.png")
+	screenshot(t, ctx, "dashboard-200.png", false)
 }
 
 var chromiumOnce struct {
@@ -263,11 +281,15 @@ func evalUntil[T any](t *testing.T, ctx context.Context, timeout time.Duration, 
 	}
 }
 
-// screenshot writes a full-page PNG of the tab to results/name (results/
-// is ignored by git).
-func screenshot(t *testing.T, ctx context.Context, name string) {
+// screenshot writes a PNG of the tab, the whole page or the viewport, to
+// results/name (results/ is ignored by git).
+func screenshot(t *testing.T, ctx context.Context, name string, fullPage bool) {
 	t.Helper()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	shot := chromedp.CaptureScreenshot()
+	if fullPage {
+		shot = chromedp.FullScreenshot(100)
+	}
+	png, err := chromedp.Run(ctx, shot)
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
 	}
