@@ -8,7 +8,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 CONSUL_BIN ?= $(CURDIR)/bin/consul
 export CONSUL_BIN
 
-.PHONY: all build install consul test unit e2e demo bench bench-balance bench-reaction vet check fuzz h2spec clean
+.PHONY: all build install consul chromium test unit e2e demo bench bench-balance bench-reaction vet check fuzz h2spec clean
 
 all: build
 
@@ -43,6 +43,25 @@ consul:
 	  test -x "$(CONSUL_BIN)" || { echo "CONSUL_BIN=$(CONSUL_BIN) is not executable" >&2; exit 1; }; \
 	fi
 
+# Headless Chromium for the dashboard's browser tests (e2e/dashboard_test.go):
+# Debian's chromium package, installed with apt-get when no chromium,
+# chromium-browser or google-chrome is on PATH (root, or sudo without a
+# password). CHROMIUM_BIN names a browser of your own instead. Without
+# one the dashboard tests fail, saying so; they are never skipped.
+chromium:
+	@if [ -n "$$CHROMIUM_BIN" ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium package for the dashboard tests"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  echo "installing Debian's chromium package for the dashboard tests"; \
+	  sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
+	  { sudo -n apt-get update && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }; \
+	else \
+	  echo "no chromium on PATH and no way to install it: the dashboard tests will fail (apt-get install chromium, or set CHROMIUM_BIN)" >&2; \
+	fi
+
 vet:
 	$(GO) vet ./...
 
@@ -53,14 +72,15 @@ check:
 	GOOS=darwin $(GO) build ./...
 	GOOS=windows $(GO) build ./...
 
-# Unit and e2e tests, all with -race. e2e runs a real Consul agent.
-test: consul bin/sluice-race vet check
+# Unit and e2e tests, all with -race. e2e runs a real Consul agent, and
+# the dashboard's tests headless Chromium.
+test: consul chromium bin/sluice-race vet check
 	SLUICE_BIN=$(CURDIR)/bin/sluice-race $(GO) test -race -count=1 -timeout 15m ./...
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
 
-e2e: consul bin/sluice-race
+e2e: consul chromium bin/sluice-race
 	SLUICE_BIN=$(CURDIR)/bin/sluice-race $(GO) test -race -count=1 -timeout 15m -v ./e2e/
 
 # Starts a Consul dev agent (unless one answers on 127.0.0.1:8500), three

@@ -52,22 +52,32 @@ type Member struct {
 // MemberStatus is one member of a Snapshot with everything that decides its
 // eligibility.
 type MemberStatus struct {
-	ID       string
-	Addr     string
-	Weight   int
-	Consul   Health
-	Invalid  string // see Member.Invalid
-	Probe    ProbeState
-	Ejected  bool
-	Eligible bool
-	Stats    *Stats
+	ID      string
+	Addr    string
+	Weight  int
+	Consul  Health
+	Invalid string // see Member.Invalid
+	Probe   ProbeState
+	Ejected bool
+	// EjectedUntil is the wall-clock end of the ejection while Ejected.
+	EjectedUntil time.Time
+	Eligible     bool
+	// EffectiveWeight is the share of Weight the picker uses: Weight, or
+	// less while the instance slow-starts; 0 when not eligible.
+	EffectiveWeight float64
+	Stats           *Stats
 }
+
+// Reason names what makes the member eligible or not, first cause first:
+// "eligible", "invalid: ...", "consul critical", "probe failing", "ejected".
+func (ms MemberStatus) Reason() string { return reason(ms) }
 
 // Snapshot is an immutable view of one service's pool. The pool owner
 // publishes a new one on every change; readers must not modify it.
 type Snapshot struct {
 	Service  string
 	Strategy string
+	Sticky   string // the sticky mode, "" when none; for status output
 	Version  uint64 // increases with every publication
 	// Synced is true once the registry has answered at least once.
 	Synced      bool
@@ -95,6 +105,7 @@ func (s *Snapshot) Next() <-chan struct{} { return s.next }
 type PoolOptions struct {
 	Service  string  // required
 	Strategy string  // strategy name, for status output
+	Sticky   string  // sticky mode, for status output ("" when none)
 	Builder  Builder // required; see NewBuilder
 	// SlowStart ramps the weight of an instance that becomes eligible
 	// after the first registry answer (new, or back from ineligible)
@@ -106,12 +117,16 @@ type PoolOptions struct {
 	// Clock returns monotonic nanoseconds; default: time since NewPool.
 	Clock  func() int64
 	Logger hclog.Logger
+	// Events, when not nil, receives the pool's transitions (see
+	// EventKind); the owner writes it, never the request path.
+	Events *EventLog
 }
 
 // Policy is the part of PoolOptions a running pool can change (SetPolicy):
 // the fields of the same names there.
 type Policy struct {
 	Strategy  string
+	Sticky    string
 	Builder   Builder // required
 	SlowStart time.Duration
 	Passive   *PassiveOptions
@@ -193,11 +208,11 @@ func NewPool(opts PoolOptions) *Pool {
 		base := time.Now()
 		opts.Clock = func() int64 { return int64(time.Since(base)) + 1 }
 	}
-	initial := Policy{Strategy: opts.Strategy, Builder: opts.Builder, SlowStart: opts.SlowStart, Passive: normalisePassive(opts.Passive)}
-	opts.Strategy, opts.Builder, opts.SlowStart, opts.Passive = "", nil, 0, nil
+	initial := Policy{Strategy: opts.Strategy, Sticky: opts.Sticky, Builder: opts.Builder, SlowStart: opts.SlowStart, Passive: normalisePassive(opts.Passive)}
+	opts.Strategy, opts.Sticky, opts.Builder, opts.SlowStart, opts.Passive = "", "", nil, 0, nil
 	p := &Pool{opts: opts, initial: initial, events: make(chan func(*poolState)), failing: make(chan *Stats, 64)}
 	p.shared.clock = opts.Clock
-	p.snap.Store(&Snapshot{Service: opts.Service, Strategy: initial.Strategy, Picker: emptyPicker{}, next: make(chan struct{})})
+	p.snap.Store(&Snapshot{Service: opts.Service, Strategy: initial.Strategy, Sticky: initial.Sticky, Picker: emptyPicker{}, next: make(chan struct{})})
 	return p
 }
 
@@ -288,6 +303,9 @@ func (p *Pool) SetMembers(ctx context.Context, index uint64, members []Member) e
 	ms = kept
 	now := time.Now()
 	return p.send(ctx, func(st *poolState) {
+		if st.consulError != "" {
+			p.event("", EventConsulRecovery, "")
+		}
 		st.synced = true
 		st.consulIndex = index
 		st.consulError = ""
@@ -300,6 +318,9 @@ func (p *Pool) SetMembers(ctx context.Context, index uint64, members []Member) e
 func (p *Pool) SetError(ctx context.Context, err error) error {
 	msg := err.Error()
 	return p.send(ctx, func(st *poolState) {
+		if st.consulError != msg {
+			p.event("", EventConsulError, msg)
+		}
 		st.consulError = msg
 		st.consulErrors++
 	})
@@ -310,6 +331,13 @@ func (p *Pool) SetError(ctx context.Context, err error) error {
 func (p *Pool) SetProbe(ctx context.Context, id string, state ProbeState) error {
 	return p.send(ctx, func(st *poolState) {
 		if _, ok := st.stats[id]; ok {
+			old, known := st.probes[id]
+			if !known {
+				old = ProbeUnknown
+			}
+			if old != state {
+				p.event(id, EventProbe, string(old)+" -> "+string(state))
+			}
 			st.probes[id] = state
 		}
 	})
@@ -320,7 +348,14 @@ func (p *Pool) SetProbe(ctx context.Context, id string, state ProbeState) error 
 // the change or ctx is done. The caller must first stop the service's
 // prober: a verdict set after ClearProbes stands.
 func (p *Pool) ClearProbes(ctx context.Context) error {
-	return p.send(ctx, func(st *poolState) { clear(st.probes) })
+	return p.send(ctx, func(st *poolState) {
+		for id, v := range st.probes {
+			if v != ProbeUnknown {
+				p.event(id, EventProbe, string(v)+" -> "+string(ProbeUnknown))
+			}
+		}
+		clear(st.probes)
+	})
 }
 
 // SetPolicy replaces the pool's strategy, builder, slow start and passive
@@ -411,6 +446,7 @@ func (p *Pool) eject(st *poolState, s *Stats) bool {
 	e.count++
 	e.until = now + int64(d)
 	s.ejections.Add(1)
+	p.event(s.id, EventEjected, "for "+d.String())
 	p.opts.Logger.Warn("instance ejected", "service", p.opts.Service, "instance", s.id,
 		"consecutive_failures", pv.ConsecutiveFailures, "for", d)
 	return true
@@ -420,11 +456,12 @@ func (p *Pool) eject(st *poolState, s *Stats) bool {
 // owner must publish again without a change (the next slow-start step or
 // the end of an ejection), or 0.
 func (p *Pool) publish(st *poolState) (wake time.Duration) {
-	now := p.opts.Clock()
+	now, wall := p.opts.Clock(), time.Now()
 	st.version++
 	snap := &Snapshot{
 		Service:           p.opts.Service,
 		Strategy:          st.policy.Strategy,
+		Sticky:            st.policy.Sticky,
 		Version:           st.version,
 		Synced:            st.synced,
 		ConsulIndex:       st.consulIndex,
@@ -447,6 +484,7 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 			}
 			st.stats[m.ID] = stats
 			p.opts.Logger.Info("instance added", "service", p.opts.Service, "instance", m.ID, "address", m.Addr, "consul", m.Consul)
+			p.event(m.ID, EventAdded, m.Addr+", consul "+string(m.Consul))
 		}
 		ms := MemberStatus{
 			ID: m.ID, Addr: m.Addr, Weight: max(m.Weight, 1), Consul: m.Consul, Invalid: m.Invalid,
@@ -461,11 +499,13 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		if e := st.ejections[m.ID]; e != nil && e.until != 0 {
 			if e.until > now {
 				ms.Ejected = true
+				ms.EjectedUntil = wall.Add(time.Duration(e.until - now))
 				wake = minWake(wake, time.Duration(e.until-now))
 			} else {
 				e.until, e.released = 0, now
 				stats.consec.Store(0)
 				p.opts.Logger.Info("instance ejection ended", "service", p.opts.Service, "instance", m.ID)
+				p.event(m.ID, EventEjectionEnded, "")
 			}
 		}
 		ms.Eligible = ms.Invalid == "" && (ms.Consul.eligible()) && ms.Probe != ProbeFailing && !ms.Ejected
@@ -473,6 +513,11 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 			if known || !ms.Eligible {
 				p.opts.Logger.Info("instance eligibility changed", "service", p.opts.Service, "instance", m.ID,
 					"eligible", ms.Eligible, "reason", reason(ms), "consul", ms.Consul, "probe", ms.Probe, "ejected", ms.Ejected)
+				if ms.Eligible {
+					p.event(m.ID, EventEligible, "")
+				} else {
+					p.event(m.ID, EventIneligible, reason(ms))
+				}
 			}
 			if ms.Eligible && st.warm && st.policy.SlowStart > 0 {
 				st.since[m.ID] = now
@@ -484,8 +529,21 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 			snap.Eligible = append(snap.Eligible, &Endpoint{ID: ms.ID, Addr: ms.Addr, Weight: ms.Weight, Stats: stats})
 		}
 	}
-	if p.applySlowStart(st, snap.Eligible, now) {
+	ramping := p.applySlowStart(st, snap.Eligible, now)
+	if ramping {
 		wake = minWake(wake, max(st.policy.SlowStart/100, 100*time.Millisecond))
+	}
+	// Members and Eligible are both sorted by ID, Eligible a subset.
+	for i, j := 0, 0; i < len(snap.Members) && j < len(snap.Eligible); i++ {
+		if snap.Members[i].ID != snap.Eligible[j].ID {
+			continue
+		}
+		w := float64(snap.Eligible[j].Weight)
+		if ramping {
+			w /= slowStartScale
+		}
+		snap.Members[i].EffectiveWeight = w
+		j++
 	}
 	for id := range st.stats {
 		if !seen[id] {
@@ -495,6 +553,7 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 			delete(st.probes, id)
 			delete(st.ejections, id)
 			p.opts.Logger.Info("instance removed", "service", p.opts.Service, "instance", id)
+			p.event(id, EventRemoved, "")
 		}
 	}
 	snap.Picker = st.policy.Builder(snap.Eligible, &p.shared)
@@ -502,6 +561,12 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 	close(prev.next)
 	st.warm = st.warm || st.synced
 	return wake
+}
+
+// event records a transition of the pool (instance "") or of one instance;
+// only the owner calls it.
+func (p *Pool) event(instance string, kind EventKind, detail string) {
+	p.opts.Events.Add(Event{Service: p.opts.Service, Instance: instance, Kind: kind, Detail: detail})
 }
 
 // reason names what makes a member eligible or not, first cause first.

@@ -46,6 +46,9 @@ type env struct {
 	transport *proxy.Upstream
 	pressure  *proxy.Pressure
 	metrics   *metrics.Metrics
+	// events is the ring of pool transitions and reloads the dashboard
+	// and /v1/events show; every pool writes to it.
+	events *balance.EventLog
 	// newHealth makes the Consul health client of a consul block; tests
 	// replace it with a fake.
 	newHealth func(config.Consul) (discovery.HealthAPI, error)
@@ -88,6 +91,8 @@ type app struct {
 	liveNames map[string]bool
 	// pools is what the admin API and the metrics show, sorted by service.
 	pools atomic.Pointer[[]*balance.Pool]
+	// routes are the running listeners and their routes, for the dashboard.
+	routes atomic.Pointer[[]admin.Listener]
 	// fatal receives the error of a server that stopped on its own.
 	fatal chan error
 	// ready is set once every service of the start configuration has had
@@ -144,8 +149,10 @@ func newApp(path, version string, logger hclog.Logger) (*app, error) {
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.metrics = metrics.New(a.registry)
 	a.registry.MustRegister(metrics.NewPoolCollector(a.currentPools))
+	a.events = balance.NewEventLog(balance.DefaultEventLogSize, nil)
 	empty := []*balance.Pool{}
 	a.pools.Store(&empty)
+	a.routes.Store(&[]admin.Listener{})
 	return a, nil
 }
 
@@ -160,6 +167,7 @@ func (a *app) start(cfg *config.Config) error {
 	a.statusMu.Lock()
 	a.generation = 1
 	a.statusMu.Unlock()
+	a.events.Add(balance.Event{Kind: balance.EventReload, Detail: "started: generation 1"})
 	a.metrics.Reloaded(metrics.ReloadSuccess, false, time.Now())
 	pools := a.currentPools()
 	go func() {
@@ -193,9 +201,15 @@ func (a *app) reload() {
 	if problems != nil {
 		a.lastReload = &reloadStatus{At: now, Result: metrics.ReloadFailure, Diagnostics: problems}
 		a.metrics.Reloaded(metrics.ReloadFailure, true, now)
+		detail := "failed, the running configuration stays: " + problems[0]
+		if len(problems) > 1 {
+			detail += fmt.Sprintf(" (and %d more)", len(problems)-1)
+		}
+		a.events.Add(balance.Event{Time: now, Kind: balance.EventReload, Detail: detail})
 		return
 	}
 	a.generation++
+	a.events.Add(balance.Event{Time: now, Kind: balance.EventReload, Detail: fmt.Sprintf("succeeded: generation %d", a.generation)})
 	a.lastReload = &reloadStatus{At: now, Result: metrics.ReloadSuccess, Diagnostics: []string{}}
 	a.metrics.Reloaded(metrics.ReloadSuccess, true, now)
 	a.logger.Info("reloaded", "config", a.path, "generation", a.generation)
@@ -325,6 +339,7 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 	// Before the admin API starts: at start, an admin API seeing no pools
 	// would answer /healthz 200 before any Consul answer.
 	a.pools.Store(&pools)
+	a.routes.Store(dashboardListeners(cfg))
 
 	if p.admin != nil {
 		if old := a.admin; old != nil {
@@ -354,6 +369,29 @@ func (a *app) publishCerts(listeners []*listener) {
 		}
 	}
 	a.certs.Store(&out)
+}
+
+// dashboardListeners lists cfg's listeners and routes for the dashboard,
+// each route with its metrics label.
+func dashboardListeners(cfg *config.Config) *[]admin.Listener {
+	out := make([]admin.Listener, 0, len(cfg.Listeners))
+	for _, lc := range cfg.Listeners {
+		l := admin.Listener{Name: lc.Name, Protocol: string(lc.Protocol), Address: lc.Address}
+		if lc.Protocol == config.ProtocolTCP && lc.Service != "" {
+			l.Routes = []admin.Route{{Service: lc.Service}}
+		}
+		for _, r := range lc.SNIRoutes {
+			l.Routes = append(l.Routes, admin.Route{Route: r.Host, Service: r.Service})
+		}
+		if lc.RedirectHTTPS {
+			l.Routes = append(l.Routes, admin.Route{Route: proxy.RedirectLabel})
+		}
+		for _, r := range lc.Routes {
+			l.Routes = append(l.Routes, admin.Route{Route: proxy.RouteLabel(r.Host, r.PathPrefix), Service: r.Service})
+		}
+		out = append(out, l)
+	}
+	return &out
 }
 
 // forgetSeries deletes the request series of a kept listener that its new
@@ -632,12 +670,20 @@ func (s *adminServer) stopAccepting() {
 // newAdmin serves the admin API on ln, bound to address as configured.
 func (a *app) newAdmin(ln net.Listener, address string) *adminServer {
 	h := admin.NewHandler(admin.Options{
-		Pools:   a.currentPools,
-		Status:  a.status,
-		Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{ErrorLog: a.errLog}),
-		Ready:   a.ready.Load,
+		Pools:     a.currentPools,
+		Status:    a.status,
+		Metrics:   promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{ErrorLog: a.errLog}),
+		Ready:     a.ready.Load,
+		Gatherer:  a.registry,
+		Events:    a.events,
+		Listeners: func() []admin.Listener { return *a.routes.Load() },
 	})
 	s := &adminServer{address: address, ln: ln, srv: newServer(h, a.errLog, adminIdleTimeout), done: make(chan struct{})}
+	// Shutdown cancels every request's context, so dashboard streams
+	// (which never end on their own) do not hold it up.
+	base, cancel := context.WithCancel(context.Background())
+	s.srv.BaseContext = func(net.Listener) context.Context { return base }
+	s.srv.RegisterOnShutdown(cancel)
 	go func() {
 		defer close(s.done)
 		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) && !s.closing.Load() {

@@ -68,7 +68,9 @@ func (t *task) stop() {
 // of a sticky service that sets none (random per process).
 func poolPolicy(name string, svc *config.Service, secret []byte) (balance.Policy, error) {
 	var sticky *balance.StickyOptions
+	mode := ""
 	if s := svc.Sticky; s != nil {
+		mode = string(s.Mode)
 		sticky = &balance.StickyOptions{Mode: s.Mode, CookieName: s.Cookie, TTL: s.TTL, Secret: []byte(s.Secret)}
 		if s.Mode == balance.StickyCookie && s.Secret == "" {
 			sticky.Secret = secret
@@ -78,7 +80,7 @@ func poolPolicy(name string, svc *config.Service, secret []byte) (balance.Policy
 	if err != nil {
 		return balance.Policy{}, fmt.Errorf("service %q: %w", name, err)
 	}
-	pol := balance.Policy{Strategy: svc.Strategy, Builder: build, SlowStart: svc.SlowStart}
+	pol := balance.Policy{Strategy: svc.Strategy, Sticky: mode, Builder: build, SlowStart: svc.SlowStart}
 	if pv := svc.Passive; pv != nil {
 		pol.Passive = &balance.PassiveOptions{
 			ConsecutiveFailures: pv.ConsecutiveFailures, EjectionTime: pv.EjectionTime,
@@ -141,8 +143,8 @@ func policyPart(s *config.Service) any {
 // prober.
 func newService(name string, cfg *config.Service, pol balance.Policy, ct *clientTLS, e *env, consul *consulClient) *service {
 	pool := balance.NewPool(balance.PoolOptions{
-		Service: name, Strategy: pol.Strategy, Builder: pol.Builder, SlowStart: pol.SlowStart, Passive: pol.Passive,
-		Logger: e.logger.Named("pool"),
+		Service: name, Strategy: pol.Strategy, Sticky: pol.Sticky, Builder: pol.Builder, SlowStart: pol.SlowStart, Passive: pol.Passive,
+		Logger: e.logger.Named("pool"), Events: e.events,
 	})
 	s := &service{name: name, cfg: *cfg, pool: pool, tls: ct, fwd: forwardOptions(name, cfg, pool, ct.config())}
 	s.poolTask = startTask(pool.Run)

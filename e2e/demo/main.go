@@ -109,7 +109,8 @@ func run() error {
 	}
 
 	fmt.Printf(`
-sluice is running. Try:
+sluice is running. Dashboard: http://%[2]s/   (live; open it in a browser)
+Try:
   curl http://%[1]s/
   for i in $(seq 10); do curl -s http://%[1]s/; done      # demo-3 answers 3 of every 5
   curl http://%[2]s/v1/services                            # live pools

@@ -1,10 +1,14 @@
-// Package admin serves sluice's status API: GET /v1/services and GET /healthz.
+// Package admin serves sluice's admin address: the status API
+// (GET /v1/services, /v1/status, /v1/events, /healthz), /metrics, and the
+// live dashboard (GET / and its stream, dashboard.go).
 package admin
 
 import (
 	"encoding/json"
 	"net/http"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-lb/sluice/balance"
 )
 
@@ -15,12 +19,16 @@ type ServicesResponse struct {
 
 // Service is the status of one service's pool.
 type Service struct {
-	Name        string     `json:"name"`
-	Strategy    string     `json:"strategy"`
-	Synced      bool       `json:"synced"`
-	ConsulIndex uint64     `json:"consul_index"`
-	ConsulError string     `json:"consul_error,omitempty"`
-	Instances   []Instance `json:"instances"`
+	Name     string `json:"name"`
+	Strategy string `json:"strategy"`
+	// Sticky is the sticky mode (cookie, source_ip, header); "" when none.
+	Sticky      string `json:"sticky,omitempty"`
+	Synced      bool   `json:"synced"`
+	ConsulIndex uint64 `json:"consul_index"`
+	ConsulError string `json:"consul_error,omitempty"`
+	// ConsulLastSuccess is when Consul last answered; null before the first.
+	ConsulLastSuccess *time.Time `json:"consul_last_success"`
+	Instances         []Instance `json:"instances"`
 }
 
 // Instance is the status of one instance.
@@ -31,12 +39,23 @@ type Instance struct {
 	Consul  string `json:"consul"`
 	// Invalid says why the instance's Consul entry cannot be used (bad
 	// address or port, duplicate ID); such an instance is never eligible.
-	Invalid  string `json:"invalid,omitempty"`
-	Probe    string `json:"probe"`
-	Ejected  bool   `json:"ejected"`
-	Eligible bool   `json:"eligible"`
-	Inflight int64  `json:"inflight"`
-	Requests uint64 `json:"requests"`
+	Invalid string `json:"invalid,omitempty"`
+	Probe   string `json:"probe"`
+	Ejected bool   `json:"ejected"`
+	// EjectedUntil is the end of the ejection while Ejected.
+	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
+	Eligible     bool       `json:"eligible"`
+	// Reason is "eligible" or what keeps the instance out, first cause
+	// first: "invalid: ...", "consul critical", "probe failing", "ejected".
+	Reason string `json:"reason"`
+	// EffectiveWeight is the weight the picker uses: Weight, less during
+	// slow start, 0 when not eligible.
+	EffectiveWeight float64 `json:"effective_weight"`
+	Inflight        int64   `json:"inflight"`
+	Requests        uint64  `json:"requests"`
+	// Errors are the failures blamed on the instance since it joined the
+	// pool, every kind of sluice_upstream_errors_total together.
+	Errors uint64 `json:"errors"`
 }
 
 // Options are what the admin API shows. Each func is called per request
@@ -53,6 +72,17 @@ type Options struct {
 	// pools say: the process became ready once and stays so. nil means
 	// /healthz follows the pools alone.
 	Ready func() bool
+	// Gatherer is what the dashboard reads request rates, 5xx share,
+	// latency and open connections from (the registry /metrics serves):
+	// gathered once a second while a dashboard page is connected, never
+	// otherwise. nil shows no traffic figures.
+	Gatherer prometheus.Gatherer
+	// Events is the ring of pool transitions and reloads that
+	// GET /v1/events and the dashboard show; nil shows none.
+	Events *balance.EventLog
+	// Listeners returns the configured listeners and their routes, for
+	// the dashboard; nil shows the listeners the metrics name.
+	Listeners func() []Listener
 }
 
 // NewHandler serves the admin API:
@@ -64,8 +94,23 @@ type Options struct {
 //	                  first Consul answer, else 503 naming the services
 //	                  waiting and, in consul_errors, the last Consul error
 //	                  of each that has one (an ACL error, for instance)
+//	GET /v1/events    JSON: the events of Options.Events, oldest first
+//	GET /             the dashboard page, and its assets under /ui/
+//	GET /v1/dashboard/stream  the dashboard's frames (Server-Sent Events)
+//
+// A dashboard stream ends when its request's context does: the server
+// should derive request contexts from one it cancels on shutdown
+// (http.Server.BaseContext), or Shutdown waits for open pages.
 func NewHandler(opts Options) http.Handler {
 	mux := http.NewServeMux()
+	registerDashboard(mux, &opts)
+	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		events, _ := opts.Events.Events()
+		if events == nil {
+			events = []balance.Event{}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"events": events})
+	})
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
 		pools := opts.Pools()
 		resp := ServicesResponse{Services: make([]Service, 0, len(pools))}
@@ -112,18 +157,36 @@ func NewHandler(opts Options) http.Handler {
 
 func serviceStatus(s *balance.Snapshot) Service {
 	out := Service{
-		Name: s.Service, Strategy: s.Strategy, Synced: s.Synced,
+		Name: s.Service, Strategy: s.Strategy, Sticky: s.Sticky, Synced: s.Synced,
 		ConsulIndex: s.ConsulIndex, ConsulError: s.ConsulError,
 		Instances: make([]Instance, 0, len(s.Members)),
 	}
+	if t := s.ConsulLastSuccess; !t.IsZero() {
+		out.ConsulLastSuccess = &t
+	}
 	for _, m := range s.Members {
-		out.Instances = append(out.Instances, Instance{
+		in := Instance{
 			ID: m.ID, Address: m.Addr, Weight: m.Weight, Consul: string(m.Consul), Invalid: m.Invalid,
-			Probe: string(m.Probe), Ejected: m.Ejected, Eligible: m.Eligible,
-			Inflight: m.Stats.Inflight(), Requests: m.Stats.Requests(),
-		})
+			Probe: string(m.Probe), Ejected: m.Ejected, Eligible: m.Eligible, Reason: m.Reason(),
+			EffectiveWeight: m.EffectiveWeight,
+			Inflight:        m.Stats.Inflight(), Requests: m.Stats.Requests(), Errors: instanceErrors(m.Stats),
+		}
+		if m.Ejected {
+			until := m.EjectedUntil
+			in.EjectedUntil = &until
+		}
+		out.Instances = append(out.Instances, in)
 	}
 	return out
+}
+
+// instanceErrors sums the failures of every kind blamed on an instance.
+func instanceErrors(s *balance.Stats) uint64 {
+	var n uint64
+	for _, k := range balance.ErrorKinds() {
+		n += s.Errors(k)
+	}
+	return n
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -78,9 +78,10 @@ func TestServicesAndHealthz(t *testing.T) {
 	}
 	svc := have.Services[0]
 	want := []Instance{
-		{ID: "web-1", Address: "127.0.0.1:9001", Weight: 3, Consul: "passing", Probe: "unknown", Eligible: true, Inflight: 1, Requests: 1},
-		{ID: "web-2", Address: "127.0.0.1:9002", Weight: 1, Consul: "critical", Probe: "unknown"},
-		{ID: "web-3", Address: "127.0.0.1:0", Weight: 1, Consul: "passing", Invalid: "invalid port", Probe: "unknown"},
+		{ID: "web-1", Address: "127.0.0.1:9001", Weight: 3, Consul: "passing", Probe: "unknown", Eligible: true, Reason: "eligible",
+			EffectiveWeight: 3, Inflight: 1, Requests: 1},
+		{ID: "web-2", Address: "127.0.0.1:9002", Weight: 1, Consul: "critical", Probe: "unknown", Reason: "consul critical"},
+		{ID: "web-3", Address: "127.0.0.1:0", Weight: 1, Consul: "passing", Invalid: "invalid port", Probe: "unknown", Reason: "invalid: invalid port"},
 	}
 	if svc.Strategy != "weighted_round_robin" || svc.ConsulIndex != 42 || len(svc.Instances) != 3 {
 		t.Fatalf("web: %+v", svc)
