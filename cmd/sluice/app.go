@@ -424,6 +424,9 @@ func routeSeries(l *config.Listener) map[routeKey]bool {
 	for _, r := range l.Routes {
 		out[routeKey{proxy.RouteLabel(r.Host, r.PathPrefix), r.Service}] = true
 	}
+	if l.RedirectHTTPS {
+		out[routeKey{proxy.RedirectLabel, ""}] = true
+	}
 	return out
 }
 
