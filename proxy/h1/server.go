@@ -324,8 +324,10 @@ func (s *Server) init() {
 		ConnContext:       h2ConnContext,
 		// A connection whose client stops reading at the TCP level is
 		// closed; a stream whose client keeps its window shut is reset
-		// by h2Writer.
-		HTTP2: &http.HTTP2Config{WriteByteTimeout: t.WriteTimeout, MaxConcurrentStreams: int(s.maxStreams)},
+		// by h2Writer. Frames are read up to RFC 9113's initial 16 KiB
+		// (net/http's default is 1 MiB), as HAProxy and nginx do: a
+		// larger frame is a FRAME_SIZE_ERROR.
+		HTTP2: &http.HTTP2Config{WriteByteTimeout: t.WriteTimeout, MaxConcurrentStreams: int(s.maxStreams), MaxReadFrameSize: 16 << 10},
 	}
 	s.baseCtx = context.WithValue(context.Background(), http.ServerContextKey, s.h2)
 	go s.h2.Serve(s.h2ln)
