@@ -325,6 +325,11 @@ type hijackedConn struct {
 	tlsState *tls.ConnectionState
 	streams  atomic.Int32 // HTTP/2 streams in a handler
 	closed   atomic.Bool
+	// firstStream closes an HTTP/2 connection whose first stream has not
+	// started by its HeaderTimeout; started is set by the first stream or
+	// by the timer, whichever comes first. nil for hijacked connections.
+	firstStream *time.Timer
+	started     atomic.Bool
 }
 
 // Close closes the connection; the first Close tells the ConnCounter and
@@ -332,6 +337,9 @@ type hijackedConn struct {
 func (h *hijackedConn) Close() error {
 	err := h.Conn.Close()
 	if h.closed.CompareAndSwap(false, true) {
+		if h.firstStream != nil {
+			h.firstStream.Stop()
+		}
 		if h.counter != nil {
 			h.counter.ConnClosed()
 		}
