@@ -32,6 +32,8 @@ type response struct {
 	written    int64
 	closeAfter bool
 	hijacked   bool
+	// body is the request's body; nil when it has none.
+	body *body
 }
 
 var (
@@ -203,7 +205,10 @@ func (w *response) commit(final bool) {
 	default:
 		w.closeAfter = true // HTTP/1.0: the body ends with the connection
 	}
-	if w.c.srv.shuttingDown() || w.req.Close || w.c.broken {
+	// A body not read to its end when the answer starts is taken to be
+	// left unread: the connection closes after the answer (see
+	// conn.serveRequest), and the answer says so.
+	if w.c.srv.shuttingDown() || w.req.Close || w.c.broken || (w.body != nil && !w.body.done) {
 		w.closeAfter = true
 	}
 	bw := w.c.bw

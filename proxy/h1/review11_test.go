@@ -113,3 +113,45 @@ func TestReview11H2FirstStreamDue(t *testing.T) {
 		}
 	}
 }
+
+// TestReview11UnreadBodyAnnouncesClose shows: an answer written while the
+// request body is still unread (sluice's 413 for max_body_bytes, a 308
+// redirect, a 404 to a POST) was sent without "Connection: close", yet
+// the connection was closed after it (its unread body would be read as
+// the next request). A keep-alive client then sends its next request on
+// a connection being closed, and a non-idempotent one cannot be retried
+// safely. Expected: such an answer says Connection: close (as net/http
+// does for an Expect: 100-continue body it never asked for); a body read
+// whole before the answer keeps the connection.
+func TestReview11UnreadBodyAnnouncesClose(t *testing.T) {
+	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/read" {
+			io.Copy(io.Discard, r.Body)
+		}
+		w.Header().Set("Content-Length", "2")
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+		io.WriteString(w, "no")
+	})})
+	for _, tc := range []struct{ name, req string }{
+		{"body pending", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"},
+		{"expect 100-continue", "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n"},
+		{"chunked pending", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"},
+	} {
+		have := raw(t, addr, tc.req)
+		if !strings.HasPrefix(have, "HTTP/1.1 413 ") || !strings.Contains(have, "\r\nConnection: close\r\n") {
+			t.Errorf("%s: an answer before the body was read does not announce the close: %q", tc.name, have)
+		}
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST /read HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 4096)
+	n, _ := c.Read(buf)
+	if have := string(buf[:n]); !strings.HasPrefix(have, "HTTP/1.1 413 ") || strings.Contains(have, "Connection: close") {
+		t.Errorf("a body read whole: want the connection kept, have %q", have)
+	}
+}

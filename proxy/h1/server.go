@@ -906,7 +906,7 @@ func (c *conn) serveRequest(h *head) (keep bool) {
 	default:
 		req.Body = http.NoBody
 	}
-	w := &response{c: c, req: req, header: make(http.Header, 8), closeAfter: h.closeAfter}
+	w := &response{c: c, req: req, header: make(http.Header, 8), closeAfter: h.closeAfter, body: b}
 	c.w = w
 	c.r.cancel = cancel
 	// The bytes after an Upgrade request belong to the upgraded stream:
