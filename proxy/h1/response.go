@@ -32,6 +32,8 @@ type response struct {
 	written    int64
 	closeAfter bool
 	hijacked   bool
+	// body is the request's body; nil when it has none.
+	body *body
 }
 
 var (
@@ -203,7 +205,10 @@ func (w *response) commit(final bool) {
 	default:
 		w.closeAfter = true // HTTP/1.0: the body ends with the connection
 	}
-	if w.c.srv.shuttingDown() || w.req.Close || w.c.broken {
+	// A body not read to its end when the answer starts is taken to be
+	// left unread: the connection closes after the answer (see
+	// conn.serveRequest), and the answer says so.
+	if w.c.srv.shuttingDown() || w.req.Close || w.c.broken || (w.body != nil && !w.body.done) {
 		w.closeAfter = true
 	}
 	bw := w.c.bw
@@ -325,6 +330,11 @@ type hijackedConn struct {
 	tlsState *tls.ConnectionState
 	streams  atomic.Int32 // HTTP/2 streams in a handler
 	closed   atomic.Bool
+	// firstStream closes an HTTP/2 connection whose first stream has not
+	// started by its HeaderTimeout; started is set by the first stream or
+	// by the timer, whichever comes first. nil for hijacked connections.
+	firstStream *time.Timer
+	started     atomic.Bool
 }
 
 // Close closes the connection; the first Close tells the ConnCounter and
@@ -332,6 +342,9 @@ type hijackedConn struct {
 func (h *hijackedConn) Close() error {
 	err := h.Conn.Close()
 	if h.closed.CompareAndSwap(false, true) {
+		if h.firstStream != nil {
+			h.firstStream.Stop()
+		}
 		if h.counter != nil {
 			h.counter.ConnClosed()
 		}

@@ -87,7 +87,10 @@ type Server struct {
 	TLSConfig *tls.Config
 	// HeaderTimeout bounds the arrival of a whole request head, from the
 	// connection's accept or the request's first byte; on expiry the client
-	// gets 408 and the connection is closed. Default DefaultHeaderTimeout.
+	// gets 408 and the connection is closed. An HTTP/2 connection (h2c
+	// or ALPN h2) whose first stream has not started HeaderTimeout after
+	// the accept is closed without an answer. Default
+	// DefaultHeaderTimeout.
 	HeaderTimeout time.Duration
 	// BodyTimeout is the longest wait for a byte of a request body; on
 	// expiry the request fails with 408 (the client's fault) and the
@@ -824,6 +827,16 @@ func (c *conn) handOff(s *Server) bool {
 		pc.pending = append([]byte(nil), buf...)
 	}
 	c.rwc.SetDeadline(time.Time{})
+	// The first stream's head is due HeaderTimeout after the accept, as
+	// on HTTP/1.1; net/http would keep a connection without a stream
+	// for IdleTimeout.
+	// (Armed once assigned: the timer's function reads the field.)
+	pc.firstStream = time.AfterFunc(time.Hour, func() {
+		if pc.started.CompareAndSwap(false, true) {
+			pc.Close()
+		}
+	})
+	pc.firstStream.Reset(time.Until(c.accepted.Add(s.currentTimeouts().HeaderTimeout)))
 	return s.h2ln.deliver(pc)
 }
 
@@ -895,7 +908,7 @@ func (c *conn) serveRequest(h *head) (keep bool) {
 	default:
 		req.Body = http.NoBody
 	}
-	w := &response{c: c, req: req, header: make(http.Header, 8), closeAfter: h.closeAfter}
+	w := &response{c: c, req: req, header: make(http.Header, 8), closeAfter: h.closeAfter, body: b}
 	c.w = w
 	c.r.cancel = cancel
 	// The bytes after an Upgrade request belong to the upgraded stream:
@@ -1058,6 +1071,9 @@ func (l *chanListener) Addr() net.Addr { return l.addr }
 func (s *Server) serveH2(w http.ResponseWriter, r *http.Request) {
 	if hc, ok := r.Context().Value(h2ConnKey{}).(*hijackedConn); ok {
 		r.TLS = hc.tlsState
+		if !hc.started.Load() && hc.started.CompareAndSwap(false, true) {
+			hc.firstStream.Stop()
+		}
 		if hc.streams.Add(1) == s.maxStreams {
 			s.limitHit(LimitMaxConcurrentStreams)
 		}
