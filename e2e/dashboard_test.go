@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+	"github.com/hashicorp/consul/api"
 )
 
 // TestDashboard: the page on the admin address lists the instances, shows
@@ -172,6 +175,56 @@ func TestDashboardManyInstances(t *testing.T) {
 		func(rows int) bool { return rows == n })
 	t.Logf("%d rows on the page %v after the navigation began", n, time.Since(start).Round(time.Millisecond))
 	screenshot(t, ctx, "dashboard-200.png", false)
+}
+
+// TestDashboardHostileNames: instance IDs and addresses from Consul are
+// shown as text, in the rows and in the event feed, never parsed as HTML.
+func TestDashboardHostileNames(t *testing.T) {
+	const id = `<img src=x onerror="window.pwned=1">`
+	const addr = `"><svg onload="window.pwned=2">`
+	consul := startConsul(t)
+	consul.register("web", id, startBackend(t, "a").addr(), nil)
+	if err := consul.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: "bad-address", Name: "web", Address: addr, Port: 80,
+		Check: &api.AgentServiceCheck{CheckID: "check-bad-address", TTL: "1h", Status: api.HealthPassing},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s := startSluice(t, consul.Addr, "web", "")
+	waitFor(t, 10*time.Second, "2 instances", func() bool { return len(s.service("web").Instances) == 2 })
+
+	ctx := browser(t, 1280, 900)
+	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+s.Admin+"/")); err != nil {
+		t.Fatalf("open the dashboard: %v", err)
+	}
+	evalUntil(t, ctx, 10*time.Second, "2 instance rows and their added events", `document.querySelectorAll('tr[data-id]').length +
+		document.querySelectorAll('#events li[data-kind="added"]').length`, func(n int) bool { return n == 4 })
+	type shown struct {
+		IDs, Addresses, Feed []string
+		Markup               int
+		Pwned                any
+	}
+	have := evaluate[shown](t, ctx, `({
+		ids: [...document.querySelectorAll('tr[data-id] > th')].map(c => c.firstChild.data),
+		addresses: [...document.querySelectorAll('tr[data-id] .c-addr')].map(c => c.textContent),
+		feed: [...document.querySelectorAll('#events li[data-kind="added"]')].map(li => li.textContent),
+		markup: document.querySelectorAll('img, svg, script:not([src])').length,
+		pwned: window.pwned === undefined ? null : window.pwned,
+	})`)
+	if have.Markup != 0 || have.Pwned != nil {
+		t.Fatalf("names from Consul became markup: %d elements, window.pwned %v", have.Markup, have.Pwned)
+	}
+	wantIDs := []string{"e2e/" + id, "e2e/bad-address"}
+	sort.Strings(wantIDs)
+	if strings.Join(have.IDs, "\n") != strings.Join(wantIDs, "\n") {
+		t.Errorf("ID cells %q, want %q", have.IDs, wantIDs)
+	}
+	if !slices.Contains(have.Addresses, addr+":80") {
+		t.Errorf("address cells %q do not show %q as text", have.Addresses, addr+":80")
+	}
+	if feed := strings.Join(have.Feed, "\n"); !strings.Contains(feed, id) || !strings.Contains(feed, addr) {
+		t.Errorf("event feed %q does not show the names as text", feed)
+	}
 }
 
 var chromiumOnce struct {
