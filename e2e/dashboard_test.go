@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +21,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 	"github.com/hashicorp/consul/api"
+	"github.com/sluice-lb/sluice/balance"
 )
 
 // TestDashboard: the page on the admin address lists the instances, shows
@@ -225,6 +229,54 @@ func TestDashboardHostileNames(t *testing.T) {
 	if feed := strings.Join(have.Feed, "\n"); !strings.Contains(feed, id) || !strings.Contains(feed, addr) {
 		t.Errorf("event feed %q does not show the names as text", feed)
 	}
+}
+
+// TestDashboardRestart: a page open across a restart of sluice shows the
+// new process's events once it has reconnected, even when the new
+// process has recorded as many events as the old one had (their Seq
+// starts again from 1).
+func TestDashboardRestart(t *testing.T) {
+	consul := startConsul(t)
+	consul.register("web", "web-a", startBackend(t, "a").addr(), nil)
+	s := startSluice(t, consul.Addr, "web", "")
+	waitFor(t, 10*time.Second, "1 instance", func() bool { return len(s.service("web").Instances) == 1 })
+	newest := func() string { // the time of the process's newest event, as the stream sends it
+		t.Helper()
+		resp, err := s.client.Get("http://" + s.Admin + "/v1/events")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct{ Events []balance.Event }
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatal(err)
+		}
+		if len(body.Events) != 2 {
+			t.Fatalf("events %+v, want a start and an added", body.Events)
+		}
+		b, _ := json.Marshal(body.Events[1].Time)
+		return strings.Trim(string(b), `"`)
+	}
+	feedNewest := `(document.querySelector('#events li time') || {}).dateTime || ''`
+
+	ctx := browser(t, 1280, 900)
+	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+s.Admin+"/")); err != nil {
+		t.Fatalf("open the dashboard: %v", err)
+	}
+	first := newest()
+	evalUntil(t, ctx, 10*time.Second, "the first process's newest event", feedNewest, func(v string) bool { return v == first })
+
+	if err := s.proc.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("stop sluice: %v", err)
+	}
+	s.proc = startProcess(t, binary(t, "SLUICE_BIN", "sluice"), "run", "-config", s.Path)
+	waitFor(t, 20*time.Second, "sluice /healthz 200 again", func() bool { return s.healthz() == http.StatusOK })
+	waitFor(t, 10*time.Second, "1 instance again", func() bool { return len(s.service("web").Instances) == 1 })
+	second := newest()
+	if second == first {
+		t.Fatalf("both processes' newest event at %s", first)
+	}
+	evalUntil(t, ctx, 10*time.Second, "the second process's newest event", feedNewest, func(v string) bool { return v == second })
 }
 
 var chromiumOnce struct {

@@ -323,11 +323,14 @@
     eligible: "good", added: "good", ejection_ended: "good", consul_recovered: "good",
     probe: "warn", reload: "",
   };
-  let lastSeq = -1;
+  // The newest event shown, by Seq and time: a restarted sluice counts Seq
+  // from 1 again, so Seq alone may repeat with other events.
+  let lastKey = null;
   function renderEvents(f) {
     const list = $("events");
-    const newest = f.events.length ? f.events[f.events.length - 1].seq : 0;
-    if (newest === lastSeq && list.children.length) {
+    const top = f.events[f.events.length - 1];
+    const newest = top ? top.seq + "@" + top.time : "";
+    if (newest === lastKey && list.children.length) {
       // Same events: only refresh the relative times.
       for (const li of list.children) {
         const t = li.querySelector("time");
@@ -335,7 +338,7 @@
       }
       return;
     }
-    lastSeq = newest;
+    lastKey = newest;
     const items = [];
     for (let k = f.events.length - 1; k >= 0; k--) {
       const e = f.events[k];
