@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -277,6 +278,45 @@ func TestDashboardRestart(t *testing.T) {
 		t.Fatalf("both processes' newest event at %s", first)
 	}
 	evalUntil(t, ctx, 10*time.Second, "the second process's newest event", feedNewest, func(v string) bool { return v == second })
+}
+
+// TestDashboardStreamsFull: a page refused because every dashboard stream
+// is taken (503) keeps trying and goes live once one is free.
+func TestDashboardStreamsFull(t *testing.T) {
+	const maxStreams = 64 // proxy/admin's dashboardMaxStreams
+	consul := startConsul(t)
+	consul.register("web", "web-a", startBackend(t, "a").addr(), nil)
+	s := startSluice(t, consul.Addr, "web", "")
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	var bodies []io.Closer
+	defer func() {
+		for _, b := range bodies {
+			b.Close()
+		}
+	}()
+	for len(bodies) < maxStreams {
+		resp, err := client.Get("http://" + s.Admin + "/v1/dashboard/stream")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("stream %d: %d", len(bodies)+1, resp.StatusCode)
+		}
+		bodies = append(bodies, resp.Body)
+	}
+
+	ctx := browser(t, 1280, 900)
+	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+s.Admin+"/")); err != nil {
+		t.Fatalf("open the dashboard: %v", err)
+	}
+	evalUntil(t, ctx, 10*time.Second, "the page to say it is not connected", `document.getElementById('conn').textContent`,
+		func(v string) bool { return v != "connecting…" && v != "live" })
+	for _, b := range bodies {
+		b.Close()
+	}
+	bodies = nil
+	evalUntil(t, ctx, 15*time.Second, "the page live with its instance", `document.getElementById('conn').textContent + ' ' +
+		document.querySelectorAll('tr[data-id]').length`, func(v string) bool { return v == "live 1" })
 }
 
 var chromiumOnce struct {

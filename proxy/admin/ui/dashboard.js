@@ -43,6 +43,11 @@
     setClass(conn, "pill pill-" + state);
     setText(conn, text);
   }
+  // EventSource reconnects by itself after a network error (the server's
+  // "retry: 1000"), but gives up for good on an answer other than 200
+  // (503 while every stream is taken, an error from a proxy in between):
+  // then the page opens a new one, after 1 s doubling up to 10 s.
+  let backoff = 1000;
   function connect() {
     const es = new EventSource("/v1/dashboard/stream");
     es.onopen = () => setConn("live", "live");
@@ -52,10 +57,18 @@
       last = f;
       lastAt = Date.now();
       skew = Date.parse(f.time) - lastAt;
+      backoff = 1000;
       setConn("live", "live");
       render(f);
     };
-    es.onerror = () => setConn("down", "reconnecting…");
+    es.onerror = () => {
+      setConn("down", "reconnecting…");
+      if (es.readyState === EventSource.CLOSED) {
+        es.close();
+        setTimeout(connect, backoff);
+        backoff = Math.min(backoff * 2, 10000);
+      }
+    };
   }
   // Client-side only: marks a stream that went quiet.
   setInterval(() => {
