@@ -33,7 +33,6 @@
 
   let last = null;        // the last frame
   let lastAt = 0;         // browser time it arrived
-  let skew = 0;           // server time minus browser time, ms
   const services = new Map(); // name -> {section, tbody, rows: Map(id -> row)}
   let sectionSeq = 0;         // for unique heading IDs
 
@@ -56,7 +55,6 @@
       try { f = JSON.parse(m.data); } catch (e) { return; }
       last = f;
       lastAt = Date.now();
-      skew = Date.parse(f.time) - lastAt;
       backoff = 1000;
       setConn("live", "live");
       render(f);
