@@ -245,7 +245,8 @@
         v.meta.replaceChildren(...meta.flatMap((m, i) => i ? [" · ", m] : [m]));
       }
       v.alert.hidden = !s.consul_error;
-      setText(v.alert, s.consul_error ? "Consul error: " + s.consul_error + " — serving the last good answer" : "");
+      setText(v.alert, s.consul_error ? "Consul error: " + s.consul_error +
+        (s.synced ? " — serving the last good answer" : " — no answer from Consul yet") : "");
       v.empty.hidden = s.instances.length > 0;
 
       const ids = new Set();
