@@ -163,6 +163,29 @@ func instanceOf(s *sluice, service, id string) (admin.Instance, bool) {
 	return admin.Instance{}, false
 }
 
+// queryBackend makes the blocking query sluice makes (stale, cached, with
+// an index) for service with tags and q's node meta and filter, and
+// returns which Consul backend answered it ("streaming" or
+// "blocking-query") and the service IDs of the answer.
+func queryBackend(t *testing.T, c *consulAgent, service string, tags []string, q api.QueryOptions) (string, []string) {
+	t.Helper()
+	q.AllowStale, q.UseCache = true, true
+	_, meta, err := c.Client.Health().ServiceMultipleTags(service, tags, false, &q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.WaitIndex, q.WaitTime = meta.LastIndex, 100*time.Millisecond
+	entries, meta, err := c.Client.Health().ServiceMultipleTags(service, tags, false, &q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, e := range entries {
+		ids = append(ids, e.Service.ID)
+	}
+	return meta.QueryBackend, ids
+}
+
 // TestPassingOnly: with passing_only, a warning instance is listed but
 // gets no traffic, with its reason; turned off by a reload, it serves.
 func TestPassingOnly(t *testing.T) {
@@ -223,6 +246,8 @@ service "web" {
   %s
 }
 `
+	backend, ids := queryBackend(t, consul, "web", []string{"blue", "v2"}, api.QueryOptions{})
+	t.Logf("Consul answered the query with two tags from the %q backend: %v", backend, ids)
 	s := startSluiceConfig(t, consul.Addr, fmt.Sprintf(body, `tags = ["blue", "v2"]`))
 	l := startTraffic(s, 2)
 	defer l.stop()
@@ -263,6 +288,8 @@ func TestNodeMeta(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	backend, ids := queryBackend(t, consul, "web", nil, api.QueryOptions{NodeMeta: map[string]string{"rack": "r1"}})
+	t.Logf("Consul answered the query with node meta from the %q backend: %v", backend, ids)
 	s := startSluiceConfig(t, consul.Addr, `
 listener "public" {
   address = "FRONT"
@@ -312,20 +339,11 @@ service "web" {
 `, filter))
 	// The query sluice makes, made here: Consul serves it from the
 	// streaming backend, filtered.
-	q := &api.QueryOptions{AllowStale: true, UseCache: true, Filter: filter}
-	_, meta, err := consul.Client.Health().Service("web", "", false, q)
-	if err != nil {
-		t.Fatal(err)
+	backend, ids := queryBackend(t, consul, "web", nil, api.QueryOptions{Filter: filter})
+	if backend != api.QueryBackendStreaming || strings.Join(ids, ",") != "web-a" {
+		t.Fatalf("want web-a alone from the streaming backend, have %v from %q", ids, backend)
 	}
-	q.WaitIndex, q.WaitTime = meta.LastIndex, 100*time.Millisecond
-	entries, meta, err := consul.Client.Health().Service("web", "", false, q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if meta.QueryBackend != api.QueryBackendStreaming || len(entries) != 1 || entries[0].Service.ID != "web-a" {
-		t.Fatalf("want web-a alone from the streaming backend, have %d entries from %q", len(entries), meta.QueryBackend)
-	}
-	t.Logf("Consul answered the filtered blocking query from the %q backend", meta.QueryBackend)
+	t.Logf("Consul answered the filtered blocking query from the %q backend", backend)
 
 	l := startTraffic(s, 2)
 	defer l.stop()
