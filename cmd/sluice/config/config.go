@@ -310,7 +310,7 @@ type Service struct {
 	BackupTag string
 	// PanicThreshold turns on panic mode: while fewer than this percentage
 	// of the instances Consul admits are eligible because of sluice's own
-	// probes and ejections, those verdicts are ignored. 1 to 100; default
+	// probes and ejections, those verdicts are ignored. 0 to 100; default
 	// 0 (off).
 	PanicThreshold int
 	// Strategy is one of balance.Implemented. Default

@@ -510,9 +510,9 @@ func (d *decoder) service(b *hcl.Block) *Service {
 	}
 	d.boolean(as, "passing_only", &s.PassingOnly)
 	d.nodeMeta(as, &s.NodeMeta)
-	d.str(as, "filter", &s.Filter, nonEmpty)
-	d.str(as, "backup_tag", &s.BackupTag, nonEmpty)
-	d.integer(as, "panic_threshold", &s.PanicThreshold, 1, 100)
+	d.str(as, "filter", &s.Filter)
+	d.str(as, "backup_tag", &s.BackupTag)
+	d.integer(as, "panic_threshold", &s.PanicThreshold, 0, 100)
 	s.Failover = d.failover(d.first(c.Blocks, "failover"))
 	d.str(as, "strategy", &s.Strategy, oneOf(balance.Implemented()...))
 	d.str(as, "weight_key", &s.WeightKey, nonEmpty)

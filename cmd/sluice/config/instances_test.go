@@ -32,6 +32,9 @@ func TestInstanceSelectionAccepted(t *testing.T) {
 		{"backup_tag", `backup_tag = "backup"`, func(s *Service) bool { return s.BackupTag == "backup" }},
 		{"panic_threshold", `panic_threshold = 50`, func(s *Service) bool { return s.PanicThreshold == 50 }},
 		{"panic_threshold 100", `panic_threshold = 100`, func(s *Service) bool { return s.PanicThreshold == 100 }},
+		{"written defaults", "passing_only = false\nnode_meta = {}\nfilter = \"\"\nbackup_tag = \"\"\npanic_threshold = 0", func(s *Service) bool {
+			return !s.PassingOnly && s.NodeMeta == nil && s.Filter == "" && s.BackupTag == "" && s.PanicThreshold == 0
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := "consul {\n  datacenter = \"dc1\"\n}\nservice \"web\" {\n" + tc.src + "\n}\n" + okListener
@@ -64,10 +67,9 @@ func TestInstanceSelectionErrors(t *testing.T) {
 		{"node_meta bad key", `  node_meta = { "a:b" = "c" }`, "5,15", `node_meta keys must be 1 to 128 letters, digits, '_' and '-'; got "a:b"`},
 		{"node_meta number", `  node_meta = { a = 1 }`, "5,15", `node_meta key "a" must be a string; got number 1`},
 		{"node_meta long value", `  node_meta = { a = "` + strings.Repeat("x", 513) + `" }`, "5,15", `key "a" must have a value of at most 512 bytes`},
-		{"filter empty", `  filter = ""`, "5,12", `Invalid filter: filter must not be empty; got ""`},
-		{"backup_tag empty", `  backup_tag = ""`, "5,16", `backup_tag must not be empty`},
-		{"panic_threshold 0", `  panic_threshold = 0`, "5,21", "panic_threshold must be a whole number from 1 to 100; got 0"},
-		{"panic_threshold 101", `  panic_threshold = 101`, "5,21", "panic_threshold must be a whole number from 1 to 100; got 101"},
+		{"filter number", `  filter = 1`, "5,12", `Invalid filter: filter must be a string; got number 1`},
+		{"panic_threshold negative", `  panic_threshold = -1`, "5,21", "panic_threshold must be a whole number from 0 to 100; got -1"},
+		{"panic_threshold 101", `  panic_threshold = 101`, "5,21", "panic_threshold must be a whole number from 0 to 100; got 101"},
 		{"failover without datacenters", "  failover {}", "5,3", `Missing datacenters: failover needs datacenters`},
 		{"failover empty", "  failover {\n    datacenters = []\n  }", "6,19", "datacenters must list at least one datacenter"},
 		{"failover bad name", "  failover {\n    datacenters = [\"dc 2\"]\n  }", "6,20", `datacenters element 1 must be a datacenter name of letters, digits, '_' and '-'; got "dc 2"`},
