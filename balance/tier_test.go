@@ -2,6 +2,7 @@ package balance
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -35,7 +36,7 @@ func setRemote(t *testing.T, p *Pool, dc string, ms ...Member) *Snapshot {
 
 func backup(m Member) Member { m.Backup = true; return m }
 
-// picked returns the distinct IDs of n picks, sorted as first seen.
+// pickedSet returns how often each ID was picked in n picks.
 func pickedSet(t *testing.T, p *Pool, n int) map[string]int {
 	t.Helper()
 	out := map[string]int{}
@@ -55,16 +56,8 @@ func keys(m map[string]int) string {
 	for k := range m {
 		ks = append(ks, k)
 	}
-	sortStrings(ks)
+	slices.Sort(ks)
 	return strings.Join(ks, ",")
-}
-
-func sortStrings(s []string) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // TestTierOrder: requests go to the first tier with an eligible member:
