@@ -117,14 +117,22 @@ func (p pinned) RoundTrip(r *http.Request) (*http.Response, error) {
 // refused names the client certificate. Other errors pass unchanged; every
 // error stays wrapped (%w).
 type tlsExplained struct {
-	h   discovery.HealthAPI
+	h   discovery.MultiTagHealthAPI
 	tls config.ConsulTLS
 }
 
-var _ discovery.HealthAPI = tlsExplained{}
+var _ discovery.MultiTagHealthAPI = tlsExplained{}
 
 func (t tlsExplained) Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 	entries, meta, err := t.h.Service(service, tag, passingOnly, q)
+	if err != nil {
+		err = explainTLS(err, t.tls)
+	}
+	return entries, meta, err
+}
+
+func (t tlsExplained) ServiceMultipleTags(service string, tags []string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	entries, meta, err := t.h.ServiceMultipleTags(service, tags, passingOnly, q)
 	if err != nil {
 		err = explainTLS(err, t.tls)
 	}

@@ -28,7 +28,13 @@ type Service struct {
 	ConsulError string `json:"consul_error,omitempty"`
 	// ConsulLastSuccess is when Consul last answered; null before the first.
 	ConsulLastSuccess *time.Time `json:"consul_last_success"`
-	Instances         []Instance `json:"instances"`
+	// Serving names the tier requests go to: "local", "local backup",
+	// "DC" or "DC backup" for a failover datacenter; "" when no instance
+	// is eligible.
+	Serving string `json:"serving"`
+	// Panic is true while the service is in panic mode (panic_threshold).
+	Panic     bool       `json:"panic"`
+	Instances []Instance `json:"instances"`
 }
 
 // Instance is the status of one instance.
@@ -56,6 +62,14 @@ type Instance struct {
 	// Errors are the failures blamed on the instance since it joined the
 	// pool, every kind of sluice_upstream_errors_total together.
 	Errors uint64 `json:"errors"`
+	// Datacenter is the failover datacenter of a remote instance (whose
+	// ID starts with it); absent for a local one.
+	Datacenter string `json:"datacenter,omitempty"`
+	// Backup is true for an instance carrying the service's backup_tag.
+	Backup bool `json:"backup,omitempty"`
+	// Standby is true for an eligible instance of a tier after the one
+	// serving: it gets a request only as a retry.
+	Standby bool `json:"standby,omitempty"`
 }
 
 // Options are what the admin API shows. Each func is called per request
@@ -158,7 +172,7 @@ func NewHandler(opts Options) http.Handler {
 func serviceStatus(s *balance.Snapshot) Service {
 	out := Service{
 		Name: s.Service, Strategy: s.Strategy, Sticky: s.Sticky, Synced: s.Synced,
-		ConsulIndex: s.ConsulIndex, ConsulError: s.ConsulError,
+		ConsulIndex: s.ConsulIndex, ConsulError: s.ConsulError, Serving: s.Serving, Panic: s.Panic,
 		Instances: make([]Instance, 0, len(s.Members)),
 	}
 	if t := s.ConsulLastSuccess; !t.IsZero() {
@@ -170,6 +184,7 @@ func serviceStatus(s *balance.Snapshot) Service {
 			Probe: string(m.Probe), Ejected: m.Ejected, Eligible: m.Eligible, Reason: m.Reason(),
 			EffectiveWeight: m.EffectiveWeight,
 			Inflight:        m.Stats.Inflight(), Requests: m.Stats.Requests(), Errors: instanceErrors(m.Stats),
+			Datacenter: m.Datacenter, Backup: m.Backup, Standby: m.Standby,
 		}
 		if m.Ejected {
 			until := m.EjectedUntil

@@ -281,8 +281,38 @@ type Route struct {
 type Service struct {
 	// Name is the Consul service name, never empty.
 	Name string
-	// Tag filters instances by Consul tag. Default "" (no filter).
+	// Tag filters instances by Consul tag, shorthand for Tags with one
+	// element. Default "" (no filter). At most one of Tag and Tags is set.
 	Tag string
+	// Tags: only instances carrying every one of these Consul tags
+	// (Consul compares them case-insensitively). Default none; each
+	// element non-empty.
+	Tags []string
+	// PassingOnly makes instances whose Consul health is warning
+	// ineligible; they stay listed with the reason "consul warning
+	// (passing_only)". Default false: passing and warning instances serve.
+	PassingOnly bool
+	// NodeMeta: only instances on nodes whose node meta holds every one
+	// of these pairs (Consul's node-meta parameter). Keys are 1 to 128
+	// letters, digits, '_' and '-' (Consul's own rule), values at most
+	// 512 bytes. Default none (nil).
+	NodeMeta map[string]string
+	// Filter is a Consul filter expression over the service's health
+	// entries (Consul's filter parameter), applied by Consul; Consul
+	// checks its syntax, and a bad one shows as the service's Consul
+	// error. Default "" (none).
+	Filter string
+	// Failover is nil when the service has no failover block.
+	Failover *Failover
+	// BackupTag marks backup instances: those carrying this tag (compared
+	// case-insensitively, as Consul compares tags) serve only while no
+	// other instance of their datacenter is eligible. Default "" (off).
+	BackupTag string
+	// PanicThreshold turns on panic mode: while fewer than this percentage
+	// of the instances Consul admits are eligible because of sluice's own
+	// probes and ejections, those verdicts are ignored. 0 to 100; default
+	// 0 (off).
+	PanicThreshold int
 	// Strategy is one of balance.Implemented. Default
 	// "weighted_round_robin".
 	Strategy string
@@ -312,6 +342,14 @@ type Service struct {
 	// HTTP (or TCP) to its instances. With one, it speaks TLS to them,
 	// health checks included.
 	TLS *ServiceTLS
+}
+
+// Failover lists the datacenters whose instances serve, in this order,
+// while no instance of the local datacenter is eligible.
+type Failover struct {
+	// Datacenters are Consul datacenter names: at least one, unique, each
+	// of letters, digits, '_' and '-', none the consul block's datacenter.
+	Datacenters []string
 }
 
 // Sticky is session affinity.

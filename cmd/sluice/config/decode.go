@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/sluice-lb/sluice/discovery"
 	"github.com/sluice-lb/sluice/proxy"
 	"github.com/sluice-lb/sluice/proxy/h1"
+	"github.com/zclconf/go-cty/cty"
 )
 
 // Defaults that are not derived from other values.
@@ -88,8 +90,10 @@ var (
 		Attributes: attrs("service"),
 	}
 	serviceSchema = &hcl.BodySchema{
-		Attributes: attrs("tag", "strategy", "weight_key", "slow_start", "response_header_timeout", "response_body_timeout"),
+		Attributes: attrs("tag", "strategy", "weight_key", "slow_start", "response_header_timeout", "response_body_timeout",
+			"tags", "passing_only", "node_meta", "filter", "backup_tag", "panic_threshold"),
 		Blocks: []hcl.BlockHeaderSchema{
+			{Type: "failover"},
 			{Type: "sticky"},
 			{Type: "health_check"},
 			{Type: "passive"},
@@ -108,6 +112,9 @@ var (
 	}
 	passiveSchema = &hcl.BodySchema{
 		Attributes: attrs("consecutive_failures", "ejection_time", "max_ejection_time", "max_ejection_percent"),
+	}
+	failoverSchema = &hcl.BodySchema{
+		Attributes: attrs("datacenters"),
 	}
 	retrySchema = &hcl.BodySchema{
 		Attributes: attrs("attempts", "per_try_timeout"),
@@ -135,6 +142,7 @@ type decoder struct {
 	addresses     map[string]hcl.Range // listener address -> first use
 	admin         adminAddress         // decoded before the listeners
 	serviceRefs   map[string]bool      // services a route or tcp listener names
+	datacenter    string               // the consul block's datacenter, decoded before the services
 }
 
 // adminAddress is the admin interface's address as decoded, for
@@ -208,6 +216,7 @@ func (d *decoder) file(body hcl.Body) *Config {
 		Admin:    d.decodeAdmin(d.first(c.Blocks, "admin")), // before the listeners
 		Services: map[string]*Service{},
 	}
+	d.datacenter = cfg.Consul.Datacenter
 	for _, b := range c.Blocks.OfType("listener") {
 		if l, ok := d.listener(b); ok {
 			cfg.Listeners = append(cfg.Listeners, l)
@@ -493,6 +502,18 @@ func (d *decoder) service(b *hcl.Block) *Service {
 	c := d.content(b.Body, serviceSchema)
 	as := c.Attributes
 	d.str(as, "tag", &s.Tag)
+	if a, b := as["tag"], as["tags"]; a != nil && b != nil {
+		d.errorf(b.NameRange, "Conflicting tags",
+			"tag is shorthand for tags = [TAG]; set one of them, not both (tag is at %s)", pos(a.NameRange))
+	} else {
+		d.strList(as, "tags", &s.Tags, nonEmpty)
+	}
+	d.boolean(as, "passing_only", &s.PassingOnly)
+	d.nodeMeta(as, &s.NodeMeta)
+	d.str(as, "filter", &s.Filter)
+	d.str(as, "backup_tag", &s.BackupTag)
+	d.integer(as, "panic_threshold", &s.PanicThreshold, 0, 100)
+	s.Failover = d.failover(d.first(c.Blocks, "failover"))
 	d.str(as, "strategy", &s.Strategy, oneOf(balance.Implemented()...))
 	d.str(as, "weight_key", &s.WeightKey, nonEmpty)
 	d.duration(as, "slow_start", &s.SlowStart)
@@ -600,6 +621,111 @@ func (d *decoder) passive(b *hcl.Block) *Passive {
 	}
 	d.integer(as, "max_ejection_percent", &p.MaxEjectionPercent, 0, 100)
 	return p
+}
+
+// failover decodes a failover block: its datacenters, each a Consul
+// datacenter name, unique, and not the local one.
+func (d *decoder) failover(b *hcl.Block) *Failover {
+	if b == nil {
+		return nil
+	}
+	f := &Failover{}
+	as := d.content(b.Body, failoverSchema).Attributes
+	a := as["datacenters"]
+	if a == nil {
+		d.errorf(b.DefRange, "Missing datacenters", `failover needs datacenters = ["dc2", ...], the datacenters to use in order`)
+		return f
+	}
+	var dcs []string
+	if !d.strList(as, "datacenters", &dcs, datacenterName) {
+		return f
+	}
+	if len(dcs) == 0 {
+		d.errorf(a.Expr.Range(), "Invalid datacenters", "datacenters must list at least one datacenter")
+		return f
+	}
+	exprs, _ := hcl.ExprList(a.Expr)
+	for i, dc := range dcs {
+		switch {
+		case slices.Index(dcs, dc) < i:
+			d.errorf(exprs[i].Range(), "Invalid datacenters", "datacenters element %d repeats %s", i+1, quote(dc))
+			return f
+		case d.datacenter != "" && dc == d.datacenter:
+			d.errorf(exprs[i].Range(), "Invalid datacenters",
+				"datacenters element %d is %s, the consul block's own datacenter; list only other datacenters", i+1, quote(dc))
+			return f
+		}
+	}
+	f.Datacenters = dcs
+	return f
+}
+
+// datacenterName accepts a Consul datacenter name: letters, digits, '_'
+// and '-', as Consul requires.
+func datacenterName(s string) string {
+	if s == "" || strings.IndexFunc(s, func(r rune) bool { return !metaKeyRune(r) }) >= 0 {
+		return "must be a datacenter name of letters, digits, '_' and '-'"
+	}
+	return ""
+}
+
+// metaKeyRune reports whether r may appear in a Consul meta key or
+// datacenter name.
+func metaKeyRune(r rune) bool {
+	return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '_' || r == '-'
+}
+
+// Consul's bounds of node meta.
+const (
+	maxMetaKeyLength   = 128
+	maxMetaValueLength = 512
+)
+
+// nodeMeta decodes node_meta: an object of strings whose keys follow
+// Consul's rule for meta keys.
+func (d *decoder) nodeMeta(as hcl.Attributes, dst *map[string]string) {
+	a := as["node_meta"]
+	if a == nil {
+		return
+	}
+	v, diags := a.Expr.Value(nil)
+	d.diags = append(d.diags, diags...)
+	if diags.HasErrors() || !v.IsWhollyKnown() {
+		return
+	}
+	const want = `must be an object of strings such as { rack = "r1" }`
+	switch {
+	case v.IsNull():
+		d.invalid(a, want, "null")
+		return
+	case !v.Type().IsObjectType() && !v.Type().IsMapType():
+		d.invalid(a, want, describe(v))
+		return
+	}
+	m := map[string]string{}
+	for it := v.ElementIterator(); it.Next(); {
+		k, ev := it.Element()
+		key := k.AsString()
+		switch {
+		case ev.IsNull() || !ev.Type().Equals(cty.String):
+			got := "null"
+			if !ev.IsNull() {
+				got = describe(ev)
+			}
+			d.invalid(a, fmt.Sprintf("key %s must be a string", quote(key)), got)
+			return
+		case key == "" || len(key) > maxMetaKeyLength || strings.IndexFunc(key, func(r rune) bool { return !metaKeyRune(r) }) >= 0:
+			d.invalid(a, fmt.Sprintf("keys must be 1 to %d letters, digits, '_' and '-'", maxMetaKeyLength), quote(key))
+			return
+		case len(ev.AsString()) > maxMetaValueLength:
+			d.invalid(a, fmt.Sprintf("key %s must have a value of at most %d bytes", quote(key), maxMetaValueLength), quote(ev.AsString()))
+			return
+		}
+		m[key] = ev.AsString()
+	}
+	if len(m) > 0 {
+		*dst = m
+	}
 }
 
 // retry applies a retry block, if any, over the defaults in r.
