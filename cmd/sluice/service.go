@@ -14,8 +14,10 @@ import (
 	"github.com/sluice-lb/sluice/proxy"
 )
 
-// service is the runtime of one configured service: its pool, its Consul
-// watch and its prober. It is built from one config.Service by newService
+// service is the runtime of one configured or discovered service: its
+// pool, its Consul watch and its prober. name names the pool; the Consul
+// service watched is cfg.Name (they differ for a discovered service, see
+// discover.go). It is built from one config.Service by newService
 // and changed only by apply; both, and stop, run on the app goroutine.
 // The pool (and with it rotation, in-flight counts, EWMA, ejections, probe
 // verdicts and slow-start clocks) lives from newService to stop, across
@@ -157,7 +159,7 @@ func newService(name string, cfg *config.Service, pol balance.Policy, ct *client
 
 func (s *service) startWatch(e *env, consul *consulClient) {
 	s.watchKey = watchKey{consul: consul.generation, tag: s.cfg.Tag, weightKey: s.cfg.WeightKey}
-	w := discovery.NewWatcher(consul.health, watchOptions(s.name, &s.cfg, consul.cfg, e.logger.Named("discovery")))
+	w := discovery.NewWatcher(consul.health, watchOptions(s.cfg.Name, &s.cfg, consul.cfg, e.logger.Named("discovery")))
 	pool, name, transport := s.pool, s.name, e.transport
 	s.watch = startTask(func(ctx context.Context) {
 		updates := make(chan discovery.Update)

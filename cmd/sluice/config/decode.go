@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"slices"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
