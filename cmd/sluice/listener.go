@@ -32,11 +32,12 @@ type listener struct {
 	tls     *certs.Server      // nil unless the listener terminates TLS
 	stopNow context.CancelFunc // ends waits for pressure and, for tcp, closes connections still open
 	stopCtx context.Context    // done when stopNow is called
+	done    chan struct{}      // closed when serving has ended
+	closing atomic.Bool        // set by stopAccepting: Serve's error is expected
+
 	// discovered are the http listener's routes made from Consul tags,
 	// after those of cfg in its table (discover.go sets them).
 	discovered []proxy.Route
-	done       chan struct{} // closed when serving has ended
-	closing    atomic.Bool   // set by stopAccepting: Serve's error is expected
 }
 
 // bind listens on addr; what names the listener in the error.
