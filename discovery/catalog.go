@@ -36,8 +36,10 @@ type CatalogUpdate struct {
 // backoff and watchdog rules.
 type CatalogOptions struct {
 	Datacenter string // default: the agent's
-	// Stale allows any server to answer and uses the agent's cache, as
-	// Options.Stale does.
+	// Stale allows any server to answer. Unlike the health watcher, the
+	// catalog watcher never uses the agent's cache: Consul 1.14's cache
+	// of /v1/catalog/services answered blocking queries at once with an
+	// outdated list that no registration refreshed (verified with 1.14.11).
 	Stale          bool
 	Wait           time.Duration
 	WatchdogMargin time.Duration
@@ -52,7 +54,9 @@ type CatalogOptions struct {
 // never on a check's change (verified against Consul 1.14), so a watch
 // costs nothing while checks flap. An answer whose content equals the
 // last one published (a new index for an unrelated write) is not
-// published again.
+// published again. An answer with an unchanged index is followed by a
+// pause of BackoffMin, so that a server that stops blocking cannot make
+// the loop spin.
 type CatalogWatcher struct {
 	c    CatalogAPI
 	opts CatalogOptions
@@ -92,7 +96,7 @@ func (w *CatalogWatcher) catalogLoop(ctx context.Context, out chan<- CatalogUpda
 		}
 	}
 	for ctx.Err() == nil {
-		services, meta, err := w.query(ctx, index, true)
+		services, meta, err := w.query(ctx, index)
 		if ctx.Err() != nil {
 			return
 		}
@@ -121,12 +125,8 @@ func (w *CatalogWatcher) catalogLoop(ctx context.Context, out chan<- CatalogUpda
 			if !send(CatalogUpdate{Err: err}) {
 				return
 			}
-			t := time.NewTimer(backoff)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if !sleep(ctx, backoff) {
 				return
-			case <-t.C:
 			}
 			continue
 		}
@@ -138,6 +138,9 @@ func (w *CatalogWatcher) catalogLoop(ctx context.Context, out chan<- CatalogUpda
 		next := max(meta.LastIndex, 1) // 0 counts as 1 so that the next query blocks
 		switch {
 		case last != nil && next == index:
+			if !sleep(ctx, w.opts.BackoffMin) {
+				return
+			}
 			continue
 		case next < index:
 			index = 0 // the index went backwards: start over
@@ -155,9 +158,8 @@ func (w *CatalogWatcher) catalogLoop(ctx context.Context, out chan<- CatalogUpda
 	}
 }
 
-// query runs one query, blocking on index, bounded by the watchdog; cached
-// uses the agent's cache when Stale is set.
-func (w *CatalogWatcher) query(ctx context.Context, index uint64, cached bool) (map[string][]string, *api.QueryMeta, error) {
+// query runs one query, blocking on index, bounded by the watchdog.
+func (w *CatalogWatcher) query(ctx context.Context, index uint64) (map[string][]string, *api.QueryMeta, error) {
 	limit := w.opts.Wait + w.opts.Wait/16 + w.opts.WatchdogMargin
 	qctx, cancel := context.WithTimeoutCause(ctx, limit, errWatchdog)
 	defer cancel()
@@ -166,7 +168,6 @@ func (w *CatalogWatcher) query(ctx context.Context, index uint64, cached bool) (
 		WaitIndex:  index,
 		WaitTime:   w.opts.Wait,
 		AllowStale: w.opts.Stale,
-		UseCache:   w.opts.Stale && cached,
 	}
 	services, meta, err := w.c.Services(q.WithContext(qctx))
 	if err != nil && ctx.Err() == nil && context.Cause(qctx) == errWatchdog {
@@ -182,10 +183,10 @@ func (w *CatalogWatcher) query(ctx context.Context, index uint64, cached bool) (
 // follows a non-empty one was emptied by ACL filtering (the token lost
 // its rights), so that the routes made from the last list keep serving;
 // nil when the catalog is really empty. Like the health watcher's, it
-// asks again without the cache when the answer does not say it filtered.
+// asks again (without an index) when the answer does not say it filtered.
 func (w *CatalogWatcher) confirmEmpty(ctx context.Context, meta *api.QueryMeta) error {
 	if !meta.ResultsFilteredByACLs {
-		_, m, err := w.query(ctx, 0, false)
+		_, m, err := w.query(ctx, 0)
 		if err != nil {
 			return err
 		}
@@ -209,4 +210,16 @@ func normalize(in map[string][]string) map[string][]string {
 		}
 	}
 	return out
+}
+
+// sleep waits for d; false when ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }

@@ -21,18 +21,20 @@ type catalogAnswer struct {
 
 // fakeCatalog serves scripted answers: each watch query is reported on
 // calls and waits for the next answer. A query without an index (the
-// confirmation of an empty list, which also goes without the cache) is
-// answered at once: empty, filtered by ACLs when filtered is set.
+// confirmation of an empty list) after the first is answered at once when
+// filtered is set: empty, filtered by ACLs.
 type fakeCatalog struct {
 	calls    chan api.QueryOptions
 	answers  chan catalogAnswer
 	filtered bool
+	seen     bool // a query was answered (the Run goroutine's only)
 }
 
 func (f *fakeCatalog) Services(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
-	if q.WaitIndex == 0 && !q.UseCache && q.WaitTime > 0 && f.filtered {
+	if q.WaitIndex == 0 && f.filtered && f.seen {
 		return map[string][]string{}, &api.QueryMeta{LastIndex: 9, ResultsFilteredByACLs: true}, nil
 	}
+	f.seen = true
 	f.calls <- *q
 	select {
 	case a := <-f.answers:
@@ -110,7 +112,7 @@ func (h *catalogHarness) nothing(t *testing.T) {
 func TestCatalogWatchIndexAndDedupe(t *testing.T) {
 	h := startCatalog(t, CatalogOptions{Datacenter: "dc9", Stale: true}, false)
 	q := h.answer(t, catalogAnswer{services: map[string][]string{"web": {"b", "a", "b"}, "db": nil}, index: 5})
-	if q.WaitIndex != 0 || q.Datacenter != "dc9" || !q.AllowStale || !q.UseCache || q.WaitTime != 60*time.Second {
+	if q.WaitIndex != 0 || q.Datacenter != "dc9" || !q.AllowStale || q.UseCache || q.WaitTime != 60*time.Second {
 		t.Fatalf("first query %+v", q)
 	}
 	u := h.next(t)
