@@ -77,7 +77,7 @@ func TestDiscoveredRoutes(t *testing.T) {
 	consul := startConsul(t)
 	web := startBackend(t, "web")
 	consul.register("web", "web-1", web.addr(), nil)
-	s := startSluiceConfig(t, consul.Addr, `
+	body := `
 listener "public" {
   address = "FRONT"
   discover {
@@ -90,7 +90,8 @@ listener "public" {
 service_defaults {
   strategy = "round_robin"
 }
-`)
+`
+	s := startSluiceConfig(t, consul.Addr, body)
 
 	// A new tagged service gets traffic with no reload, on its tagged
 	// instances only.
@@ -161,5 +162,19 @@ service_defaults {
 	if l := s.routes().Listeners[0]; l.TagPrefix != "sluice-route=" || l.Routes[0] != (admin.RouteStatus{Route: "/web", Service: "web", Pool: "web",
 		Origin: admin.OriginHCL, State: admin.RouteActive}) {
 		t.Errorf("/v1/routes listener: %+v", l)
+	}
+
+	// A reload keeps the discovered routes; a service block now names
+	// alpha's policy, which its pool takes in place.
+	s.reload(body + `
+service "alpha" {
+  strategy = "least_connections"
+}
+`)
+	if svc := s.service("alpha[sluice-route=/dup]"); svc.Strategy != "least_connections" || svc.Instances[0].Requests == 0 {
+		t.Errorf("alpha after reload: %+v", svc)
+	}
+	if code, backend, _, err := s.get("/dup"); err != nil || code != http.StatusOK || backend != "alpha" {
+		t.Fatalf("/dup after reload: want alpha, have %d %q %v", code, backend, err)
 	}
 }
