@@ -262,7 +262,10 @@ type prepared struct {
 // first Consul answer before any route changes), then listeners (kept
 // ones change in place, new ones start, removed ones stop accepting at
 // once and drain in the background as on SIGTERM), then the admin
-// socket, then removed services stop.
+// socket, then removed services stop; last, the routes discovered from
+// Consul tags follow cfg (reconcileDiscovery: a discovered runtime whose
+// policy can no longer be built shows its route invalid, it does not fail
+// the reload).
 func (a *app) apply(cfg *config.Config, reload bool) error {
 	p, err := a.prepare(cfg)
 	if err != nil {
