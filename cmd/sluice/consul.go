@@ -25,6 +25,33 @@ func newConsulHealth(c config.Consul) (discovery.HealthAPI, error) {
 	return tlsExplained{h: client.Health(), tls: c.TLS}, nil
 }
 
+// newConsulCatalog is env.newCatalog for a real Consul agent: the catalog
+// API of newConsulClient, its TLS failures explained like the health
+// API's.
+func newConsulCatalog(c config.Consul) (discovery.CatalogAPI, error) {
+	client, err := newConsulClient(c)
+	if err != nil {
+		return nil, err
+	}
+	return catalogExplained{c: client.Catalog(), tls: c.TLS}, nil
+}
+
+// catalogExplained is tlsExplained for the catalog API.
+type catalogExplained struct {
+	c   discovery.CatalogAPI
+	tls config.ConsulTLS
+}
+
+var _ discovery.CatalogAPI = catalogExplained{}
+
+func (t catalogExplained) Services(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
+	services, meta, err := t.c.Services(q)
+	if err != nil {
+		err = explainTLS(err, t.tls)
+	}
+	return services, meta, err
+}
+
 // newConsulClient makes the Consul API client of a consul block, for the
 // watches and the self-registration. Every setting comes from c alone,
 // which config resolved from the file and the environment; the api

@@ -16,8 +16,10 @@ import (
 	"github.com/sluice-lb/sluice/proxy"
 )
 
-// service is the runtime of one configured service: its pool, its Consul
-// watch and its prober. It is built from one config.Service by newService
+// service is the runtime of one configured or discovered service: its
+// pool, its Consul watch and its prober. name names the pool; the Consul
+// service watched is cfg.Name (they differ for a discovered service, see
+// discover.go). It is built from one config.Service by newService
 // and changed only by apply; both, and stop, run on the app goroutine.
 // The pool (and with it rotation, in-flight counts, EWMA, ejections, probe
 // verdicts and slow-start clocks) lives from newService to stop, across
@@ -194,7 +196,7 @@ func (s *service) startWatch(e *env, consul *consulClient) {
 	s.watchKey = newWatchKey(&s.cfg, consul.generation)
 	dcs := failoverDatacenters(&s.cfg)
 	_ = s.pool.SetFailover(context.Background(), dcs)
-	opts := watchOptions(s.name, &s.cfg, consul.cfg, e.logger.Named("discovery"))
+	opts := watchOptions(s.cfg.Name, &s.cfg, consul.cfg, e.logger.Named("discovery"))
 	watchers := []*discovery.Watcher{discovery.NewWatcher(consul.health, opts)}
 	for _, dc := range dcs {
 		o := opts

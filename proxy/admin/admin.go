@@ -1,6 +1,6 @@
 // Package admin serves sluice's admin address: the status API
-// (GET /v1/services, /v1/status, /v1/events, /healthz), /metrics, and the
-// live dashboard (GET / and its stream, dashboard.go).
+// (GET /v1/services, /v1/status, /v1/events, /v1/routes, /healthz),
+// /metrics, and the live dashboard (GET / and its stream, dashboard.go).
 package admin
 
 import (
@@ -72,6 +72,63 @@ type Instance struct {
 	Standby bool `json:"standby,omitempty"`
 }
 
+// RoutesResponse is the body of GET /v1/routes.
+type RoutesResponse struct {
+	Listeners []RouteListener `json:"listeners"`
+	// CatalogError is the last error of the catalog watch that discover
+	// blocks use, while it lasts (the routes of its last good answer keep
+	// serving); "" otherwise.
+	CatalogError string `json:"catalog_error,omitempty"`
+}
+
+// RouteListener is one listener with its routes: those of the
+// configuration file first, in file order, then the discovered ones
+// sorted by route, service and tag.
+type RouteListener struct {
+	Name     string `json:"name"`
+	Protocol string `json:"protocol"`
+	Address  string `json:"address"`
+	// TagPrefix is the discover block's tag prefix; "" without one.
+	TagPrefix string        `json:"tag_prefix,omitempty"`
+	Routes    []RouteStatus `json:"routes"`
+}
+
+// Route origins.
+const (
+	OriginHCL        = "hcl"        // written in the configuration file
+	OriginDiscovered = "discovered" // made from a Consul service tag
+)
+
+// Route states.
+const (
+	RouteActive   = "active"   // in the routing table
+	RoutePending  = "pending"  // waiting for its service's first Consul answer
+	RouteShadowed = "shadowed" // another route has the same host and path prefix; Reason names it
+	RouteInvalid  = "invalid"  // the tag is malformed or its service's policy cannot be built; Reason says why
+)
+
+// RouteStatus is one route of a listener, or a route that a Consul tag
+// asked for and did not get.
+type RouteStatus struct {
+	// Route is the route's metrics label: host and path prefix
+	// ("api.example.com/v1", "/shop"); a server name for a passthrough
+	// listener, "" for a tcp listener's one service, "redirect" for a
+	// redirect listener. For an invalid tag, what follows the tag prefix.
+	Route string `json:"route"`
+	// Service is the Consul service; "" for a redirect.
+	Service string `json:"service"`
+	// Pool names the service's pool in /v1/services and in metrics: the
+	// service for routes of the file, "SERVICE[TAG]" for discovered ones
+	// (they see only the instances carrying their tag); "" unless the
+	// route is active or pending.
+	Pool   string `json:"pool,omitempty"`
+	Origin string `json:"origin"` // OriginHCL or OriginDiscovered
+	// Tag is the Consul tag a discovered route was made from.
+	Tag    string `json:"tag,omitempty"`
+	State  string `json:"state"`            // RouteActive, RoutePending, RouteShadowed or RouteInvalid
+	Reason string `json:"reason,omitempty"` // why shadowed or invalid
+}
+
 // Options are what the admin API shows. Each func is called per request
 // and must be safe for concurrent use.
 type Options struct {
@@ -97,6 +154,9 @@ type Options struct {
 	// Listeners returns the configured listeners and their routes, for
 	// the dashboard; nil shows the listeners the metrics name.
 	Listeners func() []Listener
+	// Routes returns every route of every listener for GET /v1/routes;
+	// nil answers 404.
+	Routes func() RoutesResponse
 }
 
 // NewHandler serves the admin API:
@@ -109,6 +169,8 @@ type Options struct {
 //	                  waiting and, in consul_errors, the last Consul error
 //	                  of each that has one (an ACL error, for instance)
 //	GET /v1/events    JSON: the events of Options.Events, oldest first
+//	GET /v1/routes    JSON: every route of every listener with its origin
+//	                  and state (Options.Routes)
 //	GET /             the dashboard page, and its assets under /ui/
 //	GET /v1/dashboard/stream  the dashboard's frames (Server-Sent Events)
 //
@@ -161,6 +223,11 @@ func NewHandler(opts Options) http.Handler {
 	if opts.Status != nil {
 		mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusOK, opts.Status())
+		})
+	}
+	if opts.Routes != nil {
+		mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, opts.Routes())
 		})
 	}
 	if opts.Metrics != nil {

@@ -38,6 +38,7 @@ package config
 import (
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/netip"
@@ -70,8 +71,14 @@ type Config struct {
 	Listeners []Listener
 	// Services holds, by name, every service that has a service block or is
 	// named by a route or a tcp listener. A service without a block has
-	// every default.
+	// the policy of ServiceDefaults (see ServiceFor).
 	Services map[string]*Service
+	// ServiceDefaults is the service_defaults block: the policy of every
+	// service without a service block, those that routes name and those
+	// that discover blocks find in Consul. Its Name is "", and its
+	// Sticky.Cookie is "" unless written (each service then gets
+	// "sluice_" + its name). nil without the block: built-in defaults.
+	ServiceDefaults *Service
 	// Register is nil when the file has no register block.
 	Register *Register
 }
@@ -84,6 +91,40 @@ func (c *Config) ServiceNames() []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// ServiceFor returns the policy of the service called name: its entry in
+// Services (its service block, or the defaults it got because a route
+// names it), else the service_defaults block's with the name filled in,
+// else the built-in defaults. The result is shared or fresh; callers must
+// not modify it. It fails only for a name that makes the default sticky
+// cookie name ("sluice_" + name) an invalid cookie name.
+func (c *Config) ServiceFor(name string) (*Service, error) {
+	if s := c.Services[name]; s != nil {
+		return s, nil
+	}
+	s := c.defaultsFor(name)
+	if st := s.Sticky; st != nil && st.Mode == balance.StickyCookie {
+		if problem := token(st.Cookie); problem != "" {
+			return nil, fmt.Errorf("the default sticky cookie name %q %s; set cookie in service_defaults' sticky block", st.Cookie, problem)
+		}
+	}
+	return s, nil
+}
+
+// defaultsFor is the policy of a service without a service block.
+func (c *Config) defaultsFor(name string) *Service {
+	if c.ServiceDefaults == nil {
+		return defaultService(name)
+	}
+	s := *c.ServiceDefaults
+	s.Name = name
+	if st := s.Sticky; st != nil && st.Cookie == "" {
+		cp := *st
+		cp.Cookie = "sluice_" + name
+		s.Sticky = &cp
+	}
+	return &s
 }
 
 // Consul says how to reach the Consul agent. Every field but Stale has a
@@ -175,9 +216,14 @@ type Listener struct {
 	// Protocol is ProtocolHTTP (default) or ProtocolTCP.
 	Protocol Protocol
 	// Routes are the http listener's routes in file order; at least one,
-	// except on a redirect listener (RedirectHTTPS), which has none. Empty
-	// for tcp listeners.
+	// except on a redirect listener (RedirectHTTPS), which has none, and
+	// on a listener with a discover block, which may have none. Empty for
+	// tcp listeners.
 	Routes []Route
+	// Discover is nil without a discover block (http listeners only, not
+	// redirect ones). With one, the listener also routes to the services
+	// that Consul's catalog lists with a tag TagPrefix + "[host]/path".
+	Discover *Discover
 	// AccessLog is where one line per HTTP request or TCP connection is
 	// written: "stdout", "stderr" or a file path (appended to). Default ""
 	// (off).
@@ -247,6 +293,15 @@ type Listener struct {
 	// KiB (h1.DefaultMaxHeaderBytes); 1 KiB to 16 MiB; 0 for tcp
 	// listeners.
 	MaxHeaderBytes int
+}
+
+// Discover makes routes from Consul service tags: a service carrying the
+// tag TagPrefix + "[host]/path-prefix" gets a route on the listener,
+// sent to its instances that carry that tag.
+type Discover struct {
+	// TagPrefix starts the tags that make routes. Default
+	// "sluice-route="; never empty.
+	TagPrefix string
 }
 
 // Protocol is what a listener speaks to its clients.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"slices"
@@ -22,6 +23,7 @@ const (
 	defaultAdminAddress    = "127.0.0.1:9901"
 	defaultStrategy        = "weighted_round_robin"
 	defaultMaxEjectionTime = balance.DefaultMaxEjectionTime
+	defaultTagPrefix       = "sluice-route="
 
 	// The timeouts' defaults are owned by the packages that apply them;
 	// the configuration fills them in so that validate shows them.
@@ -53,6 +55,7 @@ var (
 			{Type: "admin"},
 			{Type: "listener", LabelNames: []string{"name"}},
 			{Type: "service", LabelNames: []string{"name"}},
+			{Type: "service_defaults"},
 			{Type: "register"},
 		},
 	}
@@ -74,7 +77,11 @@ var (
 		Blocks: []hcl.BlockHeaderSchema{
 			{Type: "route", LabelNames: []string{"prefix"}},
 			{Type: "tls"},
+			{Type: "discover"},
 		},
+	}
+	discoverSchema = &hcl.BodySchema{
+		Attributes: attrs("tag_prefix"),
 	}
 	listenerTLSSchema = &hcl.BodySchema{
 		Attributes: attrs("mode", "min_version", "client_ca_file", "require_client_cert"),
@@ -240,9 +247,18 @@ func (d *decoder) file(body hcl.Body) *Config {
 			cfg.Services[name] = svc
 		}
 	}
-	for name := range d.serviceRefs {
+	defaults := d.first(c.Blocks, "service_defaults")
+	if defaults != nil {
+		cfg.ServiceDefaults = d.serviceBody("", defaults.Body)
+	}
+	for _, name := range slices.Sorted(maps.Keys(d.serviceRefs)) {
 		if _, ok := blocks[name]; !ok {
-			cfg.Services[name] = defaultService(name)
+			svc, err := cfg.ServiceFor(name)
+			if err != nil {
+				d.errorf(defaults.DefRange, "Invalid cookie", "service %q has no service block: %v", name, err)
+				continue
+			}
+			cfg.Services[name] = svc
 		}
 	}
 	cfg.Register = d.register(d.first(c.Blocks, "register"), cfg.Listeners) // after the listeners
@@ -306,6 +322,19 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 		redirectOK = false
 	}
 	redirect := redirectOK && l.RedirectHTTPS
+	if db := d.first(c.Blocks, "discover"); db != nil {
+		switch {
+		case isTCP:
+			d.errorf(db.DefRange, "Unexpected discover block",
+				"discover blocks are only valid in http listeners; %q is a tcp listener", l.Name)
+		case redirect:
+			d.errorf(db.DefRange, "Unexpected discover block",
+				"listener %q has redirect_https = true and answers every request with a redirect to https; it has no routes", l.Name)
+		case isHTTP:
+			l.Discover = &Discover{TagPrefix: defaultTagPrefix}
+			d.str(d.content(db.Body, discoverSchema).Attributes, "tag_prefix", &l.Discover.TagPrefix, nonEmpty)
+		}
+	}
 
 	routes := c.Blocks.OfType("route")
 	switch {
@@ -339,9 +368,9 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 				l.Routes = append(l.Routes, r)
 			}
 		}
-		if isHTTP && len(routes) == 0 && redirectOK {
+		if isHTTP && len(routes) == 0 && redirectOK && l.Discover == nil {
 			d.errorf(b.DefRange, "Missing route",
-				`http listener %q needs at least one route block, such as route "/" { service = "web" }`, l.Name)
+				`http listener %q needs at least one route block, such as route "/" { service = "web" }, or a discover block`, l.Name)
 		}
 	}
 
@@ -498,8 +527,14 @@ func (d *decoder) service(b *hcl.Block) *Service {
 		d.errorf(b.LabelRanges[0], "Invalid service", "service name must not be empty")
 		return nil
 	}
+	return d.serviceBody(name, b.Body)
+}
+
+// serviceBody decodes the body of a service block, or of the
+// service_defaults block when name is "".
+func (d *decoder) serviceBody(name string, body hcl.Body) *Service {
 	s := defaultService(name)
-	c := d.content(b.Body, serviceSchema)
+	c := d.content(body, serviceSchema)
 	as := c.Attributes
 	d.str(as, "tag", &s.Tag)
 	if a, b := as["tag"], as["tags"]; a != nil && b != nil {
@@ -532,11 +567,14 @@ func (d *decoder) sticky(b *hcl.Block, service string) *Sticky {
 		return nil
 	}
 	s := &Sticky{Mode: balance.StickyCookie, Cookie: "sluice_" + service, TTL: time.Hour}
+	if service == "" { // service_defaults: see Config.ServiceDefaults
+		s.Cookie = ""
+	}
 	as := d.content(b.Body, stickySchema).Attributes
 	modeOK := d.stickyMode(as, &s.Mode)
 	if as["cookie"] != nil {
 		d.str(as, "cookie", &s.Cookie, token)
-	} else if modeOK && s.Mode == balance.StickyCookie && token(s.Cookie) != "" {
+	} else if modeOK && s.Mode == balance.StickyCookie && service != "" && token(s.Cookie) != "" {
 		d.errorf(b.DefRange, "Invalid cookie",
 			"default cookie name %q is not a valid cookie name; set cookie explicitly", s.Cookie)
 	}
