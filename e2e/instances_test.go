@@ -128,6 +128,10 @@ func (l *trafficLoad) stop() { l.cancel(); l.wg.Wait() }
 // were answered through sluice.
 func served(t *testing.T, l *trafficLoad, n int64, bs ...*flaky) map[string]bool {
 	t.Helper()
+	// Requests picked before the change that the caller waited for may
+	// still be in flight (one per client): let them finish first.
+	flush := l.ok.Load()
+	waitFor(t, 20*time.Second, "in-flight requests answered", func() bool { return l.ok.Load() >= flush+16 })
 	before := make([]int64, len(bs))
 	for i, b := range bs {
 		before[i] = b.hits.Load()
