@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-lb/sluice/proxy/admin"
 )
 
 // TestDiscoveredRuntimesChurn: 100 tagged services added and removed,
@@ -35,12 +37,12 @@ listener "public" {
 		}
 		ta.pump("every route active", func() bool {
 			active := 0
-			for _, rt := range ta.disco.runtimes {
-				if rt.live.Load() {
+			for _, r := range ta.routeStatus.Load().Listeners[0].Routes {
+				if r.State == admin.RouteActive {
 					active++
 				}
 			}
-			return active == n && len(ta.disco.runtimes) == n && len(ta.routeStatus.Load().Listeners[0].Routes) == n
+			return active == n && len(ta.disco.runtimes) == n
 		})
 		for _, i := range []int{0, n / 2, n - 1} {
 			if code, body := get(t, fmt.Sprintf("http://%s/s%d/x", front, i)); code != 200 || body != "b" {
