@@ -104,7 +104,7 @@ func (w *CatalogWatcher) catalogLoop(ctx context.Context, out chan<- CatalogUpda
 			w.opts.Logger.Warn("catalog watch query overran, re-issuing", "index", index)
 			continue
 		}
-		if err == nil && len(services) == 0 && len(last) > 0 {
+		if err == nil && len(services) == 0 && (len(last) > 0 || meta.ResultsFilteredByACLs) {
 			err = w.confirmEmpty(ctx, meta)
 			if ctx.Err() != nil {
 				return
@@ -179,11 +179,12 @@ func (w *CatalogWatcher) query(ctx context.Context, index uint64) (map[string][]
 	return services, meta, (*Watcher)(nil).aclError(err) // aclError does not use its receiver
 }
 
-// confirmEmpty returns an error wrapping ErrACL when an empty list that
-// follows a non-empty one was emptied by ACL filtering (the token lost
-// its rights), so that the routes made from the last list keep serving;
-// nil when the catalog is really empty. Like the health watcher's, it
-// asks again (without an index) when the answer does not say it filtered.
+// confirmEmpty returns an error wrapping ErrACL when an empty list was
+// emptied by ACL filtering: the first answer for a token that may read no
+// service, or a later one after the token lost its rights (so that the
+// routes made from the last list keep serving); nil when the catalog is
+// really empty. Like the health watcher's, it asks again (without an
+// index) when the answer does not say it filtered.
 func (w *CatalogWatcher) confirmEmpty(ctx context.Context, meta *api.QueryMeta) error {
 	if !meta.ResultsFilteredByACLs {
 		_, m, err := w.query(ctx, 0)

@@ -17,6 +17,7 @@ type catalogAnswer struct {
 	services map[string][]string
 	index    uint64
 	err      error
+	filtered bool // the answer says ACLs filtered it
 }
 
 // fakeCatalog serves scripted answers: each watch query is reported on
@@ -41,7 +42,7 @@ func (f *fakeCatalog) Services(q *api.QueryOptions) (map[string][]string, *api.Q
 		if a.err != nil {
 			return nil, nil, a.err
 		}
-		return a.services, &api.QueryMeta{LastIndex: a.index}, nil
+		return a.services, &api.QueryMeta{LastIndex: a.index, ResultsFilteredByACLs: a.filtered}, nil
 	case <-q.Context().Done():
 		return nil, nil, q.Context().Err()
 	}
@@ -175,6 +176,21 @@ func TestCatalogWatchEmptyByACL(t *testing.T) {
 	h.answer(t, catalogAnswer{services: map[string][]string{}, index: 6})
 	if u := h.next(t); !errors.Is(u.Err, ErrACL) {
 		t.Fatalf("have %+v, want an ACL error", u)
+	}
+}
+
+// TestCatalogWatchFirstEmptyByACL: a first answer that ACLs emptied (the
+// token may read no service) is an ACL error, not an empty catalog.
+func TestCatalogWatchFirstEmptyByACL(t *testing.T) {
+	h := startCatalog(t, CatalogOptions{}, false)
+	h.answer(t, catalogAnswer{services: map[string][]string{}, index: 5, filtered: true})
+	if u := h.next(t); !errors.Is(u.Err, ErrACL) {
+		t.Fatalf("have %+v, want an ACL error", u)
+	}
+	// A first answer that is empty and not filtered is an empty catalog.
+	h.answer(t, catalogAnswer{services: map[string][]string{}, index: 6})
+	if u := h.next(t); u.Err != nil || len(u.Services) != 0 || u.Services == nil {
+		t.Fatalf("have %+v, want an empty list", u)
 	}
 }
 

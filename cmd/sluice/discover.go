@@ -76,16 +76,15 @@ type discoState struct {
 	catalog  map[string][]string
 	catErr   string // the last catalog error while it lasts
 	runtimes map[discoKey]*discoRuntime
-	// warned holds the invalid tags logged (listener, service, tag):
-	// each is logged once while the catalog shows it.
-	warned map[[3]string]bool
-	// states are the discovered routes' states as last logged.
+	// states are the discovered routes' states as last logged, by
+	// (listener, service, tag): a state is logged when it changes, so an
+	// invalid tag is logged once while the catalog shows it.
 	states map[[3]string]string
 }
 
 func newDiscoState() discoState {
 	return discoState{updates: make(chan discovery.CatalogUpdate), ready: make(chan struct{}, 1),
-		runtimes: map[discoKey]*discoRuntime{}, warned: map[[3]string]bool{}, states: map[[3]string]string{}}
+		runtimes: map[discoKey]*discoRuntime{}, states: map[[3]string]string{}}
 }
 
 // discoRoute is a route that a tag asks for on a listener.
