@@ -37,7 +37,9 @@ import (
 // wins over discovered ones with the same host and path prefix; among
 // discovered ones with the same host and path prefix, the service whose
 // name sorts first (bytewise) wins, then the tag that sorts first. The
-// others are shadowed, run nothing, and show in /v1/routes.
+// others are shadowed, run nothing, and show in /v1/routes. Beyond a
+// listener's discover max_routes winners (in the same order), routes are
+// over_limit and run nothing either.
 
 // maxRouteTagLength bounds what follows the tag prefix of a route tag.
 const maxRouteTagLength = 1024
@@ -118,6 +120,7 @@ func discoverRoutes(cfg *config.Config, catalog map[string][]string) []discoRout
 			hcl[proxy.RouteLabel(r.Host, r.PathPrefix)] = r.Service
 		}
 		winners := map[string]discoKey{}
+		served := 0 // winners so far, against MaxRoutes
 		for _, name := range services {
 			for _, tag := range catalog[name] {
 				rest, ok := strings.CutPrefix(tag, lc.Discover.TagPrefix)
@@ -138,8 +141,12 @@ func discoverRoutes(cfg *config.Config, catalog map[string][]string) []discoRout
 				} else if w, ok := winners[r.label]; ok {
 					r.state = admin.RouteShadowed
 					r.reason = fmt.Sprintf("service %q (tag %q) claims the same host and path prefix; the service whose name sorts first wins", w.service, w.tag)
+				} else if served >= lc.Discover.MaxRoutes {
+					r.state = admin.RouteOverLimit
+					r.reason = fmt.Sprintf("the listener serves at most %d discovered routes (discover max_routes)", lc.Discover.MaxRoutes)
 				} else {
 					winners[r.label] = r.key
+					served++
 				}
 				out = append(out, r)
 			}
@@ -396,7 +403,7 @@ func (a *app) logRouteChanges(routes []discoRoute) {
 		if d.states[id] == r.state {
 			continue
 		}
-		if r.state == admin.RouteInvalid || r.state == admin.RouteShadowed {
+		if r.state == admin.RouteInvalid || r.state == admin.RouteShadowed || r.state == admin.RouteOverLimit {
 			a.logger.Warn("discovered route not used", "listener", r.listener, "service", r.key.service, "tag", r.key.tag,
 				"state", r.state, "reason", r.reason)
 		} else {

@@ -106,6 +106,37 @@ listener "c" {
 	}
 }
 
+// TestDiscoverRoutesMaxRoutes: beyond max_routes winners, in service and
+// tag order, routes are over_limit; shadowed and invalid ones do not
+// count.
+func TestDiscoverRoutesMaxRoutes(t *testing.T) {
+	cfg, diags := config.Parse("t.hcl", []byte(`
+listener "a" {
+  address = "127.0.0.1:8080"
+  discover {
+    max_routes = 2
+  }
+}
+`), config.Options{Getenv: func(string) string { return "" }})
+	if diags.HasErrors() {
+		t.Fatal(config.FormatDiagnostics(diags))
+	}
+	catalog := map[string][]string{
+		"a": {"sluice-route=/a", "sluice-route=bad"},
+		"b": {"sluice-route=/a", "sluice-route=/b"},
+		"c": {"sluice-route=/c"},
+		"d": {"sluice-route=/d"},
+	}
+	var have []string
+	for _, r := range discoverRoutes(cfg, catalog) {
+		have = append(have, r.key.service+" "+r.label+" "+r.state)
+	}
+	want := []string{"a /a ", "a bad invalid", "b /a shadowed", "b /b ", "c /c over_limit", "d /d over_limit"}
+	if !slices.Equal(have, want) {
+		t.Fatalf("have %q\nwant %q", have, want)
+	}
+}
+
 // fakeDisco is a Consul catalog and health API over one set of instances,
 // which the test changes with set: catalog queries block until the next
 // set, health queries answer the tagged instances of a service at once

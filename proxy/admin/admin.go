@@ -101,10 +101,11 @@ const (
 
 // Route states.
 const (
-	RouteActive   = "active"   // in the routing table
-	RoutePending  = "pending"  // waiting for its service's first Consul answer
-	RouteShadowed = "shadowed" // another route has the same host and path prefix; Reason names it
-	RouteInvalid  = "invalid"  // the tag is malformed or its service's policy cannot be built; Reason says why
+	RouteActive    = "active"     // in the routing table
+	RoutePending   = "pending"    // waiting for its service's first Consul answer
+	RouteShadowed  = "shadowed"   // another route has the same host and path prefix; Reason names it
+	RouteInvalid   = "invalid"    // the tag is malformed or its service's policy cannot be built; Reason says why
+	RouteOverLimit = "over_limit" // beyond its listener's discover max_routes; runs nothing
 )
 
 // RouteStatus is one route of a listener, or a route that a Consul tag
@@ -125,7 +126,7 @@ type RouteStatus struct {
 	Origin string `json:"origin"` // OriginHCL or OriginDiscovered
 	// Tag is the Consul tag a discovered route was made from.
 	Tag    string `json:"tag,omitempty"`
-	State  string `json:"state"`            // RouteActive, RoutePending, RouteShadowed or RouteInvalid
+	State  string `json:"state"`            // RouteActive, RoutePending, RouteShadowed, RouteInvalid or RouteOverLimit
 	Reason string `json:"reason,omitempty"` // why shadowed or invalid
 }
 

@@ -302,6 +302,13 @@ type Discover struct {
 	// TagPrefix starts the tags that make routes. Default
 	// "sluice-route="; never empty.
 	TagPrefix string
+	// MaxRoutes caps the discovered routes the listener serves (1 to
+	// 10000; default 100). Each runs a Consul watch, one connection to
+	// the agent (one per datacenter with failover), and Consul's agent
+	// refuses a client more than limits.http_max_conns_per_client (200 by
+	// default) connections: tags beyond the cap, in service and tag order,
+	// are shown as over_limit and run nothing.
+	MaxRoutes int
 }
 
 // Protocol is what a listener speaks to its clients.

@@ -24,6 +24,7 @@ const (
 	defaultStrategy        = "weighted_round_robin"
 	defaultMaxEjectionTime = balance.DefaultMaxEjectionTime
 	defaultTagPrefix       = "sluice-route="
+	defaultMaxRoutes       = 100
 
 	// The timeouts' defaults are owned by the packages that apply them;
 	// the configuration fills them in so that validate shows them.
@@ -43,6 +44,7 @@ const (
 // Bounds of the limits.
 const (
 	maxMaxConnections       = math.MaxInt32
+	maxDiscoverRoutes       = 10000
 	maxMaxConcurrentStreams = 10000
 	minMaxHeaderBytes       = 1 << 10
 	maxMaxHeaderBytes       = 16 << 20
@@ -81,7 +83,7 @@ var (
 		},
 	}
 	discoverSchema = &hcl.BodySchema{
-		Attributes: attrs("tag_prefix"),
+		Attributes: attrs("tag_prefix", "max_routes"),
 	}
 	listenerTLSSchema = &hcl.BodySchema{
 		Attributes: attrs("mode", "min_version", "client_ca_file", "require_client_cert"),
@@ -331,8 +333,10 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 			d.errorf(db.DefRange, "Unexpected discover block",
 				"listener %q has redirect_https = true and answers every request with a redirect to https; it has no routes", l.Name)
 		case isHTTP:
-			l.Discover = &Discover{TagPrefix: defaultTagPrefix}
-			d.str(d.content(db.Body, discoverSchema).Attributes, "tag_prefix", &l.Discover.TagPrefix, nonEmpty)
+			l.Discover = &Discover{TagPrefix: defaultTagPrefix, MaxRoutes: defaultMaxRoutes}
+			as := d.content(db.Body, discoverSchema).Attributes
+			d.str(as, "tag_prefix", &l.Discover.TagPrefix, nonEmpty)
+			d.integer(as, "max_routes", &l.Discover.MaxRoutes, 1, maxDiscoverRoutes)
 		}
 	}
 

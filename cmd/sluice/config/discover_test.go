@@ -106,6 +106,12 @@ func TestDiscoverValidation(t *testing.T) {
     tag_prefix = ""
   }
 }`, "4,18", "Invalid tag_prefix"},
+		{"max_routes zero", `listener "a" {
+  address = "127.0.0.1:8080"
+  discover {
+    max_routes = 0
+  }
+}`, "4,18", "Invalid max_routes"},
 		{"unknown attribute", `listener "a" {
   address = "127.0.0.1:8080"
   discover {
