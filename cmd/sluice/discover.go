@@ -130,7 +130,7 @@ func discoverRoutes(cfg *config.Config, catalog map[string][]string) []discoRout
 				r := discoRoute{listener: lc.Name, key: discoKey{name, tag}}
 				host, prefix, err := parseRouteTag(rest)
 				if err != nil {
-					r.label, r.state, r.reason = rest, admin.RouteInvalid, err.Error()
+					r.label, r.state, r.reason = clip(rest), admin.RouteInvalid, err.Error()
 					out = append(out, r)
 					continue
 				}
@@ -153,6 +153,15 @@ func discoverRoutes(cfg *config.Config, catalog map[string][]string) []discoRout
 		}
 	}
 	return out
+}
+
+// clip cuts what is shown of a tag that parseRouteTag refused to
+// maxRouteTagLength bytes.
+func clip(s string) string {
+	if len(s) <= maxRouteTagLength {
+		return s
+	}
+	return s[:maxRouteTagLength] + "..."
 }
 
 // parseRouteTag parses what follows a route tag's prefix: "[host]/path".
