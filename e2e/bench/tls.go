@@ -64,7 +64,6 @@ func writeBenchCert(dir string) (benchCert, error) {
 var (
 	h2loadFinished = regexp.MustCompile(`finished in ([0-9.]+)s, ([0-9.]+) req/s`)
 	h2loadRequests = regexp.MustCompile(`requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout`)
-	h2loadStatus   = regexp.MustCompile(`status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx`)
 	h2loadReqTime  = regexp.MustCompile(`time for request:\s+(\S+)\s+(\S+)\s+(\S+)`)
 )
 
@@ -81,36 +80,36 @@ func h2Run(path string) func(*options, *env, *contender) (sample, error) {
 			return sample{}, fmt.Errorf("h2load %s: %w: %s", c.name, err, out)
 		}
 		ticks := procTicks(c) - before
-		text := string(out)
-		fin, req := h2loadFinished.FindStringSubmatch(text), h2loadRequests.FindStringSubmatch(text)
-		if fin == nil || req == nil {
-			return sample{}, fmt.Errorf("h2load output: %q", out)
+		s, err := parseH2load(string(out))
+		if err != nil {
+			return s, err
 		}
-		succeeded, _ := strconv.ParseFloat(req[4], 64)
-		rps, _ := strconv.ParseFloat(fin[2], 64)
-		s := sample{units: succeeded, throughput: rps}
-		for _, i := range []int{5, 6, 7} {
-			n, _ := strconv.ParseInt(req[i], 10, 64)
-			s.errors += n
-		}
-		if st := h2loadStatus.FindStringSubmatch(text); st != nil {
-			for _, i := range []int{3, 4, 5} {
-				n, _ := strconv.ParseInt(st[i], 10, 64)
-				s.errors += n
-			}
-		}
-		if s.errors > 0 && s.firstErr == "" {
-			s.firstErr = strings.TrimSpace(req[0])
-		}
-		if rt := h2loadReqTime.FindStringSubmatch(text); rt != nil {
-			s.p50 = h2loadMillis(rt[3])
-			s.p99, s.p999 = h2loadMillis(rt[2]), h2loadMillis(rt[2])
-		}
-		if c.proc != nil && succeeded > 0 {
-			s.cpuUsPerUnit = float64(ticks) * 1e6 / clockTick / succeeded
+		if c.proc != nil && s.units > 0 {
+			s.cpuUsPerUnit = float64(ticks) * 1e6 / clockTick / s.units
 		}
 		return s, nil
 	}
+}
+
+// parseH2load reads h2load's summary: units are the requests that
+// succeeded (2xx or 3xx), errors every other request of the total.
+func parseH2load(text string) (sample, error) {
+	fin, req := h2loadFinished.FindStringSubmatch(text), h2loadRequests.FindStringSubmatch(text)
+	if fin == nil || req == nil {
+		return sample{}, fmt.Errorf("h2load output: %q", text)
+	}
+	total, _ := strconv.ParseInt(req[1], 10, 64)
+	succeeded, _ := strconv.ParseInt(req[4], 10, 64)
+	rps, _ := strconv.ParseFloat(fin[2], 64)
+	s := sample{units: float64(succeeded), throughput: rps, errors: total - succeeded}
+	if s.errors > 0 {
+		s.firstErr = strings.TrimSpace(req[0])
+	}
+	if rt := h2loadReqTime.FindStringSubmatch(text); rt != nil {
+		s.p50 = h2loadMillis(rt[3])
+		s.p99, s.p999 = h2loadMillis(rt[2]), h2loadMillis(rt[2])
+	}
+	return s, nil
 }
 
 // h2loadMillis reads one of h2load's durations ("812us", "1.23ms", "2.5s").
