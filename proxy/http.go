@@ -309,6 +309,11 @@ func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for i := range h.routes {
 		rt := &h.routes[i]
 		if (rt.host == "" || strings.EqualFold(rt.host, host)) && strings.HasPrefix(r.URL.Path, rt.prefix) {
+			if wt, ok := w.(h1.WriteThrough); ok {
+				wt.SetWriteThrough(true)
+				rt.svc.rpThrough.ServeHTTP(w, r)
+				return
+			}
 			rt.svc.rp.ServeHTTP(w, r)
 			return
 		}
@@ -338,6 +343,11 @@ func requestHost(hostport string) string {
 // without re-running the handler.
 type serviceProxy struct {
 	rp *httputil.ReverseProxy
+	// rpThrough is rp for writers that send each Write as it comes
+	// (h1.WriteThrough): it does not flush after each Write, which would
+	// send an answer's head in a write of its own (and, with a negative
+	// FlushInterval, from a timer goroutine started for every answer).
+	rpThrough *httputil.ReverseProxy
 }
 
 func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger, fwd *forwarding, rm *metrics.Route,
@@ -441,6 +451,9 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 			}
 		},
 	}
+	through := *sp.rp
+	through.FlushInterval = 0
+	sp.rpThrough = &through
 	return sp
 }
 
