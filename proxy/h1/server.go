@@ -665,9 +665,19 @@ func (d deadlineWriter) Write(p []byte) (int, error) {
 
 var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 
-func (c *conn) serve() {
-	handedOff := false
+func (c *conn) serve() { c.run(true, false) }
+
+// run serves the connection from its first request (first) or from a
+// keep-alive wait. A keep-alive wait that finds nothing to read moves to a
+// new goroutine (fresh set there, so that it waits rather than moves
+// again): the stack that the last request grew (proxying takes tens of
+// KiB) is freed, and the idle connection costs a small one.
+func (c *conn) run(first, fresh bool) {
+	handedOff, moved := false, false
 	defer func() {
+		if moved {
+			return // the new goroutine owns the connection
+		}
 		defer c.releaseBuffers()
 		switch {
 		case c.hijacked, handedOff:
@@ -700,7 +710,6 @@ func (c *conn) serve() {
 			return
 		}
 	}
-	first := true
 	for {
 		start := time.Now()
 		if first {
@@ -720,6 +729,19 @@ func (c *conn) serve() {
 				s.wake()
 			}
 			c.rwc.SetReadDeadline(start.Add(c.t.IdleTimeout))
+			if !fresh && c.raw != nil && (c.br == nil || c.br.Buffered() == 0) && !c.r.hasByte {
+				c.releaseReader()
+				_, err := c.raw.TryRead()
+				if err == rawread.ErrWouldBlock {
+					moved = true
+					go c.run(false, true)
+					return
+				}
+				if err != nil {
+					return // closed: no answer
+				}
+			}
+			fresh = false
 			if err := c.awaitRequest(); err != nil {
 				return // closed, idle too long, or shut down: no answer
 			}

@@ -5,15 +5,20 @@
 package rawread
 
 import (
+	"errors"
 	"net"
 	"syscall"
 )
+
+// ErrWouldBlock is TryRead's error when the socket holds nothing.
+var ErrWouldBlock = errors.New("rawread: nothing to read")
 
 // Reader reads one socket; see New. It is for one goroutine at a time.
 type Reader struct {
 	rc   syscall.RawConn
 	read func(fd int) (int, error)
 	fn   func(fd uintptr) bool // bound once: a Read allocates nothing
+	once func(fd uintptr) bool // TryRead's
 	n    int
 	err  error
 }
@@ -39,6 +44,6 @@ func New(c net.Conn, read func(fd int) (int, error)) *Reader {
 		return nil
 	}
 	r := &Reader{rc: rc, read: read}
-	r.fn = r.try
+	r.fn, r.once = r.try, r.tryOnce
 	return r
 }

@@ -39,6 +39,38 @@ func (r *Reader) Read() (int, error) {
 	return n, nil
 }
 
+// TryRead is Read without the wait: ErrWouldBlock when the socket holds
+// nothing (read gave its buffer back).
+func (r *Reader) TryRead() (int, error) {
+	r.n, r.err = 0, nil
+	err := r.rc.Read(r.once)
+	n, rerr := r.n, r.err
+	r.err = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case Again(rerr):
+		return 0, ErrWouldBlock
+	case rerr != nil:
+		if errno, ok := rerr.(syscall.Errno); ok {
+			return n, os.NewSyscallError("read", errno)
+		}
+		return n, rerr
+	case n <= 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+func (r *Reader) tryOnce(fd uintptr) bool {
+	for {
+		r.n, r.err = r.read(int(fd))
+		if r.err != syscall.EINTR {
+			return true
+		}
+	}
+}
+
 // try is the RawConn callback: false (wait) while the socket is empty.
 func (r *Reader) try(fd uintptr) bool {
 	for {
