@@ -26,7 +26,7 @@ type proc struct {
 	env      []string
 	argv     []string
 	done     chan struct{}
-	log  string // path of its output
+	log      string // path of its output
 }
 
 // start runs argv pinned to cpu (taskset) with output to dir/name.log.
