@@ -6,7 +6,8 @@
 // Handlers see standard *http.Request and http.ResponseWriter values; the
 // writer supports Flush, Hijack, 1xx answers and http.ResponseController.
 // The request context is cancelled when the client goes away (a read of the
-// idle connection returns EOF or an error) or when the handler returns. It
+// idle connection returns EOF or an error; the read starts once the handler
+// has run for clientGoneDelay, 5 ms) or when the handler returns. It
 // carries http.ServerContextKey, so httputil.ReverseProxy aborts (panics
 // with http.ErrAbortHandler) on a broken copy instead of ending the answer
 // as if it were whole; the server then drops the connection, or answers
