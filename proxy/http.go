@@ -347,8 +347,17 @@ type serviceProxy struct {
 	// (h1.WriteThrough): it does not flush after each Write, which would
 	// send an answer's head in a write of its own (and, with a negative
 	// FlushInterval, from a timer goroutine started for every answer).
+	// Its FlushInterval is headFlushDelay: the head of an answer whose
+	// body is late still goes out then.
 	rpThrough *httputil.ReverseProxy
 }
+
+// headFlushDelay is how long the head of an answer with a Content-Length
+// waits for the body's first bytes (to go out in one write with them)
+// before it is sent alone, on HTTP/1.1: a body that an instance holds back
+// (a long poll, a file still being made) does not hold back the head. Its
+// timer is stopped, never run, when the answer is done sooner.
+const headFlushDelay = 5 * time.Millisecond
 
 func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger, fwd *forwarding, rm *metrics.Route,
 	lm *metrics.Listener, maxBody int64, hsts []string) *serviceProxy {
@@ -452,7 +461,7 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 		},
 	}
 	through := *sp.rp
-	through.FlushInterval = 0
+	through.FlushInterval = headFlushDelay
 	sp.rpThrough = &through
 	return sp
 }
