@@ -3,6 +3,7 @@ package h1
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -137,4 +138,73 @@ func pipelineClient(addr string, id, n int) error {
 		}
 	}
 	return nil
+}
+
+// Keep-alive clients over MaxConns: idle connections are reaped for room
+// while their goroutines move (closeLongestIdle's CAS against the moved
+// goroutine's wait), then Shutdown: every client gets all its answers
+// (retrying a request on a connection reaped before it was read), every
+// connection is counted closed once, and Shutdown returns.
+func TestReapAndShutdownWhileIdleMoves(t *testing.T) {
+	cc := &countConns{}
+	s := &Server{Handler: http.HandlerFunc(echo), MaxConns: 3, ConnCounter: cc}
+	addr := serve(t, s)
+	const clients, each = 12, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for id := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var c net.Conn
+			var br *bufio.Reader
+			defer func() {
+				if c != nil {
+					c.Close()
+				}
+			}()
+			for i := 0; i < each; {
+				if c == nil {
+					var err error
+					if c, err = net.Dial("tcp", addr); err != nil {
+						errs <- err
+						return
+					}
+					c.SetDeadline(time.Now().Add(20 * time.Second))
+					br = bufio.NewReader(c)
+				}
+				want := fmt.Sprintf("GET /c%d/%d ", id, i)
+				fmt.Fprintf(c, "GET /c%d/%d HTTP/1.1\r\nHost: x\r\n\r\n", id, i)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					c.Close()
+					c = nil // reaped while idle: send it again
+					continue
+				}
+				got, err := io.ReadAll(resp.Body)
+				if err != nil || string(got) != want {
+					errs <- fmt.Errorf("client %d: %q, %v; want %q", id, got, err, want)
+					return
+				}
+				i++
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v (opened %d, closed %d)", err, cc.opened.Load(), cc.closed.Load())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for cc.closed.Load() != cc.opened.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("opened %d, closed %d", cc.opened.Load(), cc.closed.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
