@@ -309,6 +309,11 @@ func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for i := range h.routes {
 		rt := &h.routes[i]
 		if (rt.host == "" || strings.EqualFold(rt.host, host)) && strings.HasPrefix(r.URL.Path, rt.prefix) {
+			if wt, ok := w.(h1.WriteThrough); ok {
+				wt.SetWriteThrough(true)
+				rt.svc.rpThrough.ServeHTTP(w, r)
+				return
+			}
 			rt.svc.rp.ServeHTTP(w, r)
 			return
 		}
@@ -338,7 +343,21 @@ func requestHost(hostport string) string {
 // without re-running the handler.
 type serviceProxy struct {
 	rp *httputil.ReverseProxy
+	// rpThrough is rp for writers that send each Write as it comes
+	// (h1.WriteThrough): it does not flush after each Write, which would
+	// send an answer's head in a write of its own (and, with a negative
+	// FlushInterval, from a timer goroutine started for every answer).
+	// Its FlushInterval is headFlushDelay: the head of an answer whose
+	// body is late still goes out then.
+	rpThrough *httputil.ReverseProxy
 }
+
+// headFlushDelay is how long the head of an answer with a Content-Length
+// waits for the body's first bytes (to go out in one write with them)
+// before it is sent alone, on HTTP/1.1: a body that an instance holds back
+// (a long poll, a file still being made) does not hold back the head. Its
+// timer is stopped, never run, when the answer is done sooner.
+const headFlushDelay = 5 * time.Millisecond
 
 func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool, errLog *log.Logger, fwd *forwarding, rm *metrics.Route,
 	lm *metrics.Listener, maxBody int64, hsts []string) *serviceProxy {
@@ -441,6 +460,9 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 			}
 		},
 	}
+	through := *sp.rp
+	through.FlushInterval = headFlushDelay
+	sp.rpThrough = &through
 	return sp
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/sluice-lb/sluice/balance"
 	"github.com/sluice-lb/sluice/proxy/h1"
+	"github.com/sluice-lb/sluice/proxy/internal/rawread"
 	"github.com/sluice-lb/sluice/proxy/metrics"
 )
 
@@ -724,6 +725,67 @@ const copyBufSize = 64 << 10
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
+// copyReader reads one direction of a proxied connection into a pooled
+// buffer that it holds only while bytes flow: where the source is a plain
+// socket (rawread), a read that finds nothing gives the buffer back
+// before it waits, and a read that did not fill the buffer (the socket
+// was drained) gives it back once its bytes are written. Other sources
+// (TLS, a replayed ClientHello) hold a buffer from the first read to the
+// end of the copy.
+type copyReader struct {
+	src net.Conn
+	raw *rawread.Reader // nil: read src, buffer held
+	buf *[]byte         // taken; nil while none is
+}
+
+func newCopyReader(src net.Conn) *copyReader {
+	r := &copyReader{src: src}
+	r.raw = rawread.New(src, r.readFD)
+	return r
+}
+
+// read returns the next bytes of src, valid until the next call.
+func (r *copyReader) read() ([]byte, error) {
+	if r.raw == nil {
+		if r.buf == nil {
+			r.buf = copyBufs.Get().(*[]byte)
+		}
+		n, err := r.src.Read(*r.buf)
+		return (*r.buf)[:n], err
+	}
+	n, err := r.raw.Read()
+	if r.buf == nil {
+		return nil, err
+	}
+	return (*r.buf)[:n], err
+}
+
+func (r *copyReader) readFD(fd int) (int, error) {
+	if r.buf == nil {
+		r.buf = copyBufs.Get().(*[]byte)
+	}
+	n, err := rawread.ReadFD(fd, *r.buf)
+	if err != nil || n == 0 {
+		r.release()
+	}
+	return n, err
+}
+
+// drained gives the buffer back after a read of n bytes that did not fill
+// it, on a plain socket.
+func (r *copyReader) drained(n int) {
+	if r.raw != nil && r.buf != nil && n < len(*r.buf) {
+		r.release()
+	}
+}
+
+func (r *copyReader) release() {
+	if r.buf != nil {
+		copyBufs.Put(r.buf)
+		r.buf = nil
+	}
+}
+
 // copyHalf copies src to dst until EOF or an error, or until no byte has
 // moved in either direction for idle; then it closes dst for writing so the
 // peer sees EOF (or closes both on an error or idle, recording the party
@@ -731,21 +793,20 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 // Deadlines are set a quarter of idle ahead and every byte moved in either
 // direction counts as activity, so a slow one-way stream is not cut; a
 // write deadline keeps a peer that stops reading from holding the
-// connection.
+// connection. The copy buffer is held only while bytes flow (copyReader).
 func (s *tcpSession) copyHalf(dst, src net.Conn, dstParty, srcParty int32) int64 {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := *bp
+	r := newCopyReader(src)
+	defer r.release()
 	idle := s.idle
 	step := max(idle/4, time.Millisecond)
 	var total int64
 	for {
 		src.SetReadDeadline(time.Now().Add(step))
-		n, err := src.Read(buf)
-		if n > 0 {
+		b, err := r.read()
+		if n := len(b); n > 0 {
 			s.active.Store(time.Now().UnixNano())
 			dst.SetWriteDeadline(time.Now().Add(idle))
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			if _, werr := dst.Write(b); werr != nil {
 				if errors.Is(werr, os.ErrDeadlineExceeded) {
 					s.end(partyIdle, werr)
 				} else {
@@ -756,6 +817,7 @@ func (s *tcpSession) copyHalf(dst, src net.Conn, dstParty, srcParty int32) int64
 				return total
 			}
 			total += int64(n)
+			r.drained(n)
 		}
 		switch {
 		case err == nil:

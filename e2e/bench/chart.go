@@ -28,6 +28,9 @@ type Row struct {
 	// sum of failed requests. The chart ignores both; the table shows them.
 	Spread float64
 	Errors int64
+	// KiBPerConn is the proxy's resident memory growth per open client
+	// connection (the connection-count rows); 0 elsewhere.
+	KiBPerConn float64
 }
 
 const chartW, chartH = 1200, 800

@@ -35,6 +35,8 @@ func main() {
 			err = runTCPLoad(os.Args[2:])
 		case "httprate":
 			err = runHTTPRate(os.Args[2:])
+		case "connload":
+			err = runConnLoad(os.Args[2:])
 		default:
 			err = run(os.Args[1:])
 		}
@@ -348,8 +350,12 @@ func haproxyConfig(httpAddr, tcpAddr, tlsAddr string, cert benchCert, backends [
 	var b strings.Builder
 	fmt.Fprintf(&b, `global
   nbthread 1
-  maxconn 4096
+  maxconn 12000
+  # The fd limit here (20000) is below what maxconn 12000 asks for: run
+  # with it rather than refuse to start.
+  no strict-limits
 defaults
+  maxconn 12000
   timeout connect 5s
   timeout client 60s
   timeout server 60s
@@ -394,10 +400,11 @@ func nginxConfig(prefix, httpAddr, tlsAddr string, cert benchCert, backends []*b
 		fmt.Fprintf(&servers, "    server %s;\n", be.httpAddr)
 	}
 	return fmt.Sprintf(`worker_processes 1;
+worker_rlimit_nofile 19000;
 pid %[1]s/nginx.pid;
 error_log %[1]s/logs/error.log warn;
 events {
-  worker_connections 4096;
+  worker_connections 16384;
 }
 http {
   access_log off;
@@ -437,6 +444,7 @@ type sample struct {
 	units          float64 // requests, MB or connections in the run
 	p50, p99, p999 float64 // ms
 	cpuUsPerUnit   float64
+	kibPerConn     float64 // resident memory growth per open connection; 0: not measured
 	errors         int64
 	firstErr       string
 }
@@ -454,6 +462,8 @@ func workloads() []workload {
 		{name: "http 64KiB", unit: "req/s", run: wrkRun("/64k", false, false)},
 		{name: "http new conn", unit: "req/s", run: wrkRun("/", true, false)},
 		{name: "http 5k req/s fixed", unit: "req/s", run: rateRun(5000)},
+		{name: "http 1k conns at 2k req/s", unit: "req/s", run: connsRun(1000, 2000)},
+		{name: "http 10k conns at 2k req/s", unit: "req/s", run: connsRun(10000, 2000)},
 		{name: "https small keep-alive", unit: "req/s", tls: true, run: wrkRun("/", false, true)},
 		{name: "h2 small (h2load)", unit: "req/s", tls: true, run: h2Run("/")},
 		{name: "tcp bulk", unit: "MB/s", tcp: true, run: tcpRun("bulk", 4)},
@@ -613,8 +623,12 @@ func measure(o *options, e *env) ([]Row, error) {
 				if err != nil {
 					return nil, fmt.Errorf("%s on %s: %w", w.name, c.name, err)
 				}
-				fmt.Printf("round %d  %-22s %-8s %10.0f %-6s p99 %6.2f ms  cpu %7.2f µs  errors %d %s\n",
-					round, w.name, c.name, s.throughput, w.unit, s.p99, s.cpuUsPerUnit, s.errors, s.firstErr)
+				mem := ""
+				if s.kibPerConn != 0 {
+					mem = fmt.Sprintf("  rss %.1f KiB/conn", s.kibPerConn)
+				}
+				fmt.Printf("round %d  %-22s %-8s %10.0f %-6s p99 %6.2f ms  cpu %7.2f µs%s  errors %d %s\n",
+					round, w.name, c.name, s.throughput, w.unit, s.p99, s.cpuUsPerUnit, mem, s.errors, s.firstErr)
 				samples[w.name][c.name] = append(samples[w.name][c.name], s)
 			}
 		}
@@ -634,6 +648,7 @@ func measure(o *options, e *env) ([]Row, error) {
 				P99ms:       median(ss, func(s sample) float64 { return s.p99 }),
 				P999ms:      median(ss, func(s sample) float64 { return s.p999 }),
 				CPUusPerReq: median(ss, func(s sample) float64 { return s.cpuUsPerUnit }),
+				KiBPerConn:  median(ss, func(s sample) float64 { return s.kibPerConn }),
 				Errors:      sumErrors(ss),
 			})
 		}
@@ -831,8 +846,8 @@ func report(o *options, rows []Row, react reactionResult, kills []killResult) er
 	var b strings.Builder
 	fmt.Fprintf(&b, "Measured %s on %s, with `make bench` (%d rounds of %v per workload and contender, medians; proxy pinned to CPU 0, wrk and backends to CPU 1).\n\n",
 		time.Now().UTC().Format("2006-01-02"), machine(), o.rounds, o.duration)
-	b.WriteString("| workload | contender | throughput | spread | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/unit | errors | throughput vs HAProxy | CPU vs HAProxy | CPU vs nginx | p99 vs HAProxy |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| workload | contender | throughput | spread | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/unit | errors | throughput vs HAProxy | CPU vs HAProxy | CPU vs nginx | p99 vs HAProxy | proxy RSS KiB/conn | RSS vs HAProxy |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	ratio := func(a, b float64) string {
 		if a == 0 || b == 0 {
 			return ""
@@ -844,18 +859,24 @@ func report(o *options, rows []Row, react reactionResult, kills []killResult) er
 		if r.Contender == "direct" {
 			cpu = "–"
 		}
-		var tH, vsH, vsN, p99H string
+		var tH, vsH, vsN, p99H, mem, memH string
+		if r.KiBPerConn != 0 {
+			mem = fmt.Sprintf("%.1f", r.KiBPerConn)
+		}
 		if r.Contender == "sluice" {
 			h, n := by[r.Workload]["haproxy"], by[r.Workload]["nginx"]
 			tH = ratio(r.Throughput, h.Throughput)
 			vsH, vsN, p99H = ratio(r.CPUusPerReq, h.CPUusPerReq), ratio(r.CPUusPerReq, n.CPUusPerReq), ratio(r.P99ms, h.P99ms)
+			memH = ratio(r.KiBPerConn, h.KiBPerConn)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f %s | %.0f%% | %.2f | %.2f | %.2f | %s | %d | %s | %s | %s | %s |\n",
-			r.Workload, r.Contender, r.Throughput, r.Unit, r.Spread*100, r.P50ms, r.P99ms, r.P999ms, cpu, r.Errors, tH, vsH, vsN, p99H)
+		fmt.Fprintf(&b, "| %s | %s | %.0f %s | %.0f%% | %.2f | %.2f | %.2f | %s | %d | %s | %s | %s | %s | %s | %s |\n",
+			r.Workload, r.Contender, r.Throughput, r.Unit, r.Spread*100, r.P50ms, r.P99ms, r.P999ms, cpu, r.Errors, tH, vsH, vsN, p99H, mem, memH)
 	}
 	b.WriteString("\nCPU per unit: per request (http), per MB (tcp bulk), per connection (tcp conn rate). Spread: (max − min) / median of throughput over the rounds, the machine's noise. " +
 		"The closed-loop rows (wrk, 32 connections) run each contender at its own maximum; \"http 5k req/s fixed\" offers every contender the same open-loop load, with latency counted from each request's scheduled time. " +
 		"nginx-light has no stream module, so nginx is not in the tcp rows. " +
+		"The \"conns\" rows hold that many keep-alive client connections open, each answered once before the clock starts, and send the fixed rate over all of them (each connection idle between its requests); " +
+		"proxy RSS KiB/conn is the growth of the proxy's resident memory (all its processes) from before the connections opened to the end of the run, divided by the connections. " +
 		"The https and h2 rows terminate TLS with the same self-signed ECDSA P-256 certificate on every contender (TLS 1.3, plain HTTP/1.1 to the backends); " +
 		"\"h2 small (h2load)\" is h2load with 32 connections of up to 10 streams each, and h2load reports no percentiles: its p50 column is the mean time per request and its p99 and p99.9 columns the maximum.\n")
 	if len(react) > 0 {

@@ -21,8 +21,12 @@ import (
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	done chan struct{}
-	log  string // path of its output
+	// dir, cpu, env and argv are start's, for restart.
+	dir, cpu string
+	env      []string
+	argv     []string
+	done     chan struct{}
+	log      string // path of its output
 }
 
 // start runs argv pinned to cpu (taskset) with output to dir/name.log.
@@ -40,9 +44,16 @@ func start(dir, name, cpu string, env []string, argv ...string) (*proc, error) {
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: logPath}
+	p := &proc{name: name, cmd: cmd, dir: dir, cpu: cpu, env: env, argv: argv, done: make(chan struct{}), log: logPath}
 	go func() { cmd.Wait(); f.Close(); close(p.done) }()
 	return p, nil
+}
+
+// restart stops the process (SIGTERM) and starts it again as it was
+// started; its log starts anew.
+func (p *proc) restart() (*proc, error) {
+	p.stop(syscall.SIGTERM)
+	return start(p.dir, p.name, p.cpu, p.env, p.argv...)
 }
 
 // pid is the process id (taskset execs the program in place).

@@ -32,9 +32,27 @@ type response struct {
 	written    int64
 	closeAfter bool
 	hijacked   bool
+	// writeThrough: see WriteThrough.
+	writeThrough bool
 	// body is the request's body; nil when it has none.
 	body *body
 }
+
+// WriteThrough is implemented by the HTTP/1.1 server's ResponseWriter.
+// After SetWriteThrough(true) every Write is sent to the client before it
+// returns (the head with the first one), except a Write that completes
+// the declared Content-Length: that one goes out with the end of the
+// answer, when the handler returns, so that a small answer is one write.
+// A proxy that passes an answer on as it comes uses it instead of a Flush
+// after each Write (which would send the head alone first).
+type WriteThrough interface {
+	SetWriteThrough(bool)
+}
+
+var _ WriteThrough = (*response)(nil)
+
+// SetWriteThrough sets write-through; see WriteThrough.
+func (w *response) SetWriteThrough(on bool) { w.writeThrough = on }
 
 var (
 	_ http.ResponseWriter = (*response)(nil)
@@ -119,6 +137,9 @@ func (w *response) Write(p []byte) (int, error) {
 		bw.WriteString("\r\n")
 		bw.Write(p)
 		_, err := bw.WriteString("\r\n")
+		if err == nil && w.writeThrough {
+			err = bw.Flush()
+		}
 		if err != nil {
 			w.c.broken = true
 			return 0, err
@@ -126,6 +147,9 @@ func (w *response) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	n, err := bw.Write(p)
+	if err == nil && w.writeThrough && w.written != w.cl {
+		err = bw.Flush()
+	}
 	if err != nil {
 		w.c.broken = true
 	}

@@ -6,7 +6,8 @@
 // Handlers see standard *http.Request and http.ResponseWriter values; the
 // writer supports Flush, Hijack, 1xx answers and http.ResponseController.
 // The request context is cancelled when the client goes away (a read of the
-// idle connection returns EOF or an error) or when the handler returns. It
+// idle connection returns EOF or an error; the read starts once the handler
+// has run for clientGoneDelay, 5 ms) or when the handler returns. It
 // carries http.ServerContextKey, so httputil.ReverseProxy aborts (panics
 // with http.ErrAbortHandler) on a broken copy instead of ending the answer
 // as if it were whole; the server then drops the connection, or answers
@@ -37,6 +38,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluice-lb/sluice/proxy/internal/rawread"
 )
 
 // Defaults of Server's timeouts.
@@ -175,6 +178,9 @@ type Server struct {
 	// waiters are the Serve loops' wake channels (capacity 1), signalled
 	// whenever a connection closes or the limits change.
 	waiters map[chan struct{}]struct{}
+	// readers and writers are the connections' 4 KiB buffers (*bufio.Reader,
+	// *bufio.Writer), held only while a request is read or answered.
+	readers, writers sync.Pool
 }
 
 // ConnCounter counts a Server's open client connections. ConnOpened is
@@ -505,9 +511,10 @@ func (s *Server) newConn(rwc net.Conn) *conn {
 		c.rwc = c.tls
 	}
 	c.fresh.Store(true)
-	c.r = &connReader{c: c}
-	c.br = bufio.NewReaderSize(c.r, 4096)
-	c.bw = bufio.NewWriterSize(deadlineWriter{c}, 4096)
+	c.r = &connReader{c: c, fd: -1}
+	if c.tls == nil {
+		c.raw = rawread.New(rwc, c.readRaw)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shuttingDown() {
@@ -597,18 +604,23 @@ func (s *Server) forget(c *conn, closed bool) {
 // goroutine (and the handler it runs) only, except idle, idleSince, fresh,
 // netConn's Close and the background read in connReader.
 type conn struct {
-	srv       *Server
-	rwc       net.Conn // tls or netConn
-	netConn   net.Conn // as accepted; other goroutines close this one
-	tls       *tls.Conn
-	tlsState  *tls.ConnectionState // after the handshake; nil on plain conns
-	r         *connReader
+	srv      *Server
+	rwc      net.Conn // tls or netConn
+	netConn  net.Conn // as accepted; other goroutines close this one
+	tls      *tls.Conn
+	tlsState *tls.ConnectionState // after the handshake; nil on plain conns
+	r        *connReader
+	// br and bw are taken from the server's pools when a request's first
+	// byte is there (bw: when its answer starts) and given back when the
+	// connection waits for the next one with nothing buffered; nil in
+	// between. Over TLS (raw nil) br is kept from the first byte on.
 	br        *bufio.Reader
 	bw        *bufio.Writer
-	w         *response    // the answer in progress
-	idle      atomic.Bool  // waiting for a request (or in the TLS handshake)
-	idleSince atomic.Int64 // UnixNano when a keep-alive wait began
-	fresh     atomic.Bool  // no byte received yet
+	raw       *rawread.Reader // waits for a request without a buffer; nil over TLS
+	w         *response       // the answer in progress
+	idle      atomic.Bool     // waiting for a request (or in the TLS handshake)
+	idleSince atomic.Int64    // UnixNano when a keep-alive wait began
+	fresh     atomic.Bool     // no byte received yet
 	accepted  time.Time
 	broken    bool // framing or a write failed: close after this request
 	linger    bool // the client may have sent bytes that were not read
@@ -654,9 +666,20 @@ func (d deadlineWriter) Write(p []byte) (int, error) {
 
 var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 
-func (c *conn) serve() {
-	handedOff := false
+func (c *conn) serve() { c.run(true, false) }
+
+// run serves the connection from its first request (first) or from a
+// keep-alive wait. A keep-alive wait that finds nothing to read moves to a
+// new goroutine (fresh set there, so that it waits rather than moves
+// again): the stack that the last request grew (proxying takes tens of
+// KiB) is freed, and the idle connection costs a small one.
+func (c *conn) run(first, fresh bool) {
+	handedOff, moved := false, false
 	defer func() {
+		if moved {
+			return // the new goroutine owns the connection
+		}
+		defer c.releaseBuffers()
 		switch {
 		case c.hijacked, handedOff:
 			// The new owner closes it (see hijackedConn.Close).
@@ -688,7 +711,6 @@ func (c *conn) serve() {
 			return
 		}
 	}
-	first := true
 	for {
 		start := time.Now()
 		if first {
@@ -708,7 +730,20 @@ func (c *conn) serve() {
 				s.wake()
 			}
 			c.rwc.SetReadDeadline(start.Add(c.t.IdleTimeout))
-			if _, err := c.br.Peek(1); err != nil {
+			if !fresh && c.raw != nil && (c.br == nil || c.br.Buffered() == 0) && !c.r.hasByte {
+				c.releaseReader()
+				_, err := c.raw.TryRead()
+				if err == rawread.ErrWouldBlock {
+					moved = true
+					go c.run(false, true)
+					return
+				}
+				if err != nil {
+					return // closed: no answer
+				}
+			}
+			fresh = false
+			if err := c.awaitRequest(); err != nil {
 				return // closed, idle too long, or shut down: no answer
 			}
 			if !c.idle.CompareAndSwap(true, false) {
@@ -726,7 +761,7 @@ func (c *conn) serve() {
 			if s.shuttingDown() {
 				return
 			}
-			if _, err := c.br.Peek(1); err != nil {
+			if err := c.awaitRequest(); err != nil {
 				c.refuse(err)
 				return
 			}
@@ -746,6 +781,88 @@ func (c *conn) serve() {
 			return
 		}
 	}
+}
+
+// awaitRequest waits, within the read deadline set, until a request's
+// first byte is in c.br. A plain connection holds no read buffer while it
+// waits (see rawread): the buffer is taken when bytes are there.
+func (c *conn) awaitRequest() error {
+	if c.br != nil && c.br.Buffered() > 0 {
+		return nil // pipelined
+	}
+	if c.raw == nil || c.r.hasByte {
+		c.takeReader()
+		_, err := c.br.Peek(1)
+		return err
+	}
+	c.releaseReader()
+	_, err := c.raw.Read()
+	return err
+}
+
+// readRaw is c.raw's read: it fills c.br from the socket without blocking
+// and keeps it when bytes came, else gives it back.
+func (c *conn) readRaw(fd int) (int, error) {
+	c.takeReader()
+	c.r.fd = fd
+	_, err := c.br.Peek(1)
+	c.r.fd = -1
+	if err != nil {
+		c.releaseReader()
+		return 0, err
+	}
+	return 1, nil
+}
+
+// takeReader gives c a read buffer when it has none.
+func (c *conn) takeReader() {
+	if c.br != nil {
+		return
+	}
+	if br, ok := c.srv.readers.Get().(*bufio.Reader); ok {
+		br.Reset(c.r)
+		c.br = br
+		return
+	}
+	c.br = bufio.NewReaderSize(c.r, 4096)
+}
+
+// takeWriter gives c a write buffer when it has none.
+func (c *conn) takeWriter() {
+	if c.bw != nil {
+		return
+	}
+	if bw, ok := c.srv.writers.Get().(*bufio.Writer); ok {
+		bw.Reset(deadlineWriter{c})
+		c.bw = bw
+		return
+	}
+	c.bw = bufio.NewWriterSize(deadlineWriter{c}, 4096)
+}
+
+// releaseReader gives the read buffer back; what it holds is dropped.
+func (c *conn) releaseReader() {
+	if c.br != nil {
+		c.br.Reset(nil)
+		c.srv.readers.Put(c.br)
+		c.br = nil
+	}
+}
+
+// releaseWriter gives the write buffer back; what it holds is dropped.
+func (c *conn) releaseWriter() {
+	if c.bw != nil {
+		c.bw.Reset(nil)
+		c.srv.writers.Put(c.bw)
+		c.bw = nil
+	}
+}
+
+// releaseBuffers gives both buffers back once the connection is closed or
+// handed on.
+func (c *conn) releaseBuffers() {
+	c.releaseReader()
+	c.releaseWriter()
 }
 
 // counted tells the ConnCounter that the connection is closed.
@@ -821,7 +938,10 @@ func (c *conn) inadequateSecurity() {
 // handOff passes an h2c connection, with what was buffered, or an ALPN h2
 // one, to net/http.
 func (c *conn) handOff(s *Server) bool {
-	buf, _ := c.br.Peek(c.br.Buffered())
+	var buf []byte
+	if c.br != nil {
+		buf, _ = c.br.Peek(c.br.Buffered())
+	}
 	pc := &hijackedConn{Conn: c.rwc, counter: c.closer, srv: s, tlsState: c.tlsState}
 	if len(buf) > 0 {
 		pc.pending = append([]byte(nil), buf...)
@@ -862,6 +982,7 @@ func (c *conn) refuse(err error) {
 func (c *conn) writeError(e *Error) {
 	reason, _ := json.Marshal(e.Reason)
 	body := `{"error":` + string(reason) + "}\n"
+	c.takeWriter()
 	bw := c.bw
 	writeStatusLine(bw, e.Status)
 	bw.WriteString("Content-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: ")
@@ -908,6 +1029,7 @@ func (c *conn) serveRequest(h *head) (keep bool) {
 	default:
 		req.Body = http.NoBody
 	}
+	c.takeWriter()
 	w := &response{c: c, req: req, header: make(http.Header, 8), closeAfter: h.closeAfter, body: b}
 	c.w = w
 	c.r.cancel = cancel
@@ -941,6 +1063,9 @@ func (c *conn) serveRequest(h *head) (keep bool) {
 	}
 	keep = w.finish()
 	c.w = nil
+	if keep {
+		c.releaseWriter()
+	}
 	return keep && !c.r.clientGone.Load()
 }
 
@@ -961,17 +1086,34 @@ func (c *conn) runHandler(w *response, req *http.Request) (aborted bool) {
 	return false
 }
 
+// clientGoneDelay is how long a handler runs before the background read
+// that detects a client going away starts: most answers are done sooner,
+// and then cost no goroutine and no wake-up for it. A client that goes
+// away cancels its request at most this long after it left.
+const clientGoneDelay = 5 * time.Millisecond
+
+// States of connReader.watch.
+const (
+	watchOff     int32 = iota
+	watchArmed         // the timer will start the background read
+	watchRunning       // the background read runs
+)
+
 // connReader is the reader under a conn's bufio.Reader. While the handler
-// runs and no request bytes remain to be read, a background read watches
-// the connection so that a client that goes away cancels its request at
-// once; a byte it reads (a pipelined request) is kept for the next read.
+// runs (from clientGoneDelay on) and no request bytes remain to be read,
+// a background read watches the connection so that a client that goes
+// away cancels its request; a byte it reads (a pipelined request) is kept
+// for the next read.
 type connReader struct {
 	c          *conn
+	fd         int                // >= 0: read this socket without blocking (conn.readRaw)
 	cancel     context.CancelFunc // of the request in progress
 	noWatch    bool               // no background read for this request
 	hasByte    bool
 	byteBuf    [1]byte
-	bg         chan struct{} // non-nil while a background read runs
+	watch      atomic.Int32  // watchOff, watchArmed or watchRunning
+	timer      *time.Timer   // starts the background read; made on first use
+	done       chan struct{} // a background read ended (capacity 1)
 	aborting   atomic.Bool
 	clientGone atomic.Bool
 }
@@ -982,41 +1124,64 @@ func (cr *connReader) Read(p []byte) (int, error) {
 		cr.hasByte = false
 		return 1, nil
 	}
+	if cr.fd >= 0 {
+		n, err := rawread.ReadFD(cr.fd, p)
+		if n == 0 && err == nil {
+			err = io.EOF
+		}
+		return n, err
+	}
 	return cr.c.rwc.Read(p)
 }
 
-// bodyDone starts the background read when the request has been read
+// bodyDone arms the background read when the request has been read
 // whole and nothing of a next request is buffered.
 func (cr *connReader) bodyDone() {
-	if cr.bg != nil || cr.hasByte || cr.noWatch || cr.c.br.Buffered() > 0 || cr.cancel == nil {
+	if cr.watch.Load() != watchOff || cr.hasByte || cr.noWatch || cr.c.br.Buffered() > 0 || cr.cancel == nil {
 		return
 	}
 	cr.c.rwc.SetReadDeadline(time.Time{})
-	cr.bg = make(chan struct{})
-	go cr.backgroundRead(cr.bg, cr.cancel)
+	cr.watch.Store(watchArmed)
+	if cr.timer == nil {
+		cr.done = make(chan struct{}, 1)
+		cr.timer = time.AfterFunc(clientGoneDelay, cr.backgroundRead)
+	} else {
+		cr.timer.Reset(clientGoneDelay)
+	}
 }
 
-func (cr *connReader) backgroundRead(done chan struct{}, cancel context.CancelFunc) {
-	defer close(done)
+// backgroundRead runs on the timer's goroutine: it reads one byte unless
+// abortPendingRead disarmed it first. cancel was set before the timer was
+// armed.
+func (cr *connReader) backgroundRead() {
+	if !cr.watch.CompareAndSwap(watchArmed, watchRunning) {
+		return
+	}
+	defer func() { cr.done <- struct{}{} }()
 	n, err := cr.c.rwc.Read(cr.byteBuf[:])
 	if n == 1 {
 		cr.hasByte = true
 	}
 	if err != nil && !cr.aborting.Load() {
 		cr.clientGone.Store(true)
-		cancel()
+		cr.cancel()
 	}
 }
 
-// abortPendingRead stops the background read and waits for it.
+// abortPendingRead disarms the background read, or stops it and waits
+// for it.
 func (cr *connReader) abortPendingRead() {
-	if cr.bg == nil {
+	if cr.watch.CompareAndSwap(watchArmed, watchOff) {
+		cr.timer.Stop()
+		return
+	}
+	if cr.watch.Load() != watchRunning {
 		return
 	}
 	cr.aborting.Store(true)
 	cr.c.rwc.SetReadDeadline(time.Unix(1, 0))
-	<-cr.bg
-	cr.bg = nil
+	<-cr.done
+	cr.watch.Store(watchOff)
 	cr.aborting.Store(false)
 	cr.c.rwc.SetReadDeadline(time.Time{})
 }
