@@ -87,6 +87,8 @@ type Snapshot struct {
 	ConsulError string
 	// ConsulErrors counts the failed registry queries (SetError) so far.
 	ConsulErrors uint64
+	// ConsulAnswers counts the registry answers (SetMembers) so far.
+	ConsulAnswers uint64
 	// ConsulLastSuccess is the wall-clock time of the last registry answer
 	// (SetMembers); zero before the first.
 	ConsulLastSuccess time.Time
@@ -182,6 +184,7 @@ type poolState struct {
 	consulIndex       uint64
 	consulError       string
 	consulErrors      uint64    // SetError calls so far
+	consulAnswers     uint64    // SetMembers calls so far
 	consulLastSuccess time.Time // wall clock of the last SetMembers; zero before
 	members           []Member  // sorted by ID
 	stats             map[string]*Stats
@@ -310,6 +313,7 @@ func (p *Pool) SetMembers(ctx context.Context, index uint64, members []Member) e
 		st.consulIndex = index
 		st.consulError = ""
 		st.consulLastSuccess = now
+		st.consulAnswers++
 		st.members = ms
 	})
 }
@@ -467,6 +471,7 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		ConsulIndex:       st.consulIndex,
 		ConsulError:       st.consulError,
 		ConsulErrors:      st.consulErrors,
+		ConsulAnswers:     st.consulAnswers,
 		ConsulLastSuccess: st.consulLastSuccess,
 		Members:           make([]MemberStatus, 0, len(st.members)),
 		next:              make(chan struct{}),

@@ -149,7 +149,7 @@ func TestPoolCollector(t *testing.T) {
 		for _, state := range []string{"passing", "warning", "critical", "maintenance", "probe_failing", "ejected", "eligible"} {
 			want[fmt.Sprintf("sluice_service_instances{service=%q,state=%q}", svc, state)] = 0
 		}
-		for _, name := range []string{"sluice_consul_last_success_timestamp_seconds", "sluice_consul_errors_total", "sluice_consul_index"} {
+		for _, name := range []string{"sluice_consul_last_success_timestamp_seconds", "sluice_consul_errors_total", "sluice_consul_answers_total", "sluice_consul_index"} {
 			want[fmt.Sprintf("%s{service=%q}", name, svc)] = 0
 		}
 	}
