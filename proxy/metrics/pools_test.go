@@ -168,6 +168,7 @@ func TestPoolCollector(t *testing.T) {
 		`sluice_service_instances{service="web",state="eligible"}`:                   1,
 		`sluice_consul_errors_total{service="web"}`:                                  2,
 		`sluice_consul_index{service="web"}`:                                         42,
+		`sluice_consul_answers_total{service="web"}`:                                 1,
 		`sluice_consul_last_success_timestamp_seconds{service="web"}`:                -1, // checked below
 	} {
 		if _, ok := want[key]; !ok {
@@ -177,9 +178,9 @@ func TestPoolCollector(t *testing.T) {
 	}
 	have := gather(t, c)
 	// 5 instances x (up, inflight, ejections, 5 error kinds) + 2 services
-	// x (7 states, 3 consul).
-	if len(want) != 5*8+2*10 {
-		t.Fatalf("test table: want 60 series, have %d", len(want))
+	// x (7 states, 4 consul).
+	if len(want) != 5*8+2*11 {
+		t.Fatalf("test table: want 62 series, have %d", len(want))
 	}
 	for key, w := range want {
 		h, ok := have[key]
