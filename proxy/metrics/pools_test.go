@@ -213,7 +213,7 @@ func TestPoolCollector(t *testing.T) {
 			t.Errorf("series of a removed instance or service: %s", key)
 		}
 	}
-	if wantN := 2*8 + 10; len(have) != wantN {
+	if wantN := 2*8 + 11; len(have) != wantN {
 		t.Errorf("after removal: want %d series, have %d", wantN, len(have))
 	}
 	if h := have[`sluice_service_instances{service="web",state="ejected"}`]; h != 0 {
