@@ -192,6 +192,10 @@ type poolState struct {
 	since             map[string]int64      // clock when an instance last became eligible; absent = warm
 	probes            map[string]ProbeState // active probe verdicts; absent = ProbeUnknown
 	ejections         map[string]*ejection
+	// newPolicy is set when the policy changed since the last
+	// publication, ramped when that publication's weights were scaled
+	// by a slow start: either way the next one builds a new picker.
+	newPolicy, ramped bool
 }
 
 // ejection is the passive-ejection record of one instance.
@@ -292,7 +296,9 @@ func (p *Pool) Refresh(ctx context.Context) error {
 // is invalid, so two instances never share counters.
 func (p *Pool) SetMembers(ctx context.Context, index uint64, members []Member) error {
 	ms := append([]Member(nil), members...)
-	sort.SliceStable(ms, func(i, j int) bool { return ms[i].ID < ms[j].ID })
+	if !sort.SliceIsSorted(ms, func(i, j int) bool { return ms[i].ID < ms[j].ID }) {
+		sort.SliceStable(ms, func(i, j int) bool { return ms[i].ID < ms[j].ID })
+	}
 	kept := ms[:0]
 	for _, m := range ms {
 		if n := len(kept); n > 0 && kept[n-1].ID == m.ID {
@@ -386,6 +392,7 @@ func (p *Pool) SetPolicy(ctx context.Context, pol Policy) error {
 	pol.Passive = normalisePassive(pol.Passive)
 	if err := p.send(ctx, func(st *poolState) {
 		st.policy = pol
+		st.newPolicy = true
 		threshold := int64(0)
 		if pol.Passive != nil {
 			threshold = int64(pol.Passive.ConsecutiveFailures)
@@ -476,10 +483,19 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		Members:           make([]MemberStatus, 0, len(st.members)),
 		next:              make(chan struct{}),
 	}
-	seen := make(map[string]bool, len(st.members))
+	// The picker of the previous snapshot is kept when it would be built
+	// from the same endpoints (see samePicker): a change of Consul health
+	// that leaves eligibility and weights as they were costs no rebuild.
+	prev := p.snap.Load()
+	same := prev.Synced && !st.newPolicy && !st.ramped
+	nEligible := 0
+	known := 0 // members that had Stats before this publication
+	nStats := len(st.stats)
 	for _, m := range st.members {
-		seen[m.ID] = true
 		stats := st.stats[m.ID]
+		if stats != nil {
+			known++
+		}
 		if stats == nil {
 			stats = newStats(p.opts.Clock)
 			stats.id = m.ID
@@ -531,10 +547,25 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		}
 		snap.Members = append(snap.Members, ms)
 		if ms.Eligible {
-			snap.Eligible = append(snap.Eligible, &Endpoint{ID: ms.ID, Addr: ms.Addr, Weight: ms.Weight, Stats: stats})
+			if same {
+				same = nEligible < len(prev.Eligible) && prev.Eligible[nEligible].same(&ms)
+			}
+			nEligible++
 		}
 	}
-	ramping := p.applySlowStart(st, snap.Eligible, now)
+	same = same && nEligible == len(prev.Eligible)
+	ramping := false
+	if same {
+		snap.Eligible = prev.Eligible
+	} else {
+		snap.Eligible = make([]*Endpoint, 0, nEligible)
+		for i := range snap.Members {
+			if ms := &snap.Members[i]; ms.Eligible {
+				snap.Eligible = append(snap.Eligible, &Endpoint{ID: ms.ID, Addr: ms.Addr, Weight: ms.Weight, Stats: ms.Stats})
+			}
+		}
+		ramping = p.applySlowStart(st, snap.Eligible, now)
+	}
 	if ramping {
 		wake = minWake(wake, max(st.policy.SlowStart/100, 100*time.Millisecond))
 	}
@@ -550,6 +581,27 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		snap.Members[i].EffectiveWeight = w
 		j++
 	}
+	if known < nStats {
+		p.forget(st)
+	}
+	if same {
+		snap.Picker = prev.Picker
+	} else {
+		snap.Picker = st.policy.Builder(snap.Eligible, &p.shared)
+	}
+	st.newPolicy, st.ramped = false, ramping
+	prev = p.snap.Swap(snap)
+	close(prev.next)
+	st.warm = st.warm || st.synced
+	return wake
+}
+
+// forget drops the state of the instances that are no longer members.
+func (p *Pool) forget(st *poolState) {
+	seen := make(map[string]bool, len(st.members))
+	for _, m := range st.members {
+		seen[m.ID] = true
+	}
 	for id := range st.stats {
 		if !seen[id] {
 			delete(st.stats, id)
@@ -561,11 +613,11 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 			p.event(id, EventRemoved, "")
 		}
 	}
-	snap.Picker = st.policy.Builder(snap.Eligible, &p.shared)
-	prev := p.snap.Swap(snap)
-	close(prev.next)
-	st.warm = st.warm || st.synced
-	return wake
+}
+
+// same reports whether ep is the endpoint a picker would get for ms.
+func (ep *Endpoint) same(ms *MemberStatus) bool {
+	return ep.ID == ms.ID && ep.Addr == ms.Addr && ep.Weight == ms.Weight && ep.Stats == ms.Stats
 }
 
 // event records a transition of the pool (instance "") or of one instance;

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"reflect"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -227,8 +228,16 @@ func (s *service) stop(e *env) {
 }
 
 // feedPool turns discovery updates into pool changes until ctx is done.
-// track is told the addresses of every new member set.
+// track is told the addresses of every new member set, and only when they
+// changed. An instance whose address and port are as in the previous
+// update keeps its address string, so that an unchanged answer costs no
+// allocation per instance here.
 func feedPool(ctx context.Context, pool *balance.Pool, updates <-chan discovery.Update, track func([]string)) {
+	var (
+		prev   []discovery.Instance
+		addrOf []string // the Addr of prev[i]
+		addrs  []string // as last given to track; nil before
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -239,17 +248,31 @@ func feedPool(ctx context.Context, pool *balance.Pool, updates <-chan discovery.
 				continue
 			}
 			members := make([]balance.Member, len(u.Instances))
+			next := make([]string, len(u.Instances))
+			j := 0 // prev and u.Instances are both sorted by ID
 			for i, in := range u.Instances {
-				members[i] = balance.Member{ID: in.ID, Addr: in.HostPort(), Weight: in.Weight, Consul: in.Health, Invalid: in.Invalid}
+				for j < len(prev) && prev[j].ID < in.ID {
+					j++
+				}
+				if j < len(prev) && prev[j].ID == in.ID && prev[j].Address == in.Address && prev[j].Port == in.Port {
+					next[i] = addrOf[j]
+				} else {
+					next[i] = in.HostPort()
+				}
+				members[i] = balance.Member{ID: in.ID, Addr: next[i], Weight: in.Weight, Consul: in.Health, Invalid: in.Invalid}
 			}
+			prev, addrOf = u.Instances, next
 			_ = pool.SetMembers(ctx, u.Index, members)
-			addrs := make([]string, 0, len(members))
+			valid := make([]string, 0, len(members))
 			for _, m := range members {
 				if m.Invalid == "" {
-					addrs = append(addrs, m.Addr)
+					valid = append(valid, m.Addr)
 				}
 			}
-			track(addrs)
+			if addrs == nil || !slices.Equal(valid, addrs) {
+				addrs = valid
+				track(addrs)
+			}
 		}
 	}
 }

@@ -35,6 +35,8 @@ func main() {
 			err = runTCPLoad(os.Args[2:])
 		case "httprate":
 			err = runHTTPRate(os.Args[2:])
+		case "consul":
+			err = runBigService(os.Args[2:])
 		default:
 			err = run(os.Args[1:])
 		}
