@@ -54,6 +54,9 @@ func newConsulClient(c config.Consul) (*api.Client, error) {
 	// A loopback agent's answers are not worth compressing: gzip would
 	// cost the agent and sluice more CPU than the bytes it saves.
 	transport.DisableCompression = isLocalAgent(c.Address)
+	// Watch answers of big services run to megabytes, sent in chunks of
+	// a few KiB: a larger buffer reads many chunks per system call.
+	transport.ReadBufferSize = 64 << 10
 	httpClient, err := api.NewHttpClient(transport, tlsConfig)
 	if err != nil {
 		return nil, fmt.Errorf("consul TLS: %w", err)

@@ -145,7 +145,9 @@ service "big" {
 	if err := waitHTTP("http://"+adminAddr+"/healthz", 200, 30*time.Second); err != nil {
 		return err
 	}
-	answers := func() (uint64, error) { return scrapeCounter("http://"+adminAddr+"/metrics", `sluice_consul_answers_total{service="big"}`) }
+	answers := func() (uint64, error) {
+		return scrapeCounter("http://"+adminAddr+"/metrics", `sluice_consul_answers_total{service="big"}`)
+	}
 	// Settle: the agent has synced every registration and sluice has the
 	// whole set.
 	prev, err := answers()
