@@ -3,7 +3,10 @@ package balance
 import (
 	"context"
 	"errors"
+	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -47,6 +50,13 @@ type Member struct {
 	// (a bad address or port, say): the member is listed with this reason
 	// but never eligible.
 	Invalid string
+	// Backup marks a backup instance: it serves only while no primary
+	// of its datacenter is eligible (see Tier).
+	Backup bool
+	// Datacenter is set by the pool: "" for the members of SetMembers
+	// (the local datacenter), the datacenter's name for those of
+	// SetRemoteMembers.
+	Datacenter string
 }
 
 // MemberStatus is one member of a Snapshot with everything that decides its
@@ -66,11 +76,40 @@ type MemberStatus struct {
 	// less while the instance slow-starts; 0 when not eligible.
 	EffectiveWeight float64
 	Stats           *Stats
+	// Datacenter is "" for a local member, else its failover datacenter;
+	// Backup is Member.Backup.
+	Datacenter string
+	Backup     bool
+	// Tier is the member's rank in the order of preference (see Tier):
+	// requests go to the eligible members of the lowest tier that has any.
+	Tier int
+	// Standby is true for an eligible member of a tier after the one
+	// serving: it gets requests only as a retry after every member of the
+	// tiers before it failed the request.
+	Standby bool
+	// Panic is true for a member eligible only because its service is in
+	// panic mode: its failing probe or ejection is ignored.
+	Panic bool
+	// passingOnly is the service's Policy.PassingOnly, for Reason.
+	passingOnly bool
 }
 
 // Reason names what makes the member eligible or not, first cause first:
-// "eligible", "invalid: ...", "consul critical", "probe failing", "ejected".
+// "eligible", "eligible (panic mode)", "invalid: ...", "consul critical",
+// "consul warning (passing_only)", "probe failing", "ejected".
 func (ms MemberStatus) Reason() string { return reason(ms) }
+
+// Tier returns the rank of a member of datacenter rank dc (0 for the
+// local datacenter, i+1 for the i-th failover datacenter) in the order of
+// preference: the local primaries (tier 0), the local backups (1), then
+// for each failover datacenter in order its primaries and its backups.
+func Tier(dc int, backup bool) int {
+	t := 2 * dc
+	if backup {
+		t++
+	}
+	return t
+}
 
 // Snapshot is an immutable view of one service's pool. The pool owner
 // publishes a new one on every change; readers must not modify it.
@@ -93,8 +132,18 @@ type Snapshot struct {
 	// (SetMembers); zero before the first.
 	ConsulLastSuccess time.Time
 	Members           []MemberStatus // every known member, sorted by ID
-	Eligible          []*Endpoint    // the members the picker chooses from, sorted by ID
-	Picker            Picker
+	// Eligible are the members the picker chooses from, sorted by ID:
+	// those of the serving tier first, the others (standby) only on a
+	// retry once every member of the tiers before them was tried.
+	Eligible []*Endpoint
+	// Serving names the tier requests go to: "local", "local backup",
+	// "DC" or "DC backup" for a failover datacenter; "" when no member is
+	// eligible.
+	Serving string
+	// Panic is true while the service is in panic mode (see
+	// Policy.PanicThreshold).
+	Panic  bool
+	Picker Picker
 	// next is closed when the following snapshot is published.
 	next chan struct{}
 }
@@ -122,6 +171,10 @@ type PoolOptions struct {
 	// Events, when not nil, receives the pool's transitions (see
 	// EventKind); the owner writes it, never the request path.
 	Events *EventLog
+	// PassingOnly and PanicThreshold are the initial Policy's fields of
+	// the same names.
+	PassingOnly    bool
+	PanicThreshold int
 }
 
 // Policy is the part of PoolOptions a running pool can change (SetPolicy):
@@ -132,6 +185,18 @@ type Policy struct {
 	Builder   Builder // required
 	SlowStart time.Duration
 	Passive   *PassiveOptions
+	// PassingOnly makes members whose registry health is warning
+	// ineligible (shown with the reason "consul warning (passing_only)").
+	// Default false: passing and warning members are eligible.
+	PassingOnly bool
+	// PanicThreshold, a percentage from 1 to 100, turns on panic mode:
+	// while fewer than PanicThreshold percent of the members the registry
+	// admits (valid, passing or warning, or passing only with
+	// PassingOnly; every datacenter counted) are eligible because of
+	// failing probes or ejections, probe verdicts and ejections are
+	// ignored and every member the registry admits is eligible. 0 (the
+	// default) turns it off.
+	PanicThreshold int
 }
 
 // PassiveOptions configure passive ejection: an instance whose picks end
@@ -183,10 +248,16 @@ type poolState struct {
 	warm              bool // a synced snapshot was published: later arrivals slow-start
 	consulIndex       uint64
 	consulError       string
-	consulErrors      uint64    // SetError calls so far
-	consulAnswers     uint64    // SetMembers calls so far
-	consulLastSuccess time.Time // wall clock of the last SetMembers; zero before
-	members           []Member  // sorted by ID
+	consulErrors      uint64              // SetError calls so far
+	consulAnswers     uint64              // SetMembers calls so far
+	consulLastSuccess time.Time           // wall clock of the last SetMembers; zero before
+	members           []Member            // local and remote, sorted by ID (see merge)
+	local             []Member            // the last SetMembers, sorted by ID
+	remote            map[string][]Member // by failover datacenter: the last SetRemoteMembers, IDs prefixed
+	remoteErrors      map[string]string   // by failover datacenter: the error of its last query, if it failed
+	failover          []string            // the failover datacenters in order (SetFailover)
+	panic             bool                // panic mode, as last published
+	tiers             []int               // the tier of each Eligible endpoint of the last picker built
 	stats             map[string]*Stats
 	eligible          map[string]bool       // last published eligibility, for transition logs
 	since             map[string]int64      // clock when an instance last became eligible; absent = warm
@@ -215,8 +286,10 @@ func NewPool(opts PoolOptions) *Pool {
 		base := time.Now()
 		opts.Clock = func() int64 { return int64(time.Since(base)) + 1 }
 	}
-	initial := Policy{Strategy: opts.Strategy, Sticky: opts.Sticky, Builder: opts.Builder, SlowStart: opts.SlowStart, Passive: normalisePassive(opts.Passive)}
+	initial := Policy{Strategy: opts.Strategy, Sticky: opts.Sticky, Builder: opts.Builder, SlowStart: opts.SlowStart, Passive: normalisePassive(opts.Passive),
+		PassingOnly: opts.PassingOnly, PanicThreshold: opts.PanicThreshold}
 	opts.Strategy, opts.Sticky, opts.Builder, opts.SlowStart, opts.Passive = "", "", nil, 0, nil
+	opts.PassingOnly, opts.PanicThreshold = false, 0
 	p := &Pool{opts: opts, initial: initial, events: make(chan func(*poolState)), failing: make(chan *Stats, 64)}
 	p.shared.clock = opts.Clock
 	p.snap.Store(&Snapshot{Service: opts.Service, Strategy: initial.Strategy, Sticky: initial.Sticky, Picker: emptyPicker{}, next: make(chan struct{})})
@@ -248,6 +321,7 @@ func (p *Pool) Run(ctx context.Context) {
 		policy: p.initial,
 		stats:  map[string]*Stats{}, eligible: map[string]bool{}, since: map[string]int64{},
 		probes: map[string]ProbeState{}, ejections: map[string]*ejection{},
+		remote: map[string][]Member{}, remoteErrors: map[string]string{},
 	}
 	// wake fires when a slow start needs its next step or an ejection ends.
 	wake := time.NewTimer(time.Hour)
@@ -290,26 +364,14 @@ func (p *Pool) Refresh(ctx context.Context) error {
 	return p.send(ctx, func(*poolState) {})
 }
 
-// SetMembers replaces the full member set (a registry answer with index).
-// It blocks until the owner takes the change or ctx is done. Member IDs
-// must be unique: of members sharing an ID only the first is kept, and it
-// is invalid, so two instances never share counters.
+// SetMembers replaces the full member set of the local datacenter (a
+// registry answer with index). It blocks until the owner takes the change
+// or ctx is done. Member IDs must be unique: of members sharing an ID only
+// the first is kept, and it is invalid, so two instances never share
+// counters. Members keep their Stats, probe verdicts and ejections across
+// calls by ID.
 func (p *Pool) SetMembers(ctx context.Context, index uint64, members []Member) error {
-	ms := append([]Member(nil), members...)
-	if !sort.SliceIsSorted(ms, func(i, j int) bool { return ms[i].ID < ms[j].ID }) {
-		sort.SliceStable(ms, func(i, j int) bool { return ms[i].ID < ms[j].ID })
-	}
-	kept := ms[:0]
-	for _, m := range ms {
-		if n := len(kept); n > 0 && kept[n-1].ID == m.ID {
-			if kept[n-1].Invalid == "" {
-				kept[n-1].Invalid = "duplicate instance ID"
-			}
-			continue
-		}
-		kept = append(kept, m)
-	}
-	ms = kept
+	ms := uniqueMembers(members, "")
 	now := time.Now()
 	return p.send(ctx, func(st *poolState) {
 		if st.consulError != "" {
@@ -320,11 +382,124 @@ func (p *Pool) SetMembers(ctx context.Context, index uint64, members []Member) e
 		st.consulError = ""
 		st.consulLastSuccess = now
 		st.consulAnswers++
-		st.members = ms
+		st.local = ms
+		p.merge(st)
 	})
 }
 
-// SetError records a failed registry query; the current members keep serving.
+// SetFailover sets the failover datacenters, in order of preference (see
+// Tier). The members and errors of a datacenter no longer listed are
+// dropped. It blocks until the owner takes the change or ctx is done.
+func (p *Pool) SetFailover(ctx context.Context, datacenters []string) error {
+	dcs := append([]string(nil), datacenters...)
+	return p.send(ctx, func(st *poolState) {
+		st.failover = dcs
+		for dc := range st.remote {
+			if !slices.Contains(dcs, dc) {
+				delete(st.remote, dc)
+			}
+		}
+		for dc := range st.remoteErrors {
+			if !slices.Contains(dcs, dc) {
+				delete(st.remoteErrors, dc)
+			}
+		}
+		p.merge(st)
+	})
+}
+
+// SetRemoteMembers replaces the member set of failover datacenter dc (one
+// listed by SetFailover; others are dropped). Each member's ID becomes
+// dc + "/" + its ID, so that it differs from every local one; repeats are
+// handled as by SetMembers. It clears dc's error and blocks until the
+// owner takes the change or ctx is done. It does not make the pool
+// synced: only the local datacenter's answer does.
+func (p *Pool) SetRemoteMembers(ctx context.Context, dc string, members []Member) error {
+	ms := uniqueMembers(members, dc)
+	return p.send(ctx, func(st *poolState) {
+		if !slices.Contains(st.failover, dc) {
+			return
+		}
+		if st.remoteErrors[dc] != "" {
+			p.event("", EventConsulRecovery, "datacenter "+dc)
+			delete(st.remoteErrors, dc)
+		}
+		st.remote[dc] = ms
+		p.merge(st)
+	})
+}
+
+// SetRemoteError records a failed registry query of failover datacenter
+// dc; its members keep serving. The snapshot's ConsulError names dc.
+func (p *Pool) SetRemoteError(ctx context.Context, dc string, err error) error {
+	msg := err.Error()
+	return p.send(ctx, func(st *poolState) {
+		if !slices.Contains(st.failover, dc) {
+			return
+		}
+		if st.remoteErrors[dc] != msg {
+			p.event("", EventConsulError, "datacenter "+dc+": "+msg)
+		}
+		st.remoteErrors[dc] = msg
+		st.consulErrors++
+	})
+}
+
+// uniqueMembers returns a sorted copy of members of datacenter dc ("" for
+// the local one) with Datacenter set, IDs prefixed with dc + "/" for a
+// remote one, and every repeated ID kept once, invalid.
+func uniqueMembers(members []Member, dc string) []Member {
+	ms := make([]Member, len(members))
+	for i, m := range members {
+		m.Datacenter = dc
+		if dc != "" {
+			m.ID = dc + "/" + m.ID
+		}
+		ms[i] = m
+	}
+	less := func(i, j int) bool { return ms[i].ID < ms[j].ID }
+	if !sort.SliceIsSorted(ms, less) { // a Consul answer usually is
+		sort.SliceStable(ms, less)
+	}
+	return dedupe(ms)
+}
+
+// dedupe keeps the first of sorted members sharing an ID, marked invalid.
+func dedupe(ms []Member) []Member {
+	kept := ms[:0]
+	for _, m := range ms {
+		if n := len(kept); n > 0 && kept[n-1].ID == m.ID {
+			if kept[n-1].Invalid == "" {
+				kept[n-1].Invalid = "duplicate instance ID"
+			}
+			continue
+		}
+		kept = append(kept, m)
+	}
+	return kept
+}
+
+// merge recomputes st.members: the local members and those of every
+// failover datacenter, sorted by ID.
+func (p *Pool) merge(st *poolState) {
+	n := len(st.local)
+	for _, dc := range st.failover {
+		n += len(st.remote[dc])
+	}
+	ms := make([]Member, 0, n)
+	ms = append(ms, st.local...)
+	for _, dc := range st.failover {
+		ms = append(ms, st.remote[dc]...)
+	}
+	if len(st.failover) > 0 {
+		sort.SliceStable(ms, func(i, j int) bool { return ms[i].ID < ms[j].ID })
+		ms = dedupe(ms)
+	}
+	st.members = ms
+}
+
+// SetError records a failed registry query of the local datacenter; the
+// current members keep serving.
 func (p *Pool) SetError(ctx context.Context, err error) error {
 	msg := err.Error()
 	return p.send(ctx, func(st *poolState) {
@@ -476,7 +651,7 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		Version:           st.version,
 		Synced:            st.synced,
 		ConsulIndex:       st.consulIndex,
-		ConsulError:       st.consulError,
+		ConsulError:       consulError(st),
 		ConsulErrors:      st.consulErrors,
 		ConsulAnswers:     st.consulAnswers,
 		ConsulLastSuccess: st.consulLastSuccess,
@@ -484,13 +659,19 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		next:              make(chan struct{}),
 	}
 	// The picker of the previous snapshot is kept when it would be built
-	// from the same endpoints (see samePicker): a change of Consul health
-	// that leaves eligibility and weights as they were costs no rebuild.
+	// from the same endpoints in the same tiers (see Endpoint.same and
+	// st.tiers): a change of Consul health that leaves eligibility,
+	// weights and tiers as they were costs no rebuild.
 	prev := p.snap.Load()
 	same := prev.Synced && !st.newPolicy && !st.ramped
 	nEligible := 0
 	known := 0 // members that had Stats before this publication
 	nStats := len(st.stats)
+	rank := make(map[string]int, len(st.failover)+1)
+	for i, dc := range st.failover {
+		rank[dc] = i + 1
+	}
+	admitted, healthy := 0, 0 // for panic mode: members the registry admits, and of those the ones sluice finds healthy
 	for _, m := range st.members {
 		stats := st.stats[m.ID]
 		if stats != nil {
@@ -510,6 +691,8 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		ms := MemberStatus{
 			ID: m.ID, Addr: m.Addr, Weight: max(m.Weight, 1), Consul: m.Consul, Invalid: m.Invalid,
 			Probe: ProbeUnknown, Stats: stats,
+			Datacenter: m.Datacenter, Backup: m.Backup, Tier: Tier(rank[m.Datacenter], m.Backup),
+			passingOnly: st.policy.PassingOnly,
 		}
 		if ms.Addr == "" && ms.Invalid == "" {
 			ms.Invalid = "no address"
@@ -529,39 +712,73 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 				p.event(m.ID, EventEjectionEnded, "")
 			}
 		}
-		ms.Eligible = ms.Invalid == "" && (ms.Consul.eligible()) && ms.Probe != ProbeFailing && !ms.Ejected
-		if was, known := st.eligible[m.ID]; !known || was != ms.Eligible {
+		if admits(ms, st.policy.PassingOnly) {
+			admitted++
+			if ms.Probe != ProbeFailing && !ms.Ejected {
+				healthy++
+			}
+		}
+		snap.Members = append(snap.Members, ms)
+	}
+	pt := st.policy.PanicThreshold
+	snap.Panic = pt > 0 && admitted > 0 && healthy*100 < pt*admitted
+	if snap.Panic != st.panic {
+		st.panic = snap.Panic
+		if snap.Panic {
+			p.opts.Logger.Warn("panic mode: too few instances pass sluice's probes and ejections; ignoring them", "service", p.opts.Service,
+				"healthy", healthy, "consul_healthy", admitted, "panic_threshold", pt)
+		} else {
+			p.opts.Logger.Info("panic mode ended", "service", p.opts.Service, "healthy", healthy, "consul_healthy", admitted, "panic_threshold", pt)
+		}
+	}
+	serving := -1
+	for i := range snap.Members {
+		ms := &snap.Members[i]
+		admitted := admits(*ms, st.policy.PassingOnly)
+		ms.Eligible = admitted && ms.Probe != ProbeFailing && !ms.Ejected
+		if !ms.Eligible && admitted && snap.Panic {
+			ms.Eligible, ms.Panic = true, true
+		}
+		if was, known := st.eligible[ms.ID]; !known || was != ms.Eligible {
 			if known || !ms.Eligible {
-				p.opts.Logger.Info("instance eligibility changed", "service", p.opts.Service, "instance", m.ID,
-					"eligible", ms.Eligible, "reason", reason(ms), "consul", ms.Consul, "probe", ms.Probe, "ejected", ms.Ejected)
+				p.opts.Logger.Info("instance eligibility changed", "service", p.opts.Service, "instance", ms.ID,
+					"eligible", ms.Eligible, "reason", reason(*ms), "consul", ms.Consul, "probe", ms.Probe, "ejected", ms.Ejected)
 				if ms.Eligible {
-					p.event(m.ID, EventEligible, "")
+					p.event(ms.ID, EventEligible, "")
 				} else {
-					p.event(m.ID, EventIneligible, reason(ms))
+					p.event(ms.ID, EventIneligible, reason(*ms))
 				}
 			}
 			if ms.Eligible && st.warm && st.policy.SlowStart > 0 {
-				st.since[m.ID] = now
+				st.since[ms.ID] = now
 			}
-			st.eligible[m.ID] = ms.Eligible
+			st.eligible[ms.ID] = ms.Eligible
 		}
-		snap.Members = append(snap.Members, ms)
 		if ms.Eligible {
 			if same {
-				same = nEligible < len(prev.Eligible) && prev.Eligible[nEligible].same(&ms)
+				same = nEligible < len(prev.Eligible) && nEligible < len(st.tiers) &&
+					prev.Eligible[nEligible].same(ms) && st.tiers[nEligible] == ms.Tier
 			}
 			nEligible++
+			if serving < 0 || ms.Tier < serving {
+				serving = ms.Tier
+			}
 		}
 	}
-	same = same && nEligible == len(prev.Eligible)
+	if serving >= 0 {
+		snap.Serving = tierName(serving, st.failover)
+	}
+	same = same && nEligible == len(prev.Eligible) && snap.Serving == prev.Serving
 	ramping := false
 	if same {
 		snap.Eligible = prev.Eligible
 	} else {
 		snap.Eligible = make([]*Endpoint, 0, nEligible)
+		st.tiers = make([]int, 0, nEligible)
 		for i := range snap.Members {
 			if ms := &snap.Members[i]; ms.Eligible {
 				snap.Eligible = append(snap.Eligible, &Endpoint{ID: ms.ID, Addr: ms.Addr, Weight: ms.Weight, Stats: ms.Stats})
+				st.tiers = append(st.tiers, ms.Tier)
 			}
 		}
 		ramping = p.applySlowStart(st, snap.Eligible, now)
@@ -579,6 +796,7 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 			w /= slowStartScale
 		}
 		snap.Members[i].EffectiveWeight = w
+		snap.Members[i].Standby = snap.Members[i].Tier != serving
 		j++
 	}
 	if known < nStats {
@@ -587,7 +805,8 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 	if same {
 		snap.Picker = prev.Picker
 	} else {
-		snap.Picker = st.policy.Builder(snap.Eligible, &p.shared)
+		p.shared.builds++
+		snap.Picker = buildTiered(st.policy.Builder, snap.Eligible, st.tiers, &p.shared)
 	}
 	st.newPolicy, st.ramped = false, ramping
 	prev = p.snap.Swap(snap)
@@ -620,6 +839,45 @@ func (ep *Endpoint) same(ms *MemberStatus) bool {
 	return ep.ID == ms.ID && ep.Addr == ms.Addr && ep.Weight == ms.Weight && ep.Stats == ms.Stats
 }
 
+// admits reports whether the registry lets a member serve: it is valid
+// and passing, or warning unless passingOnly.
+func admits(ms MemberStatus, passingOnly bool) bool {
+	return ms.Invalid == "" && ms.Consul.eligible() && !(passingOnly && ms.Consul == HealthWarning)
+}
+
+// consulError is the snapshot's ConsulError: the local datacenter's error
+// and each failing failover datacenter's, named, joined by "; ".
+func consulError(st *poolState) string {
+	if len(st.remoteErrors) == 0 {
+		return st.consulError
+	}
+	var parts []string
+	if st.consulError != "" {
+		parts = append(parts, st.consulError)
+	}
+	for _, dc := range st.failover {
+		if e := st.remoteErrors[dc]; e != "" {
+			parts = append(parts, "datacenter "+dc+": "+e)
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// tierName names a tier for Snapshot.Serving.
+func tierName(tier int, failover []string) string {
+	name := "local"
+	if dc := tier / 2; dc > 0 {
+		name = "dc#" + strconv.Itoa(dc)
+		if dc <= len(failover) {
+			name = failover[dc-1]
+		}
+	}
+	if tier%2 == 1 {
+		name += " backup"
+	}
+	return name
+}
+
 // event records a transition of the pool (instance "") or of one instance;
 // only the owner calls it.
 func (p *Pool) event(instance string, kind EventKind, detail string) {
@@ -629,12 +887,16 @@ func (p *Pool) event(instance string, kind EventKind, detail string) {
 // reason names what makes a member eligible or not, first cause first.
 func reason(ms MemberStatus) string {
 	switch {
+	case ms.Eligible && ms.Panic:
+		return "eligible (panic mode)"
 	case ms.Eligible:
 		return "eligible"
 	case ms.Invalid != "":
 		return "invalid: " + ms.Invalid
 	case !ms.Consul.eligible():
 		return "consul " + string(ms.Consul)
+	case ms.passingOnly && ms.Consul == HealthWarning:
+		return "consul warning (passing_only)"
 	case ms.Probe == ProbeFailing:
 		return "probe failing"
 	default:

@@ -255,7 +255,7 @@ func TestPoolInvalidMembers(t *testing.T) {
 
 // A registry answer that leaves eligibility and weights as they were
 // (the same set again, or a passing <-> warning flip) keeps the picker:
-// no rebuild. Anything the picker depends on builds a new one.
+// no rebuild. Anything the picker depends on (tiers included) builds a new one.
 func TestPoolKeepsPickerWhenEndpointsUnchanged(t *testing.T) {
 	var builds atomic.Int64
 	rr, _ := Lookup("round_robin")
@@ -312,6 +312,15 @@ func TestPoolKeepsPickerWhenEndpointsUnchanged(t *testing.T) {
 		return refresh(t, p)
 	})
 	step("same answer after all", false, func() *Snapshot { return setMembers(t, p, 8, set[:2]...) })
+	set[0].Backup = true
+	step("tier", true, func() *Snapshot {
+		snap := setMembers(t, p, 9, set[:2]...)
+		if snap.Serving != "local" || !snap.Members[0].Standby || snap.Members[1].Standby {
+			t.Fatalf("a backup: serving %q, members %+v", snap.Serving, snap.Members)
+		}
+		return snap
+	})
+	step("same tiers", false, func() *Snapshot { return setMembers(t, p, 10, set[:2]...) })
 	if s := status(p, "a"); s.Stats != first.Members[0].Stats {
 		t.Fatal("stats of a kept instance replaced")
 	}

@@ -51,17 +51,21 @@ const cookieLen = 22
 
 // stickyBuilder wraps a Builder. It caches each instance's cookie value,
 // which only depends on the service, the instance ID and the secret; the
-// cache is used only on the pool owner goroutine that calls Build.
+// cache is used only on the pool owner goroutine that calls Build. An
+// entry not built for a whole publication (Shared.builds) is dropped: a
+// publication of several tiers builds each tier's endpoints in turn.
 type stickyBuilder struct {
 	inner   Builder
 	opts    StickyOptions
 	service string
 	cookies map[string]stickyCookie // by instance ID
+	round   uint64                  // the Shared.builds of the last build
 }
 
 type stickyCookie struct {
 	value     string
 	setCookie []string
+	round     uint64 // the Shared.builds when it was last built
 }
 
 func (b *stickyBuilder) build(eps []*Endpoint, shared *Shared) Picker {
@@ -74,23 +78,27 @@ func (b *stickyBuilder) build(eps []*Endpoint, shared *Shared) Picker {
 	case StickySourceIP, StickyHeader:
 		p.mg = newMaglev(eps)
 	case StickyCookie:
+		round := shared.builds
+		if round != b.round {
+			// A new publication: drop what the last one did not build.
+			for id, c := range b.cookies {
+				if c.round != b.round {
+					delete(b.cookies, id)
+				}
+			}
+			b.round = round
+		}
 		p.byValue = make(map[string]*Endpoint, len(eps))
 		p.setCookie = make(map[*Stats][]string, len(eps))
-		seen := make(map[string]bool, len(eps))
 		for _, ep := range eps {
 			c, ok := b.cookies[ep.ID]
 			if !ok {
 				c = b.newCookie(ep.ID)
-				b.cookies[ep.ID] = c
 			}
-			seen[ep.ID] = true
+			c.round = round
+			b.cookies[ep.ID] = c
 			p.byValue[c.value] = ep
 			p.setCookie[ep.Stats] = c.setCookie
-		}
-		for id := range b.cookies {
-			if !seen[id] {
-				delete(b.cookies, id)
-			}
 		}
 	}
 	return p

@@ -13,6 +13,10 @@ import (
 type Shared struct {
 	seq   atomic.Uint64
 	clock func() int64 // monotonic nanoseconds; never 0 after the first call
+	// builds counts the pool's publications: a snapshot of several tiers
+	// calls Build once per tier with the same count. Only the pool owner,
+	// on which Build runs, reads and writes it.
+	builds uint64
 }
 
 // next returns the next position of the service's rotation.

@@ -308,3 +308,43 @@ func TestWatcherOverRawTransport(t *testing.T) {
 		t.Fatalf("query lost a setting: %s %v", q.URL, q.Header)
 	}
 }
+
+// Several tags (ServiceMultipleTags), node meta and a filter go through
+// RawTransport too: the answer is read raw and the query keeps them all.
+func TestWatcherOverRawTransportMultiTag(t *testing.T) {
+	queries := make(chan *http.Request, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case queries <- r.Clone(context.Background()):
+		default:
+			<-r.Context().Done() // later queries block until the test ends
+			return
+		}
+		w.Header().Set("X-Consul-Index", "7")
+		w.Write(answerJSON(3, nil))
+	}))
+	defer srv.Close()
+	hc := &http.Client{Transport: RawTransport(http.DefaultTransport)}
+	client, err := api.NewClient(&api.Config{Address: srv.Listener.Addr().String(), HttpClient: hc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := NewWatcher(client.Health(), Options{Service: "web", Tag: "blue", Tags: []string{"green"},
+		NodeMeta: map[string]string{"rack": "r1"}, Filter: `Service.Port > 0`, BackoffMin: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := make(chan Update)
+	go w.Run(ctx, out)
+	u := <-out
+	if u.Err != nil || len(u.Instances) != 3 || u.Index != 7 {
+		t.Fatalf("update: %+v", u)
+	}
+	if w.dec.fresh != 3 {
+		t.Fatalf("the answer was not read raw (%d entries decoded by sluice)", w.dec.fresh)
+	}
+	q := (<-queries).URL.Query()
+	if tags := q["tag"]; len(tags) != 2 || tags[0] != "blue" || tags[1] != "green" ||
+		q.Get("node-meta") != "rack:r1" || q.Get("filter") != `Service.Port > 0` {
+		t.Fatalf("query lost a setting: %v", q)
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -86,10 +87,30 @@ type HealthAPI interface {
 
 var _ HealthAPI = (*api.Health)(nil)
 
+// MultiTagHealthAPI is a HealthAPI that can require several tags at once
+// (Consul's repeated tag query parameter). A Watcher that needs more than
+// one tag uses it, and reports an error when its HealthAPI lacks it.
+type MultiTagHealthAPI interface {
+	HealthAPI
+	ServiceMultipleTags(service string, tags []string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error)
+}
+
+var _ MultiTagHealthAPI = (*api.Health)(nil)
+
 // Options configure a Watcher. Zero values take the documented defaults.
 type Options struct {
-	Service    string // required
-	Tag        string // only instances carrying this tag; "" for all
+	Service string // required
+	// Tag and Tags: only instances carrying every one of these tags
+	// (Consul compares tags case-insensitively); none for all. Tag is
+	// shorthand for one.
+	Tag  string
+	Tags []string
+	// NodeMeta: only instances on nodes whose meta holds every one of
+	// these key/value pairs (Consul's node-meta parameter).
+	NodeMeta map[string]string
+	// Filter is a Consul filter expression over the health entries
+	// (Consul's filter parameter), applied by Consul; "" for none.
+	Filter     string
 	WeightKey  string // service meta key holding the weight; default DefaultWeightKey
 	Datacenter string // default: the agent's
 	// Stale allows any server to answer and uses the agent's cache
@@ -259,9 +280,11 @@ func (w *Watcher) query(ctx context.Context, index uint64) ([]answerEntry, *api.
 		WaitTime:   w.opts.Wait,
 		AllowStale: w.opts.Stale,
 		UseCache:   w.opts.Stale,
+		NodeMeta:   w.opts.NodeMeta,
+		Filter:     w.opts.Filter,
 	}
 	w.sink = rawSink{buf: w.dec.buffer()}
-	apiEntries, meta, err := w.h.Service(w.opts.Service, w.opts.Tag, false, q.WithContext(withSink(qctx, &w.sink)))
+	apiEntries, meta, err := w.service(q.WithContext(withSink(qctx, &w.sink)))
 	if err != nil && ctx.Err() == nil && context.Cause(qctx) == errWatchdog {
 		return nil, nil, errWatchdog
 	}
@@ -272,6 +295,39 @@ func (w *Watcher) query(ctx context.Context, index uint64) ([]answerEntry, *api.
 		return nil, nil, w.aclError(err)
 	}
 	return w.entries(apiEntries, meta)
+}
+
+// service asks Consul for the health entries of the service that carry
+// every tag of Tag and Tags. Both calls go through the same client, so a
+// sink in q's context (see RawTransport) receives either answer.
+func (w *Watcher) service(q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	tags := w.tags()
+	if len(tags) <= 1 {
+		tag := ""
+		if len(tags) == 1 {
+			tag = tags[0]
+		}
+		return w.h.Service(w.opts.Service, tag, false, q)
+	}
+	mh, ok := w.h.(MultiTagHealthAPI)
+	if !ok {
+		return nil, nil, fmt.Errorf("the Consul client cannot require %d tags at once", len(tags))
+	}
+	return mh.ServiceMultipleTags(w.opts.Service, tags, false, q)
+}
+
+// tags returns Tag and Tags together, without repeats.
+func (w *Watcher) tags() []string {
+	var tags []string
+	if w.opts.Tag != "" {
+		tags = append(tags, w.opts.Tag)
+	}
+	for _, t := range w.opts.Tags {
+		if t != "" && !slices.Contains(tags, t) {
+			tags = append(tags, t)
+		}
+	}
+	return tags
 }
 
 // confirmEmpty returns an error wrapping ErrACL when Consul's empty answer
@@ -286,8 +342,8 @@ func (w *Watcher) confirmEmpty(ctx context.Context, meta *api.QueryMeta) error {
 	if !meta.ResultsFilteredByACLs {
 		qctx, cancel := context.WithTimeout(ctx, w.opts.Wait+w.opts.WatchdogMargin)
 		defer cancel()
-		q := &api.QueryOptions{Datacenter: w.opts.Datacenter, AllowStale: w.opts.Stale}
-		_, m, err := w.h.Service(w.opts.Service, w.opts.Tag, false, q.WithContext(qctx))
+		q := &api.QueryOptions{Datacenter: w.opts.Datacenter, AllowStale: w.opts.Stale, NodeMeta: w.opts.NodeMeta, Filter: w.opts.Filter}
+		_, m, err := w.service(q.WithContext(qctx))
 		if err != nil {
 			return w.aclError(err)
 		}

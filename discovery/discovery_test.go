@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"reflect"
 	"strconv"
 	"strings"
@@ -30,6 +31,7 @@ type answer struct {
 // call is what fakeHealth saw of one query.
 type call struct {
 	service, tag string
+	tags         []string // ServiceMultipleTags only
 	q            api.QueryOptions
 }
 
@@ -57,14 +59,22 @@ func (f *fakeHealth) confirmed() []api.QueryOptions {
 	return append([]api.QueryOptions(nil), f.confirms...)
 }
 
+func (f *fakeHealth) ServiceMultipleTags(service string, tags []string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	return f.query(call{service: service, tags: tags, q: *q}, q)
+}
+
 func (f *fakeHealth) Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	return f.query(call{service: service, tag: tag, q: *q}, q)
+}
+
+func (f *fakeHealth) query(c call, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 	if q.WaitTime == 0 {
 		f.mu.Lock()
 		f.confirms = append(f.confirms, *q)
 		f.mu.Unlock()
 		return nil, &api.QueryMeta{LastIndex: 1, ResultsFilteredByACLs: f.filtered.Load()}, nil
 	}
-	f.calls <- call{service: service, tag: tag, q: *q}
+	f.calls <- c
 	ctx := q.Context()
 	select {
 	case a := <-f.answers:
@@ -772,5 +782,64 @@ func TestNoLeaderPause(t *testing.T) {
 		if got := isNoLeader(tc.err); got != tc.want {
 			t.Errorf("isNoLeader(%q) = %v, want %v", tc.err, got, tc.want)
 		}
+	}
+}
+
+// TestQueryFilters: tags, node meta and the filter expression reach every
+// query Consul sees, the confirmation of an empty answer included; one
+// tag uses Service, several ServiceMultipleTags.
+func TestQueryFilters(t *testing.T) {
+	cases := []struct {
+		name     string
+		opts     Options
+		wantTag  string
+		wantTags []string
+	}{
+		{"none", Options{}, "", nil},
+		{"tag", Options{Tag: "blue"}, "blue", nil},
+		{"one of tags", Options{Tags: []string{"blue"}}, "blue", nil},
+		{"tags", Options{Tags: []string{"blue", "v2"}}, "", []string{"blue", "v2"}},
+		{"tag and tags, repeats once", Options{Tag: "blue", Tags: []string{"v2", "blue"}}, "", []string{"blue", "v2"}},
+		{"node meta and filter", Options{NodeMeta: map[string]string{"rack": "r1"}, Filter: `Service.Meta.version == "2"`}, "", nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.opts.Stale = true
+			h := start(t, tc.opts)
+			for i, c := range []call{h.serve(t, answer{index: 3})} {
+				if c.tag != tc.wantTag || strings.Join(c.tags, ",") != strings.Join(tc.wantTags, ",") {
+					t.Fatalf("query %d: want tag %q tags %v, have %q %v", i, tc.wantTag, tc.wantTags, c.tag, c.tags)
+				}
+				if !maps.Equal(c.q.NodeMeta, tc.opts.NodeMeta) || c.q.Filter != tc.opts.Filter {
+					t.Fatalf("query %d: want node meta %v filter %q, have %v %q", i, tc.opts.NodeMeta, tc.opts.Filter, c.q.NodeMeta, c.q.Filter)
+				}
+			}
+			h.next(t)
+			cs := h.fake.confirmed()
+			if len(cs) != 1 || !maps.Equal(cs[0].NodeMeta, tc.opts.NodeMeta) || cs[0].Filter != tc.opts.Filter {
+				t.Fatalf("confirming query: want the same node meta and filter, have %+v", cs)
+			}
+		})
+	}
+}
+
+// singleTagHealth is a HealthAPI without ServiceMultipleTags.
+type singleTagHealth struct{ HealthAPI }
+
+// TestSeveralTagsNeedMultiTagAPI: a client that cannot send several tags
+// makes the watch fail (in band) rather than drop a tag.
+func TestSeveralTagsNeedMultiTagAPI(t *testing.T) {
+	w := NewWatcher(singleTagHealth{newFake()}, Options{Service: "web", Tags: []string{"a", "b"}, BackoffMin: time.Millisecond, BackoffMax: time.Millisecond})
+	out := make(chan Update)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go w.Run(ctx, out)
+	select {
+	case u := <-out:
+		if u.Err == nil || !strings.Contains(u.Err.Error(), "2 tags") {
+			t.Fatalf("want an error about 2 tags, have %+v", u)
+		}
+	case <-time.After(timeout):
+		t.Fatal("no update")
 	}
 }

@@ -2,12 +2,18 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +21,8 @@ import (
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+	"github.com/hashicorp/consul/api"
+	"github.com/sluice-lb/sluice/balance"
 )
 
 // TestDashboard: the page on the admin address lists the instances, shows
@@ -172,6 +180,147 @@ func TestDashboardManyInstances(t *testing.T) {
 		func(rows int) bool { return rows == n })
 	t.Logf("%d rows on the page %v after the navigation began", n, time.Since(start).Round(time.Millisecond))
 	screenshot(t, ctx, "dashboard-200.png", false)
+}
+
+// TestDashboardHostileNames: instance IDs and addresses from Consul are
+// shown as text, in the rows and in the event feed, never parsed as HTML.
+func TestDashboardHostileNames(t *testing.T) {
+	const id = `<img src=x onerror="window.pwned=1">`
+	const addr = `"><svg onload="window.pwned=2">`
+	consul := startConsul(t)
+	consul.register("web", id, startBackend(t, "a").addr(), nil)
+	if err := consul.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: "bad-address", Name: "web", Address: addr, Port: 80,
+		Check: &api.AgentServiceCheck{CheckID: "check-bad-address", TTL: "1h", Status: api.HealthPassing},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s := startSluice(t, consul.Addr, "web", "")
+	waitFor(t, 10*time.Second, "2 instances", func() bool { return len(s.service("web").Instances) == 2 })
+
+	ctx := browser(t, 1280, 900)
+	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+s.Admin+"/")); err != nil {
+		t.Fatalf("open the dashboard: %v", err)
+	}
+	evalUntil(t, ctx, 10*time.Second, "2 instance rows and their added events", `document.querySelectorAll('tr[data-id]').length +
+		document.querySelectorAll('#events li[data-kind="added"]').length`, func(n int) bool { return n == 4 })
+	type shown struct {
+		IDs, Addresses, Feed []string
+		Markup               int
+		Pwned                any
+	}
+	have := evaluate[shown](t, ctx, `({
+		ids: [...document.querySelectorAll('tr[data-id] > th')].map(c => c.firstChild.data),
+		addresses: [...document.querySelectorAll('tr[data-id] .c-addr')].map(c => c.textContent),
+		feed: [...document.querySelectorAll('#events li[data-kind="added"]')].map(li => li.textContent),
+		markup: document.querySelectorAll('img, svg, script:not([src])').length,
+		pwned: window.pwned === undefined ? null : window.pwned,
+	})`)
+	if have.Markup != 0 || have.Pwned != nil {
+		t.Fatalf("names from Consul became markup: %d elements, window.pwned %v", have.Markup, have.Pwned)
+	}
+	wantIDs := []string{"e2e/" + id, "e2e/bad-address"}
+	sort.Strings(wantIDs)
+	if strings.Join(have.IDs, "\n") != strings.Join(wantIDs, "\n") {
+		t.Errorf("ID cells %q, want %q", have.IDs, wantIDs)
+	}
+	if !slices.Contains(have.Addresses, addr+":80") {
+		t.Errorf("address cells %q do not show %q as text", have.Addresses, addr+":80")
+	}
+	if feed := strings.Join(have.Feed, "\n"); !strings.Contains(feed, id) || !strings.Contains(feed, addr) {
+		t.Errorf("event feed %q does not show the names as text", feed)
+	}
+}
+
+// TestDashboardRestart: a page open across a restart of sluice shows the
+// new process's events once it has reconnected, even when the new
+// process has recorded as many events as the old one had (their Seq
+// starts again from 1).
+func TestDashboardRestart(t *testing.T) {
+	consul := startConsul(t)
+	consul.register("web", "web-a", startBackend(t, "a").addr(), nil)
+	s := startSluice(t, consul.Addr, "web", "")
+	waitFor(t, 10*time.Second, "1 instance", func() bool { return len(s.service("web").Instances) == 1 })
+	newest := func() string { // the time of the process's newest event, as the stream sends it
+		t.Helper()
+		resp, err := s.client.Get("http://" + s.Admin + "/v1/events")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct{ Events []balance.Event }
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatal(err)
+		}
+		if len(body.Events) != 2 {
+			t.Fatalf("events %+v, want a start and an added", body.Events)
+		}
+		b, _ := json.Marshal(body.Events[1].Time)
+		return strings.Trim(string(b), `"`)
+	}
+	feedNewest := `(document.querySelector('#events li time') || {}).dateTime || ''`
+
+	ctx := browser(t, 1280, 900)
+	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+s.Admin+"/")); err != nil {
+		t.Fatalf("open the dashboard: %v", err)
+	}
+	first := newest()
+	evalUntil(t, ctx, 10*time.Second, "the first process's newest event", feedNewest, func(v string) bool { return v == first })
+
+	if err := s.proc.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("stop sluice: %v", err)
+	}
+	s.proc = startProcess(t, binary(t, "SLUICE_BIN", "sluice"), "run", "-config", s.Path)
+	waitFor(t, 20*time.Second, "sluice /healthz 200 again", func() bool { return s.healthz() == http.StatusOK })
+	waitFor(t, 10*time.Second, "1 instance again", func() bool { return len(s.service("web").Instances) == 1 })
+	second := newest()
+	if second == first {
+		t.Fatalf("both processes' newest event at %s", first)
+	}
+	evalUntil(t, ctx, 10*time.Second, "the second process's newest event", feedNewest, func(v string) bool { return v == second })
+}
+
+// TestDashboardStreamsFull: a page refused because every dashboard stream
+// is taken (503) keeps trying and goes live once one is free.
+func TestDashboardStreamsFull(t *testing.T) {
+	consul := startConsul(t)
+	consul.register("web", "web-a", startBackend(t, "a").addr(), nil)
+	s := startSluice(t, consul.Addr, "web", "")
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	var bodies []io.Closer
+	defer func() {
+		for _, b := range bodies {
+			b.Close()
+		}
+	}()
+	// Take every stream: open them until one is refused.
+	for {
+		resp, err := client.Get("http://" + s.Admin + "/v1/dashboard/stream")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			resp.Body.Close()
+			break
+		}
+		bodies = append(bodies, resp.Body)
+		if resp.StatusCode != http.StatusOK || len(bodies) > 1000 {
+			t.Fatalf("stream %d: %d", len(bodies), resp.StatusCode)
+		}
+	}
+
+	ctx := browser(t, 1280, 900)
+	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+s.Admin+"/")); err != nil {
+		t.Fatalf("open the dashboard: %v", err)
+	}
+	evalUntil(t, ctx, 10*time.Second, "the page to say it is not connected", `document.getElementById('conn').textContent`,
+		func(v string) bool { return v != "connecting…" && v != "live" })
+	for _, b := range bodies {
+		b.Close()
+	}
+	bodies = nil
+	evalUntil(t, ctx, 15*time.Second, "the page live with its instance", `document.getElementById('conn').textContent + ' ' +
+		document.querySelectorAll('tr[data-id]').length`, func(v string) bool { return v == "live 1" })
 }
 
 var chromiumOnce struct {

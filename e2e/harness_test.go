@@ -45,15 +45,25 @@ func binary(t testing.TB, env, name string) string {
 	return abs
 }
 
-// freePort returns a loopback port that was free a moment ago.
+// handedOut holds the ports freePort returned, so that a test never gets
+// one twice (the kernel may hand a closed port out again).
+var handedOut sync.Map
+
+// freePort returns a loopback port that was free a moment ago and that no
+// other freePort call in this process returned.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if _, taken := handedOut.LoadOrStore(port, true); !taken {
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // waitFor polls cond every 5ms until it holds or timeout passes.

@@ -201,8 +201,11 @@ service "web" {
 			errors500++
 		}
 	}
-	if errors500 != 3 {
-		t.Errorf("want exactly consecutive_failures (3) 500s before the ejection, have %d", errors500)
+	// The pool owner publishes the ejection after the third failure is
+	// counted; on a loaded machine the next pick of web-c (two requests
+	// later) may come first, so one more 500 is allowed, never more.
+	if errors500 < 3 || errors500 > 4 {
+		t.Errorf("want consecutive_failures (3) 500s before the ejection (4 when the next pick wins the race with it), have %d", errors500)
 	}
 	in, _ := s.instance("web", "web-c")
 	if !in.Ejected || in.Eligible {

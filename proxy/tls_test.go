@@ -3,16 +3,11 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -23,64 +18,24 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-lb/sluice/balance"
+	"github.com/sluice-lb/sluice/proxy/certs/certstest"
 	"github.com/sluice-lb/sluice/proxy/metrics"
 )
 
 // testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
+// testCA is certstest's CA with the shorthands these tests use.
+type testCA struct{ *certstest.CA }
 
-var serial atomic.Int64
+func newCA(t testing.TB) *testCA { return &testCA{certstest.NewCA(t, "sluice test CA")} }
 
-func newCA(t testing.TB) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: "sluice test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
+// pool is a pool holding only the CA.
+func (ca *testCA) pool() *x509.CertPool { return ca.Pool() }
 
-// leaf returns a server certificate for names (IP literals go to the IP
-// SANs) signed by ca.
+// leaf returns a certificate for names (IP literals go to the IP SANs)
+// signed by ca.
 func (ca *testCA) leaf(t testing.TB, names ...string) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: names[0]},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, n)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return ca.Issue(t, certstest.LeafOptions{Names: names, CommonName: names[0]}).TLS(t)
 }
 
 // tlsBackend is an HTTPS httptest server with a certificate of ca for
@@ -117,7 +72,7 @@ func TestHTTPSBackend(t *testing.T) {
 	ca := newCA(t)
 	be, conns := tlsBackend(t, ca, "a")
 	p := pool(t, "round_robin", m("a", tlsHostOf(be), 1))
-	f := front(t, ServiceOptions{Name: "web", Pool: p, TLS: &tls.Config{RootCAs: ca.pool}})
+	f := front(t, ServiceOptions{Name: "web", Pool: p, TLS: &tls.Config{RootCAs: ca.pool()}})
 	for i := 0; i < 20; i++ {
 		resp, body := get(t, f.URL+"/x")
 		if resp.StatusCode != 200 || body != "a HTTP/1.1 tls=true" {
@@ -131,7 +86,7 @@ func TestHTTPSBackend(t *testing.T) {
 	// A wrong CA: the instance's failure, at connect; the good one serves.
 	bad, _ := tlsBackend(t, newCA(t), "bad")
 	p2 := pool(t, "round_robin", m("bad", tlsHostOf(bad), 1), m("good", tlsHostOf(be), 1))
-	f2 := front(t, ServiceOptions{Name: "web", Pool: p2, Attempts: 2, TLS: &tls.Config{RootCAs: ca.pool}})
+	f2 := front(t, ServiceOptions{Name: "web", Pool: p2, Attempts: 2, TLS: &tls.Config{RootCAs: ca.pool()}})
 	for i := 0; i < 4; i++ {
 		resp, body := get(t, f2.URL+"/x")
 		if resp.StatusCode != 200 || !strings.HasPrefix(body, "a ") {
@@ -147,7 +102,7 @@ func TestHTTPSBackend(t *testing.T) {
 	u := NewUpstream()
 	defer u.Close()
 	req, _ := http.NewRequest(http.MethodGet, "https://"+tlsHostOf(bad)+"/", nil)
-	if _, err := u.TryTLS(req, tlsHostOf(bad), &tls.Config{RootCAs: ca.pool}, TryLimits{}); !isDialError(err) {
+	if _, err := u.TryTLS(req, tlsHostOf(bad), &tls.Config{RootCAs: ca.pool()}, TryLimits{}); !isDialError(err) {
 		t.Errorf("want a dial error, have %v", err)
 	}
 }
@@ -202,7 +157,7 @@ func TestTLSConnectionIntegrity(t *testing.T) {
 			})
 			u := NewUpstream()
 			defer u.Close()
-			conf := &tls.Config{RootCAs: ca.pool}
+			conf := &tls.Config{RootCAs: ca.pool()}
 			for i := 0; i < 3; i++ {
 				id := fmt.Sprintf("req%d", i)
 				req, _ := http.NewRequest(http.MethodGet, "https://"+addr+"/"+id, nil)
@@ -242,7 +197,7 @@ func TestHTTPSProbe(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})
 			pr := NewProber(p, ProbeOptions{Type: typ, Path: "/", Interval: 20 * time.Millisecond, Timeout: time.Second,
-				Rise: 1, Fall: 1, TLS: &tls.Config{RootCAs: ca.pool}}, nil)
+				Rise: 1, Fall: 1, TLS: &tls.Config{RootCAs: ca.pool()}}, nil)
 			go func() { pr.Run(ctx); close(done) }()
 			defer func() { cancel(); <-done }()
 			waitFor(t, "good passing", func() bool { return probeState(p, "good") == balance.ProbePassing })
@@ -382,7 +337,7 @@ func TestHSTS(t *testing.T) {
 	p := pool(t, "round_robin", m("a", tlsHostOf(be), 1))
 	dead := pool(t, "round_robin", m("dead", deadAddr(t), 1))
 	opts := HTTPOptions{HSTSMaxAge: 24 * time.Hour, Routes: []Route{
-		{PathPrefix: "/ok", Service: ServiceOptions{Name: "web", Pool: p, TLS: &tls.Config{RootCAs: ca.pool}}},
+		{PathPrefix: "/ok", Service: ServiceOptions{Name: "web", Pool: p, TLS: &tls.Config{RootCAs: ca.pool()}}},
 		{PathPrefix: "/dead", Service: ServiceOptions{Name: "dead", Pool: dead, Attempts: 1}},
 	}}
 	secure := httptest.NewUnstartedServer(NewHTTPHandler(opts))
@@ -391,7 +346,7 @@ func TestHSTS(t *testing.T) {
 	defer secure.Close()
 	plain := httptest.NewServer(NewHTTPHandler(opts))
 	defer plain.Close()
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool}}}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool()}}}
 	defer client.CloseIdleConnections()
 	for _, path := range []string{"/ok", "/none", "/dead"} {
 		for _, base := range []string{secure.URL, plain.URL} {
@@ -446,7 +401,7 @@ func TestTCPTerminateTLS(t *testing.T) {
 	p := pool(t, "round_robin", m("echo", echoServer(t), 1))
 	addr, _ := tcpFront(t, TCPOptions{Service: ServiceOptions{Name: "echo", Pool: p},
 		TLS: &tls.Config{Certificates: []tls.Certificate{ca.leaf(t, "localhost")}}, HandshakeTimeout: 2 * time.Second})
-	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool, ServerName: "localhost"})
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool(), ServerName: "localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -508,7 +463,7 @@ func TestSNIPassthrough(t *testing.T) {
 	}
 	addr, _ := tcpFront(t, TCPOptions{Listener: "sni", SNIRoutes: routes, HandshakeTimeout: 200 * time.Millisecond, AccessLog: al})
 	try := func(addr, name string) (string, error) {
-		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool, ServerName: name})
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool(), ServerName: name})
 		if err != nil {
 			return "", err
 		}

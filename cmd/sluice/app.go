@@ -49,9 +49,10 @@ type env struct {
 	// events is the ring of pool transitions and reloads the dashboard
 	// and /v1/events show; every pool writes to it.
 	events *balance.EventLog
-	// newHealth makes the Consul health client of a consul block; tests
-	// replace it with a fake.
-	newHealth func(config.Consul) (discovery.HealthAPI, error)
+	// newHealth and newCatalog make the Consul health and catalog clients
+	// of a consul block; tests replace them with fakes.
+	newHealth  func(config.Consul) (discovery.HealthAPI, error)
+	newCatalog func(config.Consul) (discovery.CatalogAPI, error)
 }
 
 // consulClient is the Consul client of one consul block. generation
@@ -60,6 +61,7 @@ type consulClient struct {
 	cfg        config.Consul
 	generation uint64
 	health     discovery.HealthAPI
+	catalog    discovery.CatalogAPI
 }
 
 // app is the composition root: it turns a configuration into running
@@ -93,6 +95,11 @@ type app struct {
 	pools atomic.Pointer[[]*balance.Pool]
 	// routes are the running listeners and their routes, for the dashboard.
 	routes atomic.Pointer[[]admin.Listener]
+	// routeStatus is the answer of GET /v1/routes.
+	routeStatus atomic.Pointer[admin.RoutesResponse]
+	// disco is the state of the routes made from Consul tags
+	// (discover.go).
+	disco discoState
 	// fatal receives the error of a server that stopped on its own.
 	fatal chan error
 	// ready is set once every service of the start configuration has had
@@ -134,7 +141,8 @@ type reloadStatus struct {
 
 // newApp returns an app with nothing running; start runs cfg.
 func newApp(path, version string, logger hclog.Logger) (*app, error) {
-	a := &app{path: path, version: version, startedAt: time.Now(), services: map[string]*service{}, fatal: make(chan error, 1)}
+	a := &app{path: path, version: version, startedAt: time.Now(), services: map[string]*service{}, fatal: make(chan error, 1),
+		disco: newDiscoState()}
 	a.stopCtx, a.stop = context.WithCancel(context.Background())
 	a.logger = logger
 	a.errLog = logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug})
@@ -145,6 +153,7 @@ func newApp(path, version string, logger hclog.Logger) (*app, error) {
 	a.transport = proxy.NewUpstream()
 	a.pressure = proxy.NewPressure(logger.Named("pressure"))
 	a.newHealth = newConsulHealth
+	a.newCatalog = newConsulCatalog
 	a.registry = prometheus.NewRegistry()
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.metrics = metrics.New(a.registry)
@@ -153,6 +162,7 @@ func newApp(path, version string, logger hclog.Logger) (*app, error) {
 	empty := []*balance.Pool{}
 	a.pools.Store(&empty)
 	a.routes.Store(&[]admin.Listener{})
+	a.routeStatus.Store(&admin.RoutesResponse{Listeners: []admin.RouteListener{}})
 	return a, nil
 }
 
@@ -252,7 +262,10 @@ type prepared struct {
 // first Consul answer before any route changes), then listeners (kept
 // ones change in place, new ones start, removed ones stop accepting at
 // once and drain in the background as on SIGTERM), then the admin
-// socket, then removed services stop.
+// socket, then removed services stop; last, the routes discovered from
+// Consul tags follow cfg (reconcileDiscovery: a discovered runtime whose
+// policy can no longer be built shows its route invalid, it does not fail
+// the reload).
 func (a *app) apply(cfg *config.Config, reload bool) error {
 	p, err := a.prepare(cfg)
 	if err != nil {
@@ -332,13 +345,9 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 			a.logger.Info("service removed", "service", name)
 		}
 	}
-	pools := make([]*balance.Pool, 0, len(a.services))
-	for _, name := range cfg.ServiceNames() {
-		pools = append(pools, a.services[name].pool)
-	}
 	// Before the admin API starts: at start, an admin API seeing no pools
 	// would answer /healthz 200 before any Consul answer.
-	a.pools.Store(&pools)
+	a.publishPools(cfg)
 	a.routes.Store(dashboardListeners(cfg))
 
 	if p.admin != nil {
@@ -351,6 +360,8 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 	// Self-registration once what it registers is serving.
 	a.applyRegister(p.register)
 	a.cfg = cfg
+	// Discovered routes follow the new configuration (discover.go).
+	a.reconcileDiscovery(reload)
 	return nil
 }
 
@@ -554,7 +565,11 @@ func (a *app) prepare(cfg *config.Config) (_ *prepared, err error) {
 		if a.consul != nil {
 			gen = a.consul.generation + 1
 		}
-		p.consul = &consulClient{cfg: cfg.Consul, generation: gen, health: health}
+		catalog, err := a.newCatalog(cfg.Consul)
+		if err != nil {
+			return nil, err
+		}
+		p.consul = &consulClient{cfg: cfg.Consul, generation: gen, health: health, catalog: catalog}
 	}
 	// Self-registration: a client only when the registration changed.
 	if p.register, err = a.prepareRegister(cfg); err != nil {
@@ -648,6 +663,7 @@ func (a *app) shutdown(grace time.Duration) {
 	}
 	wg.Wait()
 	a.draining.Wait()
+	a.stopDiscovery()
 	for _, s := range a.services {
 		s.stop(&a.env)
 	}
@@ -680,6 +696,7 @@ func (a *app) newAdmin(ln net.Listener, address string) *adminServer {
 		Gatherer:  a.registry,
 		Events:    a.events,
 		Listeners: func() []admin.Listener { return *a.routes.Load() },
+		Routes:    func() admin.RoutesResponse { return *a.routeStatus.Load() },
 	})
 	s := &adminServer{address: address, ln: ln, srv: newServer(h, a.errLog, adminIdleTimeout), done: make(chan struct{})}
 	// Shutdown cancels every request's context, so dashboard streams

@@ -27,6 +27,33 @@ func newConsulHealth(c config.Consul) (discovery.HealthAPI, error) {
 	return tlsExplained{h: client.Health(), tls: c.TLS}, nil
 }
 
+// newConsulCatalog is env.newCatalog for a real Consul agent: the catalog
+// API of newConsulClient, its TLS failures explained like the health
+// API's.
+func newConsulCatalog(c config.Consul) (discovery.CatalogAPI, error) {
+	client, err := newConsulClient(c)
+	if err != nil {
+		return nil, err
+	}
+	return catalogExplained{c: client.Catalog(), tls: c.TLS}, nil
+}
+
+// catalogExplained is tlsExplained for the catalog API.
+type catalogExplained struct {
+	c   discovery.CatalogAPI
+	tls config.ConsulTLS
+}
+
+var _ discovery.CatalogAPI = catalogExplained{}
+
+func (t catalogExplained) Services(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
+	services, meta, err := t.c.Services(q)
+	if err != nil {
+		err = explainTLS(err, t.tls)
+	}
+	return services, meta, err
+}
+
 // newConsulClient makes the Consul API client of a consul block, for the
 // watches and the self-registration. Every setting comes from c alone,
 // which config resolved from the file and the environment; the api
@@ -146,14 +173,22 @@ func (p pinned) RoundTrip(r *http.Request) (*http.Response, error) {
 // refused names the client certificate. Other errors pass unchanged; every
 // error stays wrapped (%w).
 type tlsExplained struct {
-	h   discovery.HealthAPI
+	h   discovery.MultiTagHealthAPI
 	tls config.ConsulTLS
 }
 
-var _ discovery.HealthAPI = tlsExplained{}
+var _ discovery.MultiTagHealthAPI = tlsExplained{}
 
 func (t tlsExplained) Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 	entries, meta, err := t.h.Service(service, tag, passingOnly, q)
+	if err != nil {
+		err = explainTLS(err, t.tls)
+	}
+	return entries, meta, err
+}
+
+func (t tlsExplained) ServiceMultipleTags(service string, tags []string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	entries, meta, err := t.h.ServiceMultipleTags(service, tags, passingOnly, q)
 	if err != nil {
 		err = explainTLS(err, t.tls)
 	}

@@ -80,9 +80,9 @@ func BenchmarkFollowBigService(b *testing.B) {
 			defer cancel()
 			go pool.Run(ctx)
 			w := discovery.NewWatcher(health, discovery.Options{Service: "big", Stale: true, Logger: hclog.NewNullLogger()})
-			updates := make(chan discovery.Update)
-			go w.Run(ctx, updates)
-			go feedPool(ctx, pool, updates, func([]string) {})
+			updates := make(chan dcUpdate)
+			go watchDatacenter(ctx, w, "", updates)
+			go feedPool(ctx, pool, updates, "", func([]string) {})
 
 			index := uint64(0)
 			// next sends an answer and returns the time from the start of its

@@ -34,6 +34,10 @@ type listener struct {
 	stopCtx context.Context    // done when stopNow is called
 	done    chan struct{}      // closed when serving has ended
 	closing atomic.Bool        // set by stopAccepting: Serve's error is expected
+
+	// discovered are the http listener's routes made from Consul tags,
+	// after those of cfg in its table (discover.go sets them).
+	discovered []proxy.Route
 }
 
 // bind listens on addr; what names the listener in the error.
@@ -48,13 +52,15 @@ func bind(what, addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// httpOptions translates an http listener and the services it routes to.
-func httpOptions(l *config.Listener, services map[string]*service, e *env, log *proxy.AccessLog) proxy.HTTPOptions {
-	routes := make([]proxy.Route, 0, len(l.Routes))
+// httpOptions translates an http listener and the services it routes to;
+// discovered are its routes made from Consul tags.
+func httpOptions(l *config.Listener, services map[string]*service, e *env, log *proxy.AccessLog, discovered []proxy.Route) proxy.HTTPOptions {
+	routes := make([]proxy.Route, 0, len(l.Routes)+len(discovered))
 	for _, r := range l.Routes {
 		routes = append(routes, proxy.Route{Host: r.Host, PathPrefix: r.PathPrefix, Service: services[r.Service].fwd,
 			MaxBodyBytes: r.MaxBodyBytes})
 	}
+	routes = append(routes, discovered...)
 	return proxy.HTTPOptions{
 		Listener: l.Name, Routes: routes, Transport: e.transport, AccessLog: log, Logger: e.logger.Named("http"),
 		TrustedProxies: l.TrustedProxies, Pressure: e.pressure, Metrics: e.metrics,
@@ -117,7 +123,7 @@ func newListener(cfg *config.Listener, ln net.Listener, log *accessLog, certSet 
 	case config.ProtocolTCP:
 		l.tcp = proxy.NewTCPProxy(tcpOptions(cfg, services, l.tlsConfig(), e, log.log()))
 	default:
-		l.handler = proxy.NewHTTPHandler(httpOptions(cfg, services, e, log.log()))
+		l.handler = proxy.NewHTTPHandler(httpOptions(cfg, services, e, log.log(), nil))
 		name, stopCtx := cfg.Name, l.stopCtx
 		l.srv = &h1.Server{
 			Handler:              l.handler,
@@ -166,7 +172,7 @@ func (l *listener) update(cfg *config.Listener, log *accessLog, services map[str
 		l.tcp.Update(tcpOptions(cfg, services, l.tlsConfig(), e, log.log()))
 		return
 	}
-	l.handler.Update(httpOptions(cfg, services, e, log.log()))
+	l.handler.Update(httpOptions(cfg, services, e, log.log(), l.discovered))
 	l.srv.SetTimeouts(timeouts(cfg))
 	l.srv.SetLimits(limits(cfg))
 }

@@ -70,6 +70,10 @@ loop:
 		select {
 		case <-sigs.hup:
 			a.reload()
+		case u := <-a.disco.updates:
+			a.onCatalog(u)
+		case <-a.disco.ready:
+			a.reconcileDiscovery(false)
 		case sig := <-sigs.stop:
 			logger.Info("stopping", "signal", sig.String(), "grace", shutdownGrace)
 			a.deregisterFirst(sigs.stop) // register.go; no delay without a register block

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -15,8 +17,10 @@ import (
 	"github.com/sluice-lb/sluice/proxy"
 )
 
-// service is the runtime of one configured service: its pool, its Consul
-// watch and its prober. It is built from one config.Service by newService
+// service is the runtime of one configured or discovered service: its
+// pool, its Consul watch and its prober. name names the pool; the Consul
+// service watched is cfg.Name (they differ for a discovered service, see
+// discover.go). It is built from one config.Service by newService
 // and changed only by apply; both, and stop, run on the app goroutine.
 // The pool (and with it rotation, in-flight counts, EWMA, ejections, probe
 // verdicts and slow-start clocks) lives from newService to stop, across
@@ -35,12 +39,34 @@ type service struct {
 	probe    *task // nil without a health_check block
 }
 
-// watchKey is what a Consul watch depends on: a reload that keeps it keeps
-// the watch (and sends no new query).
+// watchKey is what the Consul watches of a service depend on: a reload
+// that keeps it keeps the watches (and sends no new query). Compared with
+// reflect.DeepEqual.
 type watchKey struct {
 	consul    uint64 // generation of the Consul client
 	tag       string
+	tags      []string
 	weightKey string
+	nodeMeta  map[string]string
+	filter    string
+	failover  []string
+	backupTag string
+}
+
+// newWatchKey returns the watchKey of cfg over the Consul client of
+// generation consul.
+func newWatchKey(cfg *config.Service, consul uint64) watchKey {
+	return watchKey{consul: consul, tag: cfg.Tag, tags: cfg.Tags, weightKey: cfg.WeightKey, nodeMeta: cfg.NodeMeta,
+		filter: cfg.Filter, failover: failoverDatacenters(cfg), backupTag: cfg.BackupTag}
+}
+
+// failoverDatacenters returns the failover datacenters of cfg, nil
+// without a failover block.
+func failoverDatacenters(cfg *config.Service) []string {
+	if cfg.Failover == nil {
+		return nil
+	}
+	return cfg.Failover.Datacenters
 }
 
 // task is a goroutine with its own cancel; stop waits for it to return.
@@ -81,7 +107,8 @@ func poolPolicy(name string, svc *config.Service, secret []byte) (balance.Policy
 	if err != nil {
 		return balance.Policy{}, fmt.Errorf("service %q: %w", name, err)
 	}
-	pol := balance.Policy{Strategy: svc.Strategy, Sticky: mode, Builder: build, SlowStart: svc.SlowStart}
+	pol := balance.Policy{Strategy: svc.Strategy, Sticky: mode, Builder: build, SlowStart: svc.SlowStart,
+		PassingOnly: svc.PassingOnly, PanicThreshold: svc.PanicThreshold}
 	if pv := svc.Passive; pv != nil {
 		pol.Passive = &balance.PassiveOptions{
 			ConsecutiveFailures: pv.ConsecutiveFailures, EjectionTime: pv.EjectionTime,
@@ -120,10 +147,13 @@ func probeOptions(hc *config.HealthCheck, tlsCfg *tls.Config) proxy.ProbeOptions
 	}
 }
 
-// watchOptions translates what the Consul watch of a service needs.
+// watchOptions translates what the Consul watch of a service in the
+// local datacenter needs; a failover datacenter's watch differs only in
+// its Datacenter.
 func watchOptions(name string, svc *config.Service, c config.Consul, logger hclog.Logger) discovery.Options {
 	return discovery.Options{
-		Service: name, Tag: svc.Tag, WeightKey: svc.WeightKey,
+		Service: name, Tag: svc.Tag, Tags: svc.Tags, WeightKey: svc.WeightKey,
+		NodeMeta: svc.NodeMeta, Filter: svc.Filter,
 		Datacenter: c.Datacenter, Stale: c.Stale, Logger: logger,
 	}
 }
@@ -132,11 +162,13 @@ func watchOptions(name string, svc *config.Service, c config.Consul, logger hclo
 // is built from; apply compares it to decide whether the pool changes.
 func policyPart(s *config.Service) any {
 	return struct {
-		strategy  string
-		slowStart time.Duration
-		sticky    *config.Sticky
-		passive   *config.Passive
-	}{s.Strategy, s.SlowStart, s.Sticky, s.Passive}
+		strategy       string
+		slowStart      time.Duration
+		sticky         *config.Sticky
+		passive        *config.Passive
+		passingOnly    bool
+		panicThreshold int
+	}{s.Strategy, s.SlowStart, s.Sticky, s.Passive, s.PassingOnly, s.PanicThreshold}
 }
 
 // newService builds a service's runtime with pol (see poolPolicy) and ct
@@ -145,6 +177,7 @@ func policyPart(s *config.Service) any {
 func newService(name string, cfg *config.Service, pol balance.Policy, ct *clientTLS, e *env, consul *consulClient) *service {
 	pool := balance.NewPool(balance.PoolOptions{
 		Service: name, Strategy: pol.Strategy, Sticky: pol.Sticky, Builder: pol.Builder, SlowStart: pol.SlowStart, Passive: pol.Passive,
+		PassingOnly: pol.PassingOnly, PanicThreshold: pol.PanicThreshold,
 		Logger: e.logger.Named("pool"), Events: e.events,
 	})
 	s := &service{name: name, cfg: *cfg, pool: pool, tls: ct, fwd: forwardOptions(name, cfg, pool, ct.config())}
@@ -156,17 +189,63 @@ func newService(name string, cfg *config.Service, pol balance.Policy, ct *client
 	return s
 }
 
+// startWatch starts the Consul watches of the service: one of the local
+// datacenter and one of each failover datacenter, all feeding the pool,
+// which first learns the failover datacenters (and drops the members of
+// any it no longer lists).
 func (s *service) startWatch(e *env, consul *consulClient) {
-	s.watchKey = watchKey{consul: consul.generation, tag: s.cfg.Tag, weightKey: s.cfg.WeightKey}
-	w := discovery.NewWatcher(consul.health, watchOptions(s.name, &s.cfg, consul.cfg, e.logger.Named("discovery")))
-	pool, name, transport := s.pool, s.name, e.transport
+	s.watchKey = newWatchKey(&s.cfg, consul.generation)
+	dcs := failoverDatacenters(&s.cfg)
+	_ = s.pool.SetFailover(context.Background(), dcs)
+	opts := watchOptions(s.cfg.Name, &s.cfg, consul.cfg, e.logger.Named("discovery"))
+	watchers := []*discovery.Watcher{discovery.NewWatcher(consul.health, opts)}
+	for _, dc := range dcs {
+		o := opts
+		o.Datacenter = dc
+		watchers = append(watchers, discovery.NewWatcher(consul.health, o))
+	}
+	pool, name, transport, backupTag := s.pool, s.name, e.transport, s.cfg.BackupTag
 	s.watch = startTask(func(ctx context.Context) {
-		updates := make(chan discovery.Update)
-		watched := make(chan struct{})
-		go func() { defer close(watched); w.Run(ctx, updates) }()
-		feedPool(ctx, pool, updates, func(addrs []string) { transport.Track(name, addrs) })
-		<-watched
+		updates := make(chan dcUpdate)
+		var watched sync.WaitGroup
+		for i, w := range watchers {
+			dc := ""
+			if i > 0 {
+				dc = dcs[i-1]
+			}
+			watched.Add(1)
+			go func() { defer watched.Done(); watchDatacenter(ctx, w, dc, updates) }()
+		}
+		feedPool(ctx, pool, updates, backupTag, func(addrs []string) { transport.Track(name, addrs) })
+		watched.Wait()
 	})
+}
+
+// dcUpdate is an update of the watch of one datacenter ("" for the local one).
+type dcUpdate struct {
+	dc string
+	discovery.Update
+}
+
+// watchDatacenter runs w until ctx is done, sending its updates on out
+// tagged with dc.
+func watchDatacenter(ctx context.Context, w *discovery.Watcher, dc string, out chan<- dcUpdate) {
+	in := make(chan discovery.Update)
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx, in) }()
+	defer func() { <-done }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case u := <-in:
+			select {
+			case out <- dcUpdate{dc: dc, Update: u}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
 }
 
 func (s *service) startProbe(e *env) {
@@ -179,8 +258,11 @@ func (s *service) startProbe(e *env) {
 // slow start, passive ejection): the pool takes it and keeps its state.
 // Changed probe settings replace the prober (the pool keeps the verdicts,
 // which the new prober starts from); a removed health_check stops it and
-// clears them. A changed tag, weight key or Consul client replaces the
-// watch (the pool keeps its members until the new watch answers). ct is
+// clears them. A change of what the watches depend on (tag, tags, weight
+// key, node meta, filter, failover datacenters, backup tag, or the Consul
+// client) replaces them all (the pool keeps its members until the new
+// watches answer, except those of a failover datacenter no longer
+// listed). passing_only and panic_threshold are part of the policy. ct is
 // the service's TLS as read now (nil: plain); when its block and files are
 // unchanged the running config stays, and with it the pooled connections,
 // else forwarding and probes take the new one. It reports whether the
@@ -192,7 +274,7 @@ func (s *service) apply(cfg *config.Service, pol *balance.Policy, ct *clientTLS,
 	}
 	old := s.cfg
 	s.cfg = *cfg
-	if key := (watchKey{consul: consul.generation, tag: cfg.Tag, weightKey: cfg.WeightKey}); key != s.watchKey {
+	if key := newWatchKey(cfg, consul.generation); !reflect.DeepEqual(key, s.watchKey) {
 		s.watch.stop()
 		s.startWatch(e, consul)
 	}
@@ -227,16 +309,26 @@ func (s *service) stop(e *env) {
 	e.transport.Track(s.name, nil)
 }
 
-// feedPool turns discovery updates into pool changes until ctx is done.
-// track is told the addresses of every new member set, and only when they
-// changed. An instance whose address and port are as in the previous
+// feedPool turns the discovery updates of every datacenter into pool
+// changes until ctx is done: the local datacenter's ("") with SetMembers
+// and SetError, a failover datacenter's with SetRemoteMembers and
+// SetRemoteError. An instance carrying backupTag (compared
+// case-insensitively, as Consul compares tags; "" for none) is a backup.
+// track is told the addresses of every datacenter's last set together
+// (local first, then by datacenter name), and only when they changed. An
+// instance whose address and port are as in its datacenter's previous
 // update keeps its address string, so that an unchanged answer costs no
 // allocation per instance here.
-func feedPool(ctx context.Context, pool *balance.Pool, updates <-chan discovery.Update, track func([]string)) {
-	var (
+func feedPool(ctx context.Context, pool *balance.Pool, updates <-chan dcUpdate, backupTag string, track func([]string)) {
+	type dcState struct {
 		prev   []discovery.Instance
 		addrOf []string // the Addr of prev[i]
-		addrs  []string // as last given to track; nil before
+		valid  []string // the Addr of prev's valid instances
+	}
+	var (
+		dcs     = map[string]*dcState{}
+		names   []string // the keys of dcs, sorted ("" first)
+		tracked []string // as last given to track; nil before
 	)
 	for {
 		select {
@@ -244,35 +336,68 @@ func feedPool(ctx context.Context, pool *balance.Pool, updates <-chan discovery.
 			return
 		case u := <-updates:
 			if u.Err != nil {
-				_ = pool.SetError(ctx, u.Err)
+				if u.dc == "" {
+					_ = pool.SetError(ctx, u.Err)
+				} else {
+					_ = pool.SetRemoteError(ctx, u.dc, u.Err)
+				}
 				continue
+			}
+			st := dcs[u.dc]
+			if st == nil {
+				st = &dcState{}
+				dcs[u.dc] = st
+				names = append(names, u.dc)
+				slices.Sort(names)
 			}
 			members := make([]balance.Member, len(u.Instances))
 			next := make([]string, len(u.Instances))
-			j := 0 // prev and u.Instances are both sorted by ID
+			j := 0 // st.prev and u.Instances are both sorted by ID
 			for i, in := range u.Instances {
-				for j < len(prev) && prev[j].ID < in.ID {
+				for j < len(st.prev) && st.prev[j].ID < in.ID {
 					j++
 				}
-				if j < len(prev) && prev[j].ID == in.ID && prev[j].Address == in.Address && prev[j].Port == in.Port {
-					next[i] = addrOf[j]
+				if j < len(st.prev) && st.prev[j].ID == in.ID && st.prev[j].Address == in.Address && st.prev[j].Port == in.Port {
+					next[i] = st.addrOf[j]
 				} else {
 					next[i] = in.HostPort()
 				}
-				members[i] = balance.Member{ID: in.ID, Addr: next[i], Weight: in.Weight, Consul: in.Health, Invalid: in.Invalid}
+				members[i] = balance.Member{ID: in.ID, Addr: next[i], Weight: in.Weight, Consul: in.Health, Invalid: in.Invalid,
+					Backup: backupTag != "" && hasTag(in.Tags, backupTag)}
 			}
-			prev, addrOf = u.Instances, next
-			_ = pool.SetMembers(ctx, u.Index, members)
-			valid := make([]string, 0, len(members))
+			st.prev, st.addrOf = u.Instances, next
+			if u.dc == "" {
+				_ = pool.SetMembers(ctx, u.Index, members)
+			} else {
+				_ = pool.SetRemoteMembers(ctx, u.dc, members)
+			}
+			st.valid = st.valid[:0]
 			for _, m := range members {
 				if m.Invalid == "" {
-					valid = append(valid, m.Addr)
+					st.valid = append(st.valid, m.Addr)
 				}
 			}
-			if addrs == nil || !slices.Equal(valid, addrs) {
-				addrs = valid
-				track(addrs)
+			var all []string
+			for _, dc := range names {
+				all = append(all, dcs[dc].valid...)
+			}
+			if tracked == nil || !slices.Equal(all, tracked) {
+				tracked = all
+				if tracked == nil {
+					tracked = []string{}
+				}
+				track(tracked)
 			}
 		}
 	}
+}
+
+// hasTag reports whether tags holds tag, compared case-insensitively.
+func hasTag(tags []string, tag string) bool {
+	for _, t := range tags {
+		if strings.EqualFold(t, tag) {
+			return true
+		}
+	}
+	return false
 }

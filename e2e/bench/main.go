@@ -452,11 +452,11 @@ type workload struct {
 
 func workloads() []workload {
 	return []workload{
-		{name: "http small keep-alive", unit: "req/s", run: wrkRun("/", false)},
-		{name: "http 64KiB", unit: "req/s", run: wrkRun("/64k", false)},
-		{name: "http new conn", unit: "req/s", run: wrkRun("/", true)},
+		{name: "http small keep-alive", unit: "req/s", run: wrkRun("/", false, false)},
+		{name: "http 64KiB", unit: "req/s", run: wrkRun("/64k", false, false)},
+		{name: "http new conn", unit: "req/s", run: wrkRun("/", true, false)},
 		{name: "http 5k req/s fixed", unit: "req/s", run: rateRun(5000)},
-		{name: "https small keep-alive", unit: "req/s", tls: true, run: httpsRun("/")},
+		{name: "https small keep-alive", unit: "req/s", tls: true, run: wrkRun("/", false, true)},
 		{name: "h2 small (h2load)", unit: "req/s", tls: true, run: h2Run("/")},
 		{name: "tcp bulk", unit: "MB/s", tcp: true, run: tcpRun("bulk", 4)},
 		{name: "tcp conn rate", unit: "conn/s", tcp: true, run: tcpRun("connrate", 32)},
@@ -504,10 +504,17 @@ func wrk(work, url string, d time.Duration, closeConn bool) (wrkResult, error) {
 	return r, nil
 }
 
-func wrkRun(path string, closeConn bool) func(*options, *env, *contender) (sample, error) {
+// wrkRun runs wrk against the contender's plain HTTP address, or with
+// overTLS its HTTPS one (HTTP/1.1, keep-alive: one handshake per
+// connection, then requests).
+func wrkRun(path string, closeConn, overTLS bool) func(*options, *env, *contender) (sample, error) {
 	return func(o *options, e *env, c *contender) (sample, error) {
+		url := "http://" + c.httpAddr + path
+		if overTLS {
+			url = "https://" + c.tlsAddr + path
+		}
 		before := procTicks(c)
-		r, err := wrk(e.work, "http://"+c.httpAddr+path, o.duration, closeConn)
+		r, err := wrk(e.work, url, o.duration, closeConn)
 		if err != nil {
 			return sample{}, err
 		}

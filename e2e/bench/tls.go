@@ -61,28 +61,6 @@ func writeBenchCert(dir string) (benchCert, error) {
 	return c, nil
 }
 
-// httpsRun is wrk over TLS (HTTP/1.1, keep-alive: one handshake per
-// connection, then requests).
-func httpsRun(path string) func(*options, *env, *contender) (sample, error) {
-	return func(o *options, e *env, c *contender) (sample, error) {
-		before := procTicks(c)
-		r, err := wrk(e.work, "https://"+c.tlsAddr+path, o.duration, false)
-		if err != nil {
-			return sample{}, err
-		}
-		ticks := procTicks(c) - before
-		s := sample{
-			units: float64(r.Requests), throughput: float64(r.Requests) / (float64(r.DurationUs) / 1e6),
-			p50: float64(r.P50us) / 1000, p99: float64(r.P99us) / 1000, p999: float64(r.P999us) / 1000,
-			errors: r.Errors + r.StatusErrors,
-		}
-		if c.proc != nil && r.Requests > 0 {
-			s.cpuUsPerUnit = float64(ticks) * 1e6 / clockTick / float64(r.Requests)
-		}
-		return s, nil
-	}
-}
-
 var (
 	h2loadFinished = regexp.MustCompile(`finished in ([0-9.]+)s, ([0-9.]+) req/s`)
 	h2loadRequests = regexp.MustCompile(`requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout`)

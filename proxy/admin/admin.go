@@ -1,6 +1,6 @@
 // Package admin serves sluice's admin address: the status API
-// (GET /v1/services, /v1/status, /v1/events, /healthz), /metrics, and the
-// live dashboard (GET / and its stream, dashboard.go).
+// (GET /v1/services, /v1/status, /v1/events, /v1/routes, /healthz),
+// /metrics, and the live dashboard (GET / and its stream, dashboard.go).
 package admin
 
 import (
@@ -28,7 +28,13 @@ type Service struct {
 	ConsulError string `json:"consul_error,omitempty"`
 	// ConsulLastSuccess is when Consul last answered; null before the first.
 	ConsulLastSuccess *time.Time `json:"consul_last_success"`
-	Instances         []Instance `json:"instances"`
+	// Serving names the tier requests go to: "local", "local backup",
+	// "DC" or "DC backup" for a failover datacenter; "" when no instance
+	// is eligible.
+	Serving string `json:"serving"`
+	// Panic is true while the service is in panic mode (panic_threshold).
+	Panic     bool       `json:"panic"`
+	Instances []Instance `json:"instances"`
 }
 
 // Instance is the status of one instance.
@@ -56,6 +62,72 @@ type Instance struct {
 	// Errors are the failures blamed on the instance since it joined the
 	// pool, every kind of sluice_upstream_errors_total together.
 	Errors uint64 `json:"errors"`
+	// Datacenter is the failover datacenter of a remote instance (whose
+	// ID starts with it); absent for a local one.
+	Datacenter string `json:"datacenter,omitempty"`
+	// Backup is true for an instance carrying the service's backup_tag.
+	Backup bool `json:"backup,omitempty"`
+	// Standby is true for an eligible instance of a tier after the one
+	// serving: it gets a request only as a retry.
+	Standby bool `json:"standby,omitempty"`
+}
+
+// RoutesResponse is the body of GET /v1/routes.
+type RoutesResponse struct {
+	Listeners []RouteListener `json:"listeners"`
+	// CatalogError is the last error of the catalog watch that discover
+	// blocks use, while it lasts (the routes of its last good answer keep
+	// serving); "" otherwise.
+	CatalogError string `json:"catalog_error,omitempty"`
+}
+
+// RouteListener is one listener with its routes: those of the
+// configuration file first, in file order, then the discovered ones
+// sorted by route, service and tag.
+type RouteListener struct {
+	Name     string `json:"name"`
+	Protocol string `json:"protocol"`
+	Address  string `json:"address"`
+	// TagPrefix is the discover block's tag prefix; "" without one.
+	TagPrefix string        `json:"tag_prefix,omitempty"`
+	Routes    []RouteStatus `json:"routes"`
+}
+
+// Route origins.
+const (
+	OriginHCL        = "hcl"        // written in the configuration file
+	OriginDiscovered = "discovered" // made from a Consul service tag
+)
+
+// Route states.
+const (
+	RouteActive    = "active"     // in the routing table
+	RoutePending   = "pending"    // waiting for its service's first Consul answer
+	RouteShadowed  = "shadowed"   // another route has the same host and path prefix; Reason names it
+	RouteInvalid   = "invalid"    // the tag is malformed or its service's policy cannot be built; Reason says why
+	RouteOverLimit = "over_limit" // beyond its listener's discover max_routes; runs nothing
+)
+
+// RouteStatus is one route of a listener, or a route that a Consul tag
+// asked for and did not get.
+type RouteStatus struct {
+	// Route is the route's metrics label: host and path prefix
+	// ("api.example.com/v1", "/shop"); a server name for a passthrough
+	// listener, "" for a tcp listener's one service, "redirect" for a
+	// redirect listener. For an invalid tag, what follows the tag prefix.
+	Route string `json:"route"`
+	// Service is the Consul service; "" for a redirect.
+	Service string `json:"service"`
+	// Pool names the service's pool in /v1/services and in metrics: the
+	// service for routes of the file, "SERVICE[TAG]" for discovered ones
+	// (they see only the instances carrying their tag); "" unless the
+	// route is active or pending.
+	Pool   string `json:"pool,omitempty"`
+	Origin string `json:"origin"` // OriginHCL or OriginDiscovered
+	// Tag is the Consul tag a discovered route was made from.
+	Tag    string `json:"tag,omitempty"`
+	State  string `json:"state"`            // RouteActive, RoutePending, RouteShadowed, RouteInvalid or RouteOverLimit
+	Reason string `json:"reason,omitempty"` // why shadowed or invalid
 }
 
 // Options are what the admin API shows. Each func is called per request
@@ -83,6 +155,9 @@ type Options struct {
 	// Listeners returns the configured listeners and their routes, for
 	// the dashboard; nil shows the listeners the metrics name.
 	Listeners func() []Listener
+	// Routes returns every route of every listener for GET /v1/routes;
+	// nil answers 404.
+	Routes func() RoutesResponse
 }
 
 // NewHandler serves the admin API:
@@ -95,6 +170,8 @@ type Options struct {
 //	                  waiting and, in consul_errors, the last Consul error
 //	                  of each that has one (an ACL error, for instance)
 //	GET /v1/events    JSON: the events of Options.Events, oldest first
+//	GET /v1/routes    JSON: every route of every listener with its origin
+//	                  and state (Options.Routes)
 //	GET /             the dashboard page, and its assets under /ui/
 //	GET /v1/dashboard/stream  the dashboard's frames (Server-Sent Events)
 //
@@ -149,6 +226,11 @@ func NewHandler(opts Options) http.Handler {
 			writeJSON(w, http.StatusOK, opts.Status())
 		})
 	}
+	if opts.Routes != nil {
+		mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, opts.Routes())
+		})
+	}
 	if opts.Metrics != nil {
 		mux.Handle("GET /metrics", opts.Metrics)
 	}
@@ -158,7 +240,7 @@ func NewHandler(opts Options) http.Handler {
 func serviceStatus(s *balance.Snapshot) Service {
 	out := Service{
 		Name: s.Service, Strategy: s.Strategy, Sticky: s.Sticky, Synced: s.Synced,
-		ConsulIndex: s.ConsulIndex, ConsulError: s.ConsulError,
+		ConsulIndex: s.ConsulIndex, ConsulError: s.ConsulError, Serving: s.Serving, Panic: s.Panic,
 		Instances: make([]Instance, 0, len(s.Members)),
 	}
 	if t := s.ConsulLastSuccess; !t.IsZero() {
@@ -170,6 +252,7 @@ func serviceStatus(s *balance.Snapshot) Service {
 			Probe: string(m.Probe), Ejected: m.Ejected, Eligible: m.Eligible, Reason: m.Reason(),
 			EffectiveWeight: m.EffectiveWeight,
 			Inflight:        m.Stats.Inflight(), Requests: m.Stats.Requests(), Errors: instanceErrors(m.Stats),
+			Datacenter: m.Datacenter, Backup: m.Backup, Standby: m.Standby,
 		}
 		if m.Ejected {
 			until := m.EjectedUntil
@@ -191,6 +274,7 @@ func instanceErrors(s *balance.Stats) uint64 {
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	enc := json.NewEncoder(w)

@@ -99,3 +99,24 @@ func TestServicesAndHealthz(t *testing.T) {
 		t.Errorf("unknown path: want 404, have %d", rec.Code)
 	}
 }
+
+func TestRoutes(t *testing.T) {
+	get := func(h http.Handler) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v1/routes", nil))
+		return rec
+	}
+	if rec := get(NewHandler(Options{Pools: func() []*balance.Pool { return nil }})); rec.Code != http.StatusNotFound {
+		t.Fatalf("without Routes: want 404, have %d", rec.Code)
+	}
+	want := RoutesResponse{Listeners: []RouteListener{{Name: "public", Protocol: "http", Address: "127.0.0.1:8080", TagPrefix: "sluice-route=",
+		Routes: []RouteStatus{{Route: "/shop", Service: "shop", Pool: "shop[sluice-route=/shop]", Origin: OriginDiscovered, Tag: "sluice-route=/shop", State: RouteActive}}}}}
+	rec := get(NewHandler(Options{Pools: func() []*balance.Pool { return nil }, Routes: func() RoutesResponse { return want }}))
+	var have RoutesResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &have); err != nil || rec.Code != http.StatusOK {
+		t.Fatalf("have %d %s", rec.Code, rec.Body)
+	}
+	if have.Listeners[0].Routes[0] != want.Listeners[0].Routes[0] || have.Listeners[0].TagPrefix != "sluice-route=" {
+		t.Fatalf("have %+v", have)
+	}
+}

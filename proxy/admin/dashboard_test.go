@@ -72,10 +72,52 @@ func TestWindowRates(t *testing.T) {
 	if rf := w.routeFrame(k); *rf.RPS != 5 || *rf.ErrorRate != 0 {
 		t.Fatalf("rates over the last minute: rps %v, 5xx %v", *rf.RPS, *rf.ErrorRate)
 	}
-	// A counter that went down was reset: everything since counts.
+	// A counter that went down was reset: what came before the reset
+	// (59 s at 5/s, all slower than 0.1 s) still counts, and all of the
+	// new series (50 fast requests).
 	w.add(s(101, 50, 0, 50, 50))
-	if rf := w.routeFrame(k); *rf.RPS != 50.0/60 || *rf.P50 != 0.05 {
+	if rf := w.routeFrame(k); *rf.RPS != (59*5+50)/60.0 || *rf.P50 != 0.1 {
 		t.Fatalf("after a reset: rps %v, p50 %v", *rf.RPS, *rf.P50)
+	}
+}
+
+// TestWindowResets: a series deleted and made anew within the window,
+// even one that grows past its old value, loses no increase; a sample
+// without the series counts as 0; the errors of a reset series count
+// whole.
+func TestWindowResets(t *testing.T) {
+	k := routeKey{"public", "/", "web"}
+	ik := instanceKey{"web", "a"}
+	at := time.Unix(1000, 0)
+	type point struct {
+		sec           int
+		count, errors float64 // -1: no series
+	}
+	w := &window{}
+	for _, p := range []point{
+		{0, 1000, 10},
+		{10, 1100, 10}, // +100
+		{20, -1, -1},   // deleted (a reload; the instance left the pool)
+		{30, 300, 7},   // made anew: +300, +7 errors
+		{40, 1400, 7},  // +1100
+		{50, 200, 1},   // reset between two samples: +200, +1
+	} {
+		smp := &sample{at: at.Add(time.Duration(p.sec) * time.Second), routes: map[routeKey]*routeSample{},
+			instances: map[instanceKey][2]float64{}}
+		if p.count >= 0 {
+			smp.routes[k] = &routeSample{count: p.count, errors: p.errors,
+				buckets: []bucket{{0.1, p.count}, {math.Inf(1), p.count}}}
+			smp.instances[ik] = [2]float64{p.count, p.errors}
+		}
+		w.add(smp)
+	}
+	const n, errs = 100 + 300 + 1100 + 200, 7 + 1
+	rf := w.routeFrame(k)
+	if *rf.RPS != n/50.0 || *rf.ErrorRate != float64(errs)/n || *rf.P99 > 0.1 {
+		t.Errorf("route over resets: rps %v (want %v), 5xx %v (want %v), p99 %v", *rf.RPS, n/50.0, *rf.ErrorRate, float64(errs)/n, *rf.P99)
+	}
+	if rps, e := w.instanceRates(ik); *rps != n/50.0 || *e != errs {
+		t.Errorf("instance over resets: rps %v (want %v), errors %v (want %v)", *rps, n/50.0, *e, errs)
 	}
 }
 

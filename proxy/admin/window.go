@@ -72,50 +72,86 @@ func (w *window) span() time.Duration {
 	return w.newest().at.Sub(w.samples[0].at)
 }
 
-// delta is a counter's increase from base to now; a counter that went down
-// was reset (its series deleted and made anew), so all of now counts.
-func delta(base, now float64) float64 {
-	if now < base {
-		return now
-	}
-	return now - base
-}
+// The rates are increases over the window summed sample by sample, as
+// Prometheus' increase() does, so that a counter reset anywhere in the
+// window (a reload deleted a route's series and it was made anew, an
+// instance left the pool and came back with new counters) loses neither
+// what came before it nor what came after: a step in which a counter went
+// down counts the counter's whole new value, and a sample without the
+// series counts as 0 (the series did not exist then).
 
 // routeFrame derives a route's rates over the window.
 func (w *window) routeFrame(k routeKey) RouteFrame {
 	rf := RouteFrame{Route: k.route, Service: k.service}
 	secs := w.span().Seconds()
-	if secs <= 0 {
+	if secs <= 0 || w.newest().routes[k] == nil {
 		return rf
 	}
-	now := w.newest().routes[k]
-	if now == nil {
-		return rf
+	var n, errs float64
+	var hist []bucket // increases per bucket, cumulative
+	prev := w.samples[0].routes[k]
+	for _, s := range w.samples[1:] {
+		cur := s.routes[k]
+		if cur == nil {
+			prev = nil
+			continue
+		}
+		if prev == nil {
+			prev = &routeSample{}
+		}
+		if cur.count < prev.count || cur.errors < prev.errors {
+			n, errs = n+cur.count, errs+cur.errors
+		} else {
+			n, errs = n+cur.count-prev.count, errs+cur.errors-prev.errors
+		}
+		hist = addBuckets(hist, prev.buckets, cur.buckets)
+		prev = cur
 	}
-	base := w.samples[0].routes[k]
-	if base == nil {
-		base = &routeSample{}
-	}
-	n := delta(base.count, now.count)
 	rps := n / secs
 	rf.RPS = &rps
 	if n > 0 {
-		share := min(delta(base.errors, now.errors)/n, 1)
+		share := min(errs/n, 1)
 		rf.ErrorRate = &share
 	}
-	if len(now.buckets) > 0 {
-		diff := make([]bucket, len(now.buckets))
-		reset := len(base.buckets) != len(now.buckets) || base.buckets[len(base.buckets)-1].count > now.buckets[len(now.buckets)-1].count
-		for i, b := range now.buckets {
-			diff[i] = b
-			if !reset {
-				diff[i].count -= base.buckets[i].count
-			}
-		}
-		rf.P50 = quantile(0.5, diff)
-		rf.P99 = quantile(0.99, diff)
-	}
+	rf.P50 = quantile(0.5, hist)
+	rf.P99 = quantile(0.99, hist)
 	return rf
+}
+
+// addBuckets adds the increase of a histogram from prev to cur to sum and
+// returns it. A histogram whose layout changed or whose count went down
+// was reset: all of cur counts. sum restarts when the layout changes, so
+// it always has cur's bounds.
+func addBuckets(sum, prev, cur []bucket) []bucket {
+	if len(cur) == 0 {
+		return sum
+	}
+	if !sameBounds(sum, cur) {
+		sum = make([]bucket, len(cur))
+		for i, b := range cur {
+			sum[i].upper = b.upper
+		}
+	}
+	reset := !sameBounds(prev, cur) || prev[len(prev)-1].count > cur[len(cur)-1].count
+	for i, b := range cur {
+		sum[i].count += b.count
+		if !reset {
+			sum[i].count -= prev[i].count
+		}
+	}
+	return sum
+}
+
+func sameBounds(a, b []bucket) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].upper != b[i].upper {
+			return false
+		}
+	}
+	return true
 }
 
 // instanceRates derives an instance's requests per second and errors over
@@ -125,13 +161,28 @@ func (w *window) instanceRates(k instanceKey) (rps, errs *float64) {
 	if secs <= 0 {
 		return nil, nil
 	}
-	now, ok := w.newest().instances[k]
-	if !ok {
+	if _, ok := w.newest().instances[k]; !ok {
 		return nil, nil
 	}
-	base := w.samples[0].instances[k] // zero when the instance joined since
-	r := delta(base[0], now[0]) / secs
-	e := delta(base[1], now[1])
+	var n, e float64
+	prev, known := w.samples[0].instances[k]
+	for _, s := range w.samples[1:] {
+		cur, ok := s.instances[k]
+		if !ok {
+			known = false
+			continue
+		}
+		if !known {
+			prev = [2]float64{}
+		}
+		if cur[0] < prev[0] || cur[1] < prev[1] {
+			n, e = n+cur[0], e+cur[1]
+		} else {
+			n, e = n+cur[0]-prev[0], e+cur[1]-prev[1]
+		}
+		prev, known = cur, true
+	}
+	r := n / secs
 	return &r, &e
 }
 

@@ -424,7 +424,9 @@ func h2cClient() *http.Client {
 // stream whose body stalls fails with the 408 *Error of HTTP/1.1, while a
 // body that keeps coming, however long it takes, is read whole.
 func TestH2CBodyTimeout(t *testing.T) {
-	addr := serve(t, &Server{Handler: http.HandlerFunc(echo), BodyTimeout: 200 * time.Millisecond})
+	// BodyTimeout is 5 times the steady body's gap, so that a loaded
+	// machine does not turn a gap into a stall.
+	addr := serve(t, &Server{Handler: http.HandlerFunc(echo), BodyTimeout: 500 * time.Millisecond})
 	client := h2cClient()
 	defer client.CloseIdleConnections()
 	pr, pw := io.Pipe()
@@ -441,11 +443,12 @@ func TestH2CBodyTimeout(t *testing.T) {
 		t.Fatalf("stalled body: want 408 over HTTP/2, have %d over %s after %v", resp.StatusCode, resp.Proto, time.Since(start))
 	}
 
-	// 6 pieces 100 ms apart: 500 ms in all, never 200 ms without a byte.
+	// 8 pieces 100 ms apart: 700 ms in all, longer than BodyTimeout, never
+	// 500 ms without a byte.
 	pr, pw = io.Pipe()
 	req, _ = http.NewRequest(http.MethodPost, "http://"+addr+"/", pr)
 	go func() {
-		for i := 0; i < 6; i++ {
+		for i := 0; i < 8; i++ {
 			io.WriteString(pw, "x")
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -457,7 +460,7 @@ func TestH2CBodyTimeout(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.HasSuffix(string(b), "xxxxxx") {
+	if resp.StatusCode != 200 || !strings.HasSuffix(string(b), "xxxxxxxx") {
 		t.Fatalf("slow but steady body: %d %q", resp.StatusCode, b)
 	}
 }

@@ -32,6 +32,7 @@ type poolCollector struct {
 
 	up, inflight, ejections, errors                                *prometheus.Desc
 	instances, lastSuccess, consulErrors, consulAnswers, consulIdx *prometheus.Desc
+	panic                                                          *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*poolCollector)(nil)
@@ -75,12 +76,15 @@ func NewPoolCollector(pools func() []*balance.Pool) prometheus.Collector {
 		consulIdx: prometheus.NewDesc("sluice_consul_index",
 			"Consul index (X-Consul-Index) of the last answer for the service; 0 before the first.",
 			service, nil),
+		panic: prometheus.NewDesc("sluice_service_panic",
+			"1 while the service is in panic mode (panic_threshold: probe and ejection verdicts ignored), else 0.",
+			service, nil),
 	}
 }
 
 // Describe sends the descriptors of every family the collector emits.
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.up, c.inflight, c.ejections, c.errors, c.instances, c.lastSuccess, c.consulErrors, c.consulAnswers, c.consulIdx} {
+	for _, d := range []*prometheus.Desc{c.up, c.inflight, c.ejections, c.errors, c.instances, c.lastSuccess, c.consulErrors, c.consulAnswers, c.consulIdx, c.panic} {
 		ch <- d
 	}
 }
@@ -141,4 +145,9 @@ func (c *poolCollector) collectPool(ch chan<- prometheus.Metric, snap *balance.S
 	ch <- prometheus.MustNewConstMetric(c.consulErrors, prometheus.CounterValue, float64(snap.ConsulErrors), svc)
 	ch <- prometheus.MustNewConstMetric(c.consulAnswers, prometheus.CounterValue, float64(snap.ConsulAnswers), svc)
 	ch <- prometheus.MustNewConstMetric(c.consulIdx, prometheus.GaugeValue, float64(snap.ConsulIndex), svc)
+	panicMode := 0.0
+	if snap.Panic {
+		panicMode = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.panic, prometheus.GaugeValue, panicMode, svc)
 }

@@ -38,6 +38,7 @@ package config
 import (
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/netip"
@@ -70,8 +71,14 @@ type Config struct {
 	Listeners []Listener
 	// Services holds, by name, every service that has a service block or is
 	// named by a route or a tcp listener. A service without a block has
-	// every default.
+	// the policy of ServiceDefaults (see ServiceFor).
 	Services map[string]*Service
+	// ServiceDefaults is the service_defaults block: the policy of every
+	// service without a service block, those that routes name and those
+	// that discover blocks find in Consul. Its Name is "", and its
+	// Sticky.Cookie is "" unless written (each service then gets
+	// "sluice_" + its name). nil without the block: built-in defaults.
+	ServiceDefaults *Service
 	// Register is nil when the file has no register block.
 	Register *Register
 }
@@ -84,6 +91,40 @@ func (c *Config) ServiceNames() []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// ServiceFor returns the policy of the service called name: its entry in
+// Services (its service block, or the defaults it got because a route
+// names it), else the service_defaults block's with the name filled in,
+// else the built-in defaults. The result is shared or fresh; callers must
+// not modify it. It fails only for a name that makes the default sticky
+// cookie name ("sluice_" + name) an invalid cookie name.
+func (c *Config) ServiceFor(name string) (*Service, error) {
+	if s := c.Services[name]; s != nil {
+		return s, nil
+	}
+	s := c.defaultsFor(name)
+	if st := s.Sticky; st != nil && st.Mode == balance.StickyCookie {
+		if problem := token(st.Cookie); problem != "" {
+			return nil, fmt.Errorf("the default sticky cookie name %q %s; set cookie in service_defaults' sticky block", st.Cookie, problem)
+		}
+	}
+	return s, nil
+}
+
+// defaultsFor is the policy of a service without a service block.
+func (c *Config) defaultsFor(name string) *Service {
+	if c.ServiceDefaults == nil {
+		return defaultService(name)
+	}
+	s := *c.ServiceDefaults
+	s.Name = name
+	if st := s.Sticky; st != nil && st.Cookie == "" {
+		cp := *st
+		cp.Cookie = "sluice_" + name
+		s.Sticky = &cp
+	}
+	return &s
 }
 
 // Consul says how to reach the Consul agent. Every field but Stale has a
@@ -175,9 +216,14 @@ type Listener struct {
 	// Protocol is ProtocolHTTP (default) or ProtocolTCP.
 	Protocol Protocol
 	// Routes are the http listener's routes in file order; at least one,
-	// except on a redirect listener (RedirectHTTPS), which has none. Empty
-	// for tcp listeners.
+	// except on a redirect listener (RedirectHTTPS), which has none, and
+	// on a listener with a discover block, which may have none. Empty for
+	// tcp listeners.
 	Routes []Route
+	// Discover is nil without a discover block (http listeners only, not
+	// redirect ones). With one, the listener also routes to the services
+	// that Consul's catalog lists with a tag TagPrefix + "[host]/path".
+	Discover *Discover
 	// AccessLog is where one line per HTTP request or TCP connection is
 	// written: "stdout", "stderr" or a file path (appended to). Default ""
 	// (off).
@@ -249,6 +295,22 @@ type Listener struct {
 	MaxHeaderBytes int
 }
 
+// Discover makes routes from Consul service tags: a service carrying the
+// tag TagPrefix + "[host]/path-prefix" gets a route on the listener,
+// sent to its instances that carry that tag.
+type Discover struct {
+	// TagPrefix starts the tags that make routes. Default
+	// "sluice-route="; never empty.
+	TagPrefix string
+	// MaxRoutes caps the discovered routes the listener serves (1 to
+	// 10000; default 100). Each runs a Consul watch, one connection to
+	// the agent (one per datacenter with failover), and Consul's agent
+	// refuses a client more than limits.http_max_conns_per_client (200 by
+	// default) connections: tags beyond the cap, in service and tag order,
+	// are shown as over_limit and run nothing.
+	MaxRoutes int
+}
+
 // Protocol is what a listener speaks to its clients.
 type Protocol string
 
@@ -281,8 +343,38 @@ type Route struct {
 type Service struct {
 	// Name is the Consul service name, never empty.
 	Name string
-	// Tag filters instances by Consul tag. Default "" (no filter).
+	// Tag filters instances by Consul tag, shorthand for Tags with one
+	// element. Default "" (no filter). At most one of Tag and Tags is set.
 	Tag string
+	// Tags: only instances carrying every one of these Consul tags
+	// (Consul compares them case-insensitively). Default none; each
+	// element non-empty.
+	Tags []string
+	// PassingOnly makes instances whose Consul health is warning
+	// ineligible; they stay listed with the reason "consul warning
+	// (passing_only)". Default false: passing and warning instances serve.
+	PassingOnly bool
+	// NodeMeta: only instances on nodes whose node meta holds every one
+	// of these pairs (Consul's node-meta parameter). Keys are 1 to 128
+	// letters, digits, '_' and '-' (Consul's own rule), values at most
+	// 512 bytes. Default none (nil).
+	NodeMeta map[string]string
+	// Filter is a Consul filter expression over the service's health
+	// entries (Consul's filter parameter), applied by Consul; Consul
+	// checks its syntax, and a bad one shows as the service's Consul
+	// error. Default "" (none).
+	Filter string
+	// Failover is nil when the service has no failover block.
+	Failover *Failover
+	// BackupTag marks backup instances: those carrying this tag (compared
+	// case-insensitively, as Consul compares tags) serve only while no
+	// other instance of their datacenter is eligible. Default "" (off).
+	BackupTag string
+	// PanicThreshold turns on panic mode: while fewer than this percentage
+	// of the instances Consul admits are eligible because of sluice's own
+	// probes and ejections, those verdicts are ignored. 0 to 100; default
+	// 0 (off).
+	PanicThreshold int
 	// Strategy is one of balance.Implemented. Default
 	// "weighted_round_robin".
 	Strategy string
@@ -312,6 +404,14 @@ type Service struct {
 	// HTTP (or TCP) to its instances. With one, it speaks TLS to them,
 	// health checks included.
 	TLS *ServiceTLS
+}
+
+// Failover lists the datacenters whose instances serve, in this order,
+// while no instance of the local datacenter is eligible.
+type Failover struct {
+	// Datacenters are Consul datacenter names: at least one, unique, each
+	// of letters, digits, '_' and '-', none the consul block's datacenter.
+	Datacenters []string
 }
 
 // Sticky is session affinity.

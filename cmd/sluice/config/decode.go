@@ -2,8 +2,10 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/sluice-lb/sluice/discovery"
 	"github.com/sluice-lb/sluice/proxy"
 	"github.com/sluice-lb/sluice/proxy/h1"
+	"github.com/zclconf/go-cty/cty"
 )
 
 // Defaults that are not derived from other values.
@@ -20,6 +23,8 @@ const (
 	defaultAdminAddress    = "127.0.0.1:9901"
 	defaultStrategy        = "weighted_round_robin"
 	defaultMaxEjectionTime = balance.DefaultMaxEjectionTime
+	defaultTagPrefix       = "sluice-route="
+	defaultMaxRoutes       = 100
 
 	// The timeouts' defaults are owned by the packages that apply them;
 	// the configuration fills them in so that validate shows them.
@@ -39,6 +44,7 @@ const (
 // Bounds of the limits.
 const (
 	maxMaxConnections       = math.MaxInt32
+	maxDiscoverRoutes       = 10000
 	maxMaxConcurrentStreams = 10000
 	minMaxHeaderBytes       = 1 << 10
 	maxMaxHeaderBytes       = 16 << 20
@@ -51,6 +57,7 @@ var (
 			{Type: "admin"},
 			{Type: "listener", LabelNames: []string{"name"}},
 			{Type: "service", LabelNames: []string{"name"}},
+			{Type: "service_defaults"},
 			{Type: "register"},
 		},
 	}
@@ -72,7 +79,11 @@ var (
 		Blocks: []hcl.BlockHeaderSchema{
 			{Type: "route", LabelNames: []string{"prefix"}},
 			{Type: "tls"},
+			{Type: "discover"},
 		},
+	}
+	discoverSchema = &hcl.BodySchema{
+		Attributes: attrs("tag_prefix", "max_routes"),
 	}
 	listenerTLSSchema = &hcl.BodySchema{
 		Attributes: attrs("mode", "min_version", "client_ca_file", "require_client_cert"),
@@ -88,8 +99,10 @@ var (
 		Attributes: attrs("service"),
 	}
 	serviceSchema = &hcl.BodySchema{
-		Attributes: attrs("tag", "strategy", "weight_key", "slow_start", "response_header_timeout", "response_body_timeout"),
+		Attributes: attrs("tag", "strategy", "weight_key", "slow_start", "response_header_timeout", "response_body_timeout",
+			"tags", "passing_only", "node_meta", "filter", "backup_tag", "panic_threshold"),
 		Blocks: []hcl.BlockHeaderSchema{
+			{Type: "failover"},
 			{Type: "sticky"},
 			{Type: "health_check"},
 			{Type: "passive"},
@@ -108,6 +121,9 @@ var (
 	}
 	passiveSchema = &hcl.BodySchema{
 		Attributes: attrs("consecutive_failures", "ejection_time", "max_ejection_time", "max_ejection_percent"),
+	}
+	failoverSchema = &hcl.BodySchema{
+		Attributes: attrs("datacenters"),
 	}
 	retrySchema = &hcl.BodySchema{
 		Attributes: attrs("attempts", "per_try_timeout"),
@@ -135,6 +151,7 @@ type decoder struct {
 	addresses     map[string]hcl.Range // listener address -> first use
 	admin         adminAddress         // decoded before the listeners
 	serviceRefs   map[string]bool      // services a route or tcp listener names
+	datacenter    string               // the consul block's datacenter, decoded before the services
 }
 
 // adminAddress is the admin interface's address as decoded, for
@@ -208,6 +225,7 @@ func (d *decoder) file(body hcl.Body) *Config {
 		Admin:    d.decodeAdmin(d.first(c.Blocks, "admin")), // before the listeners
 		Services: map[string]*Service{},
 	}
+	d.datacenter = cfg.Consul.Datacenter
 	for _, b := range c.Blocks.OfType("listener") {
 		if l, ok := d.listener(b); ok {
 			cfg.Listeners = append(cfg.Listeners, l)
@@ -231,9 +249,18 @@ func (d *decoder) file(body hcl.Body) *Config {
 			cfg.Services[name] = svc
 		}
 	}
-	for name := range d.serviceRefs {
+	defaults := d.first(c.Blocks, "service_defaults")
+	if defaults != nil {
+		cfg.ServiceDefaults = d.serviceBody("", defaults.Body)
+	}
+	for _, name := range slices.Sorted(maps.Keys(d.serviceRefs)) {
 		if _, ok := blocks[name]; !ok {
-			cfg.Services[name] = defaultService(name)
+			svc, err := cfg.ServiceFor(name)
+			if err != nil {
+				d.errorf(defaults.DefRange, "Invalid cookie", "service %q has no service block: %v", name, err)
+				continue
+			}
+			cfg.Services[name] = svc
 		}
 	}
 	cfg.Register = d.register(d.first(c.Blocks, "register"), cfg.Listeners) // after the listeners
@@ -297,6 +324,21 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 		redirectOK = false
 	}
 	redirect := redirectOK && l.RedirectHTTPS
+	if db := d.first(c.Blocks, "discover"); db != nil {
+		switch {
+		case isTCP:
+			d.errorf(db.DefRange, "Unexpected discover block",
+				"discover blocks are only valid in http listeners; %q is a tcp listener", l.Name)
+		case redirect:
+			d.errorf(db.DefRange, "Unexpected discover block",
+				"listener %q has redirect_https = true and answers every request with a redirect to https; it has no routes", l.Name)
+		case isHTTP:
+			l.Discover = &Discover{TagPrefix: defaultTagPrefix, MaxRoutes: defaultMaxRoutes}
+			as := d.content(db.Body, discoverSchema).Attributes
+			d.str(as, "tag_prefix", &l.Discover.TagPrefix, nonEmpty)
+			d.integer(as, "max_routes", &l.Discover.MaxRoutes, 1, maxDiscoverRoutes)
+		}
+	}
 
 	routes := c.Blocks.OfType("route")
 	switch {
@@ -330,9 +372,9 @@ func (d *decoder) listener(b *hcl.Block) (l Listener, ok bool) {
 				l.Routes = append(l.Routes, r)
 			}
 		}
-		if isHTTP && len(routes) == 0 && redirectOK {
+		if isHTTP && len(routes) == 0 && redirectOK && l.Discover == nil {
 			d.errorf(b.DefRange, "Missing route",
-				`http listener %q needs at least one route block, such as route "/" { service = "web" }`, l.Name)
+				`http listener %q needs at least one route block, such as route "/" { service = "web" }, or a discover block`, l.Name)
 		}
 	}
 
@@ -489,10 +531,28 @@ func (d *decoder) service(b *hcl.Block) *Service {
 		d.errorf(b.LabelRanges[0], "Invalid service", "service name must not be empty")
 		return nil
 	}
+	return d.serviceBody(name, b.Body)
+}
+
+// serviceBody decodes the body of a service block, or of the
+// service_defaults block when name is "".
+func (d *decoder) serviceBody(name string, body hcl.Body) *Service {
 	s := defaultService(name)
-	c := d.content(b.Body, serviceSchema)
+	c := d.content(body, serviceSchema)
 	as := c.Attributes
 	d.str(as, "tag", &s.Tag)
+	if a, b := as["tag"], as["tags"]; a != nil && b != nil {
+		d.errorf(b.NameRange, "Conflicting tags",
+			"tag is shorthand for tags = [TAG]; set one of them, not both (tag is at %s)", pos(a.NameRange))
+	} else {
+		d.strList(as, "tags", &s.Tags, nonEmpty)
+	}
+	d.boolean(as, "passing_only", &s.PassingOnly)
+	d.nodeMeta(as, &s.NodeMeta)
+	d.str(as, "filter", &s.Filter)
+	d.str(as, "backup_tag", &s.BackupTag)
+	d.integer(as, "panic_threshold", &s.PanicThreshold, 0, 100)
+	s.Failover = d.failover(d.first(c.Blocks, "failover"))
 	d.str(as, "strategy", &s.Strategy, oneOf(balance.Implemented()...))
 	d.str(as, "weight_key", &s.WeightKey, nonEmpty)
 	d.duration(as, "slow_start", &s.SlowStart)
@@ -511,11 +571,14 @@ func (d *decoder) sticky(b *hcl.Block, service string) *Sticky {
 		return nil
 	}
 	s := &Sticky{Mode: balance.StickyCookie, Cookie: "sluice_" + service, TTL: time.Hour}
+	if service == "" { // service_defaults: see Config.ServiceDefaults
+		s.Cookie = ""
+	}
 	as := d.content(b.Body, stickySchema).Attributes
 	modeOK := d.stickyMode(as, &s.Mode)
 	if as["cookie"] != nil {
 		d.str(as, "cookie", &s.Cookie, token)
-	} else if modeOK && s.Mode == balance.StickyCookie && token(s.Cookie) != "" {
+	} else if modeOK && s.Mode == balance.StickyCookie && service != "" && token(s.Cookie) != "" {
 		d.errorf(b.DefRange, "Invalid cookie",
 			"default cookie name %q is not a valid cookie name; set cookie explicitly", s.Cookie)
 	}
@@ -600,6 +663,111 @@ func (d *decoder) passive(b *hcl.Block) *Passive {
 	}
 	d.integer(as, "max_ejection_percent", &p.MaxEjectionPercent, 0, 100)
 	return p
+}
+
+// failover decodes a failover block: its datacenters, each a Consul
+// datacenter name, unique, and not the local one.
+func (d *decoder) failover(b *hcl.Block) *Failover {
+	if b == nil {
+		return nil
+	}
+	f := &Failover{}
+	as := d.content(b.Body, failoverSchema).Attributes
+	a := as["datacenters"]
+	if a == nil {
+		d.errorf(b.DefRange, "Missing datacenters", `failover needs datacenters = ["dc2", ...], the datacenters to use in order`)
+		return f
+	}
+	var dcs []string
+	if !d.strList(as, "datacenters", &dcs, datacenterName) {
+		return f
+	}
+	if len(dcs) == 0 {
+		d.errorf(a.Expr.Range(), "Invalid datacenters", "datacenters must list at least one datacenter")
+		return f
+	}
+	exprs, _ := hcl.ExprList(a.Expr)
+	for i, dc := range dcs {
+		switch {
+		case slices.Index(dcs, dc) < i:
+			d.errorf(exprs[i].Range(), "Invalid datacenters", "datacenters element %d repeats %s", i+1, quote(dc))
+			return f
+		case d.datacenter != "" && dc == d.datacenter:
+			d.errorf(exprs[i].Range(), "Invalid datacenters",
+				"datacenters element %d is %s, the consul block's own datacenter; list only other datacenters", i+1, quote(dc))
+			return f
+		}
+	}
+	f.Datacenters = dcs
+	return f
+}
+
+// datacenterName accepts a Consul datacenter name: letters, digits, '_'
+// and '-', as Consul requires.
+func datacenterName(s string) string {
+	if s == "" || strings.IndexFunc(s, func(r rune) bool { return !metaKeyRune(r) }) >= 0 {
+		return "must be a datacenter name of letters, digits, '_' and '-'"
+	}
+	return ""
+}
+
+// metaKeyRune reports whether r may appear in a Consul meta key or
+// datacenter name.
+func metaKeyRune(r rune) bool {
+	return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '_' || r == '-'
+}
+
+// Consul's bounds of node meta.
+const (
+	maxMetaKeyLength   = 128
+	maxMetaValueLength = 512
+)
+
+// nodeMeta decodes node_meta: an object of strings whose keys follow
+// Consul's rule for meta keys.
+func (d *decoder) nodeMeta(as hcl.Attributes, dst *map[string]string) {
+	a := as["node_meta"]
+	if a == nil {
+		return
+	}
+	v, diags := a.Expr.Value(nil)
+	d.diags = append(d.diags, diags...)
+	if diags.HasErrors() || !v.IsWhollyKnown() {
+		return
+	}
+	const want = `must be an object of strings such as { rack = "r1" }`
+	switch {
+	case v.IsNull():
+		d.invalid(a, want, "null")
+		return
+	case !v.Type().IsObjectType() && !v.Type().IsMapType():
+		d.invalid(a, want, describe(v))
+		return
+	}
+	m := map[string]string{}
+	for it := v.ElementIterator(); it.Next(); {
+		k, ev := it.Element()
+		key := k.AsString()
+		switch {
+		case ev.IsNull() || !ev.Type().Equals(cty.String):
+			got := "null"
+			if !ev.IsNull() {
+				got = describe(ev)
+			}
+			d.invalid(a, fmt.Sprintf("key %s must be a string", quote(key)), got)
+			return
+		case key == "" || len(key) > maxMetaKeyLength || strings.IndexFunc(key, func(r rune) bool { return !metaKeyRune(r) }) >= 0:
+			d.invalid(a, fmt.Sprintf("keys must be 1 to %d letters, digits, '_' and '-'", maxMetaKeyLength), quote(key))
+			return
+		case len(ev.AsString()) > maxMetaValueLength:
+			d.invalid(a, fmt.Sprintf("key %s must have a value of at most %d bytes", quote(key), maxMetaValueLength), quote(ev.AsString()))
+			return
+		}
+		m[key] = ev.AsString()
+	}
+	if len(m) > 0 {
+		*dst = m
+	}
 }
 
 // retry applies a retry block, if any, over the defaults in r.

@@ -292,6 +292,63 @@ func (d *decoder) prefixes(as hcl.Attributes, name string, dst *[]netip.Prefix) 
 	return ok
 }
 
+// strList decodes a list of strings, each checked on its own and reported
+// at its own range; the list is stored only when every element is good.
+// An empty list stores nil.
+func (d *decoder) strList(as hcl.Attributes, name string, dst *[]string, checks ...check[string]) bool {
+	a := as[name]
+	if a == nil {
+		return true
+	}
+	exprs, listDiags := hcl.ExprList(a.Expr)
+	if listDiags.HasErrors() {
+		v, diags := a.Expr.Value(nil)
+		d.diags = append(d.diags, diags...)
+		if !diags.HasErrors() {
+			got := "null"
+			if !v.IsNull() {
+				got = describe(v)
+			}
+			d.invalid(a, `must be a list of strings such as ["a", "b"]`, got)
+		}
+		return false
+	}
+	var out []string
+	ok := true
+	for i, e := range exprs {
+		v, diags := e.Value(nil)
+		d.diags = append(d.diags, diags...)
+		problem, got := "", ""
+		switch {
+		case diags.HasErrors() || !v.IsWhollyKnown():
+			ok = false
+			continue
+		case v.IsNull():
+			problem, got = "must be a string", "null"
+		case !v.Type().Equals(cty.String):
+			problem, got = "must be a string", describe(v)
+		default:
+			s := v.AsString()
+			for _, c := range checks {
+				if problem = c(s); problem != "" {
+					break
+				}
+			}
+			if problem == "" {
+				out = append(out, s)
+				continue
+			}
+			got = quote(s)
+		}
+		ok = false
+		d.errorf(e.Range(), "Invalid "+name, "%s element %d %s; got %s", name, i+1, problem, got)
+	}
+	if ok {
+		*dst = out
+	}
+	return ok
+}
+
 // parsePrefix parses "ADDR/BITS" or a bare address, returning the problem
 // otherwise. It refuses zones, IPv4-mapped IPv6 addresses (clients show up
 // as plain IPv4) and bits set after the prefix length, which usually mean a

@@ -33,7 +33,6 @@
 
   let last = null;        // the last frame
   let lastAt = 0;         // browser time it arrived
-  let skew = 0;           // server time minus browser time, ms
   const services = new Map(); // name -> {section, tbody, rows: Map(id -> row)}
   let sectionSeq = 0;         // for unique heading IDs
 
@@ -43,6 +42,11 @@
     setClass(conn, "pill pill-" + state);
     setText(conn, text);
   }
+  // EventSource reconnects by itself after a network error (the server's
+  // "retry: 1000"), but gives up for good on an answer other than 200
+  // (503 while every stream is taken, an error from a proxy in between):
+  // then the page opens a new one, after 1 s doubling up to 10 s.
+  let backoff = 1000;
   function connect() {
     const es = new EventSource("/v1/dashboard/stream");
     es.onopen = () => setConn("live", "live");
@@ -51,11 +55,18 @@
       try { f = JSON.parse(m.data); } catch (e) { return; }
       last = f;
       lastAt = Date.now();
-      skew = Date.parse(f.time) - lastAt;
+      backoff = 1000;
       setConn("live", "live");
       render(f);
     };
-    es.onerror = () => setConn("down", "reconnecting…");
+    es.onerror = () => {
+      setConn("down", "reconnecting…");
+      if (es.readyState === EventSource.CLOSED) {
+        es.close();
+        setTimeout(connect, backoff);
+        backoff = Math.min(backoff * 2, 10000);
+      }
+    };
   }
   // Client-side only: marks a stream that went quiet.
   setInterval(() => {
@@ -234,7 +245,8 @@
         v.meta.replaceChildren(...meta.flatMap((m, i) => i ? [" · ", m] : [m]));
       }
       v.alert.hidden = !s.consul_error;
-      setText(v.alert, s.consul_error ? "Consul error: " + s.consul_error + " — serving the last good answer" : "");
+      setText(v.alert, s.consul_error ? "Consul error: " + s.consul_error +
+        (s.synced ? " — serving the last good answer" : " — no answer from Consul yet") : "");
       v.empty.hidden = s.instances.length > 0;
 
       const ids = new Set();
@@ -323,11 +335,14 @@
     eligible: "good", added: "good", ejection_ended: "good", consul_recovered: "good",
     probe: "warn", reload: "",
   };
-  let lastSeq = -1;
+  // The newest event shown, by Seq and time: a restarted sluice counts Seq
+  // from 1 again, so Seq alone may repeat with other events.
+  let lastKey = null;
   function renderEvents(f) {
     const list = $("events");
-    const newest = f.events.length ? f.events[f.events.length - 1].seq : 0;
-    if (newest === lastSeq && list.children.length) {
+    const top = f.events[f.events.length - 1];
+    const newest = top ? top.seq + "@" + top.time : "";
+    if (newest === lastKey && list.children.length) {
       // Same events: only refresh the relative times.
       for (const li of list.children) {
         const t = li.querySelector("time");
@@ -335,7 +350,7 @@
       }
       return;
     }
-    lastSeq = newest;
+    lastKey = newest;
     const items = [];
     for (let k = f.events.length - 1; k >= 0; k--) {
       const e = f.events[k];
