@@ -8,7 +8,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 CONSUL_BIN ?= $(CURDIR)/bin/consul
 export CONSUL_BIN
 
-.PHONY: all build install consul chromium test unit e2e demo bench bench-balance bench-reaction bench-churn vet check fuzz h2spec clean
+.PHONY: all build install consul chromium test unit e2e demo bench bench-balance bench-consul bench-reaction bench-churn vet check fuzz h2spec clean
 
 all: build
 
@@ -93,6 +93,14 @@ demo: build consul
 # Reaction time from a Consul write to the last request an instance gets.
 bench-reaction: build consul
 	SLUICE_BIN=$(CURDIR)/bin/sluice $(GO) test -run '^$$' -bench BenchmarkReaction -benchtime 1x -timeout 20m -v ./e2e/
+
+# The cost of following one big service: sluice's and the Consul agent's
+# CPU time for N = 100, 1,000 and 5,000 instances while 20 checks a second
+# flip between passing and warning. BENCH_CONSUL_FLAGS passes options,
+# e.g. BENCH_CONSUL_FLAGS="-n 1000 -rounds 5 -cpuprofile results/prof".
+bench-consul: build consul
+	$(GO) build -C e2e/bench -o ../../bin/bench .
+	bin/bench consul -sluice bin/sluice -consul "$(CONSUL_BIN)" $(BENCH_CONSUL_FLAGS)
 
 # CPU of sluice (discovery on) and of the Consul agent while 50 checks a
 # second flip on 1,000 instances sluice does not route to, for 15 s

@@ -126,6 +126,8 @@ type Snapshot struct {
 	ConsulError string
 	// ConsulErrors counts the failed registry queries (SetError) so far.
 	ConsulErrors uint64
+	// ConsulAnswers counts the registry answers (SetMembers) so far.
+	ConsulAnswers uint64
 	// ConsulLastSuccess is the wall-clock time of the last registry answer
 	// (SetMembers); zero before the first.
 	ConsulLastSuccess time.Time
@@ -247,6 +249,7 @@ type poolState struct {
 	consulIndex       uint64
 	consulError       string
 	consulErrors      uint64              // SetError calls so far
+	consulAnswers     uint64              // SetMembers calls so far
 	consulLastSuccess time.Time           // wall clock of the last SetMembers; zero before
 	members           []Member            // local and remote, sorted by ID (see merge)
 	local             []Member            // the last SetMembers, sorted by ID
@@ -254,11 +257,16 @@ type poolState struct {
 	remoteErrors      map[string]string   // by failover datacenter: the error of its last query, if it failed
 	failover          []string            // the failover datacenters in order (SetFailover)
 	panic             bool                // panic mode, as last published
+	tiers             []int               // the tier of each Eligible endpoint of the last picker built
 	stats             map[string]*Stats
 	eligible          map[string]bool       // last published eligibility, for transition logs
 	since             map[string]int64      // clock when an instance last became eligible; absent = warm
 	probes            map[string]ProbeState // active probe verdicts; absent = ProbeUnknown
 	ejections         map[string]*ejection
+	// newPolicy is set when the policy changed since the last
+	// publication, ramped when that publication's weights were scaled
+	// by a slow start: either way the next one builds a new picker.
+	newPolicy, ramped bool
 }
 
 // ejection is the passive-ejection record of one instance.
@@ -373,6 +381,7 @@ func (p *Pool) SetMembers(ctx context.Context, index uint64, members []Member) e
 		st.consulIndex = index
 		st.consulError = ""
 		st.consulLastSuccess = now
+		st.consulAnswers++
 		st.local = ms
 		p.merge(st)
 	})
@@ -448,7 +457,10 @@ func uniqueMembers(members []Member, dc string) []Member {
 		}
 		ms[i] = m
 	}
-	sort.SliceStable(ms, func(i, j int) bool { return ms[i].ID < ms[j].ID })
+	less := func(i, j int) bool { return ms[i].ID < ms[j].ID }
+	if !sort.SliceIsSorted(ms, less) { // a Consul answer usually is
+		sort.SliceStable(ms, less)
+	}
 	return dedupe(ms)
 }
 
@@ -555,6 +567,7 @@ func (p *Pool) SetPolicy(ctx context.Context, pol Policy) error {
 	pol.Passive = normalisePassive(pol.Passive)
 	if err := p.send(ctx, func(st *poolState) {
 		st.policy = pol
+		st.newPolicy = true
 		threshold := int64(0)
 		if pol.Passive != nil {
 			threshold = int64(pol.Passive.ConsecutiveFailures)
@@ -640,19 +653,30 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		ConsulIndex:       st.consulIndex,
 		ConsulError:       consulError(st),
 		ConsulErrors:      st.consulErrors,
+		ConsulAnswers:     st.consulAnswers,
 		ConsulLastSuccess: st.consulLastSuccess,
 		Members:           make([]MemberStatus, 0, len(st.members)),
 		next:              make(chan struct{}),
 	}
+	// The picker of the previous snapshot is kept when it would be built
+	// from the same endpoints in the same tiers (see Endpoint.same and
+	// st.tiers): a change of Consul health that leaves eligibility,
+	// weights and tiers as they were costs no rebuild.
+	prev := p.snap.Load()
+	same := prev.Synced && !st.newPolicy && !st.ramped
+	nEligible := 0
+	known := 0 // members that had Stats before this publication
+	nStats := len(st.stats)
 	rank := make(map[string]int, len(st.failover)+1)
 	for i, dc := range st.failover {
 		rank[dc] = i + 1
 	}
-	seen := make(map[string]bool, len(st.members))
 	admitted, healthy := 0, 0 // for panic mode: members the registry admits, and of those the ones sluice finds healthy
 	for _, m := range st.members {
-		seen[m.ID] = true
 		stats := st.stats[m.ID]
+		if stats != nil {
+			known++
+		}
 		if stats == nil {
 			stats = newStats(p.opts.Clock)
 			stats.id = m.ID
@@ -708,7 +732,6 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		}
 	}
 	serving := -1
-	var tiers []int // the tier of each element of snap.Eligible
 	for i := range snap.Members {
 		ms := &snap.Members[i]
 		admitted := admits(*ms, st.policy.PassingOnly)
@@ -732,14 +755,34 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 			st.eligible[ms.ID] = ms.Eligible
 		}
 		if ms.Eligible {
-			snap.Eligible = append(snap.Eligible, &Endpoint{ID: ms.ID, Addr: ms.Addr, Weight: ms.Weight, Stats: ms.Stats})
-			tiers = append(tiers, ms.Tier)
+			if same {
+				same = nEligible < len(prev.Eligible) && nEligible < len(st.tiers) &&
+					prev.Eligible[nEligible].same(ms) && st.tiers[nEligible] == ms.Tier
+			}
+			nEligible++
 			if serving < 0 || ms.Tier < serving {
 				serving = ms.Tier
 			}
 		}
 	}
-	ramping := p.applySlowStart(st, snap.Eligible, now)
+	if serving >= 0 {
+		snap.Serving = tierName(serving, st.failover)
+	}
+	same = same && nEligible == len(prev.Eligible) && snap.Serving == prev.Serving
+	ramping := false
+	if same {
+		snap.Eligible = prev.Eligible
+	} else {
+		snap.Eligible = make([]*Endpoint, 0, nEligible)
+		st.tiers = make([]int, 0, nEligible)
+		for i := range snap.Members {
+			if ms := &snap.Members[i]; ms.Eligible {
+				snap.Eligible = append(snap.Eligible, &Endpoint{ID: ms.ID, Addr: ms.Addr, Weight: ms.Weight, Stats: ms.Stats})
+				st.tiers = append(st.tiers, ms.Tier)
+			}
+		}
+		ramping = p.applySlowStart(st, snap.Eligible, now)
+	}
 	if ramping {
 		wake = minWake(wake, max(st.policy.SlowStart/100, 100*time.Millisecond))
 	}
@@ -756,8 +799,27 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 		snap.Members[i].Standby = snap.Members[i].Tier != serving
 		j++
 	}
-	if serving >= 0 {
-		snap.Serving = tierName(serving, st.failover)
+	if known < nStats {
+		p.forget(st)
+	}
+	if same {
+		snap.Picker = prev.Picker
+	} else {
+		p.shared.builds++
+		snap.Picker = buildTiered(st.policy.Builder, snap.Eligible, st.tiers, &p.shared)
+	}
+	st.newPolicy, st.ramped = false, ramping
+	prev = p.snap.Swap(snap)
+	close(prev.next)
+	st.warm = st.warm || st.synced
+	return wake
+}
+
+// forget drops the state of the instances that are no longer members.
+func (p *Pool) forget(st *poolState) {
+	seen := make(map[string]bool, len(st.members))
+	for _, m := range st.members {
+		seen[m.ID] = true
 	}
 	for id := range st.stats {
 		if !seen[id] {
@@ -770,12 +832,11 @@ func (p *Pool) publish(st *poolState) (wake time.Duration) {
 			p.event(id, EventRemoved, "")
 		}
 	}
-	p.shared.builds++
-	snap.Picker = buildTiered(st.policy.Builder, snap.Eligible, tiers, &p.shared)
-	prev := p.snap.Swap(snap)
-	close(prev.next)
-	st.warm = st.warm || st.synced
-	return wake
+}
+
+// same reports whether ep is the endpoint a picker would get for ms.
+func (ep *Endpoint) same(ms *MemberStatus) bool {
+	return ep.ID == ms.ID && ep.Addr == ms.Addr && ep.Weight == ms.Weight && ep.Stats == ms.Stats
 }
 
 // admits reports whether the registry lets a member serve: it is valid

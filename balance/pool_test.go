@@ -3,6 +3,7 @@ package balance
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -249,5 +250,114 @@ func TestPoolInvalidMembers(t *testing.T) {
 	setMembers(t, p, 2, member("a", 1, HealthPassing), bad)
 	if m := status(p, "b"); !m.Eligible || m.Invalid != "" || m.Stats != stats {
 		t.Errorf("fixed member: want eligible with its stats, have %+v", m)
+	}
+}
+
+// A registry answer that leaves eligibility and weights as they were
+// (the same set again, or a passing <-> warning flip) keeps the picker:
+// no rebuild. Anything the picker depends on (tiers included) builds a new one.
+func TestPoolKeepsPickerWhenEndpointsUnchanged(t *testing.T) {
+	var builds atomic.Int64
+	rr, _ := Lookup("round_robin")
+	counting := func(eps []*Endpoint, sh *Shared) Picker { builds.Add(1); return rr(eps, sh) }
+	clock := newFakeClock()
+	p := NewPool(PoolOptions{Service: "web", Builder: counting, Clock: clock.now})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	set := []Member{member("a", 1, HealthPassing), member("b", 2, HealthPassing), member("c", 1, HealthCritical)}
+	first := setMembers(t, p, 1, set...)
+	if builds.Load() != 1 {
+		t.Fatalf("first answer: want 1 build, have %d", builds.Load())
+	}
+	step := func(name string, wantBuild bool, change func() *Snapshot) {
+		t.Helper()
+		before, prev := builds.Load(), p.Load()
+		snap := change()
+		if built := builds.Load() != before; built != wantBuild {
+			t.Fatalf("%s: want a rebuild %v, have %v", name, wantBuild, built)
+		}
+		if !wantBuild && (snap.Picker != prev.Picker || &snap.Eligible[0] != &prev.Eligible[0]) {
+			t.Fatalf("%s: picker or endpoints not kept", name)
+		}
+	}
+	step("same answer", false, func() *Snapshot { return setMembers(t, p, 2, set...) })
+	set[0].Consul = HealthWarning
+	step("passing to warning", false, func() *Snapshot {
+		snap := setMembers(t, p, 3, set...)
+		if snap.Members[0].Consul != HealthWarning || snap.ConsulIndex != 3 {
+			t.Fatalf("the snapshot does not show the answer: %+v", snap.Members[0])
+		}
+		return snap
+	})
+	step("a Consul error", false, func() *Snapshot {
+		if err := p.SetError(ctx, errBoom); err != nil {
+			t.Fatal(err)
+		}
+		return refresh(t, p)
+	})
+	set[1].Weight = 3
+	step("weight", true, func() *Snapshot { return setMembers(t, p, 4, set...) })
+	set[2].Consul = HealthPassing
+	step("eligibility", true, func() *Snapshot { return setMembers(t, p, 5, set...) })
+	set[2].Addr = "127.0.0.1:2"
+	step("address", true, func() *Snapshot { return setMembers(t, p, 6, set...) })
+	step("removal", true, func() *Snapshot { return setMembers(t, p, 7, set[:2]...) })
+	step("policy", true, func() *Snapshot {
+		if err := p.SetPolicy(ctx, Policy{Strategy: "round_robin", Builder: counting}); err != nil {
+			t.Fatal(err)
+		}
+		return refresh(t, p)
+	})
+	step("same answer after all", false, func() *Snapshot { return setMembers(t, p, 8, set[:2]...) })
+	set[0].Backup = true
+	step("tier", true, func() *Snapshot {
+		snap := setMembers(t, p, 9, set[:2]...)
+		if snap.Serving != "local" || !snap.Members[0].Standby || snap.Members[1].Standby {
+			t.Fatalf("a backup: serving %q, members %+v", snap.Serving, snap.Members)
+		}
+		return snap
+	})
+	step("same tiers", false, func() *Snapshot { return setMembers(t, p, 10, set[:2]...) })
+	if s := status(p, "a"); s.Stats != first.Members[0].Stats {
+		t.Fatal("stats of a kept instance replaced")
+	}
+}
+
+// While an instance slow-starts every publication builds its picker with
+// the weights of the moment; once the ramp is over, answers that change
+// nothing keep it again.
+func TestPoolRebuildsWhileRamping(t *testing.T) {
+	var builds atomic.Int64
+	rr, _ := Lookup("weighted_round_robin")
+	counting := func(eps []*Endpoint, sh *Shared) Picker { builds.Add(1); return rr(eps, sh) }
+	clock := newFakeClock()
+	p := NewPool(PoolOptions{Service: "web", Builder: counting, Clock: clock.now, SlowStart: 10 * time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	setMembers(t, p, 1, member("a", 1, HealthPassing))
+	setMembers(t, p, 2, member("a", 1, HealthPassing), member("b", 1, HealthPassing)) // b ramps
+	clock.advance(time.Second)
+	before := builds.Load()
+	snap := setMembers(t, p, 3, member("a", 1, HealthPassing), member("b", 1, HealthWarning))
+	if builds.Load() == before {
+		t.Fatal("no rebuild while b ramps")
+	}
+	if w := snap.Members[1].EffectiveWeight; w >= 1 {
+		t.Fatalf("b not ramping: effective weight %v", w)
+	}
+	clock.advance(20 * time.Second)
+	snap = refresh(t, p) // the ramp ends: weights back to whole
+	if w := snap.Members[1].EffectiveWeight; w != 1 {
+		t.Fatalf("b after the ramp: effective weight %v", w)
+	}
+	before = builds.Load()
+	setMembers(t, p, 4, member("a", 1, HealthPassing), member("b", 1, HealthPassing))
+	if builds.Load() != before {
+		t.Fatal("rebuilt after the ramp for an answer that changes nothing")
 	}
 }

@@ -136,6 +136,10 @@ type Watcher struct {
 	// answer, current those of the answer being converted (see warnOnce).
 	// Both are used by the Run goroutine only.
 	warned, current map[string]bool
+	// dec decodes the answers that RawTransport let the Watcher read
+	// itself; sink is where the transport puts them. Run goroutine only.
+	dec  *answerDecoder
+	sink rawSink
 }
 
 // NewWatcher returns a watcher of opts.Service over h.
@@ -158,7 +162,7 @@ func NewWatcher(h HealthAPI, opts Options) *Watcher {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	return &Watcher{h: h, opts: opts, warned: map[string]bool{}}
+	return &Watcher{h: h, opts: opts, warned: map[string]bool{}, dec: newAnswerDecoder()}
 }
 
 // ErrACL is wrapped by the errors of a watch that Consul's ACLs keep from
@@ -258,14 +262,15 @@ func (w *Watcher) watchLoop(ctx context.Context, out chan<- Update) {
 			index = last
 		}
 		published = true
-		if !send(Update{Service: w.opts.Service, Instances: w.instances(entries), Index: meta.LastIndex}) {
+		if !send(Update{Service: w.opts.Service, Instances: w.instancesOf(entries), Index: meta.LastIndex}) {
 			return
 		}
 	}
 }
 
-// query runs one blocking query bounded by the watchdog.
-func (w *Watcher) query(ctx context.Context, index uint64) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+// query runs one blocking query bounded by the watchdog. The entries
+// are valid until the next query.
+func (w *Watcher) query(ctx context.Context, index uint64) ([]answerEntry, *api.QueryMeta, error) {
 	limit := w.opts.Wait + w.opts.Wait/16 + w.opts.WatchdogMargin
 	qctx, cancel := context.WithTimeoutCause(ctx, limit, errWatchdog)
 	defer cancel()
@@ -278,18 +283,23 @@ func (w *Watcher) query(ctx context.Context, index uint64) ([]*api.ServiceEntry,
 		NodeMeta:   w.opts.NodeMeta,
 		Filter:     w.opts.Filter,
 	}
-	entries, meta, err := w.service(q.WithContext(qctx))
+	w.sink = rawSink{buf: w.dec.buffer()}
+	apiEntries, meta, err := w.service(q.WithContext(withSink(qctx, &w.sink)))
 	if err != nil && ctx.Err() == nil && context.Cause(qctx) == errWatchdog {
 		return nil, nil, errWatchdog
 	}
 	if err == nil && meta == nil {
 		err = errors.New("consul answered without query metadata")
 	}
-	return entries, meta, w.aclError(err)
+	if err != nil {
+		return nil, nil, w.aclError(err)
+	}
+	return w.entries(apiEntries, meta)
 }
 
 // service asks Consul for the health entries of the service that carry
-// every tag of Tag and Tags.
+// every tag of Tag and Tags. Both calls go through the same client, so a
+// sink in q's context (see RawTransport) receives either answer.
 func (w *Watcher) service(q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 	tags := w.tags()
 	if len(tags) <= 1 {
@@ -375,9 +385,16 @@ func nextBackoff(prev, lo, hi time.Duration) time.Duration {
 	return max(lo, d-rand.N(d/5+1))
 }
 
-// instances converts a Consul answer into a set sorted by ID. An entry
-// listed twice (same node and service ID) is kept once, marked invalid.
+// instances converts an answer decoded by consul/api; see instancesOf.
 func (w *Watcher) instances(entries []*api.ServiceEntry) []Instance {
+	w.sink = rawSink{}
+	es, _, _ := w.entries(entries, nil)
+	return w.instancesOf(es)
+}
+
+// instancesOf converts a Consul answer into a set sorted by ID. An entry
+// listed twice (same node and service ID) is kept once, marked invalid.
+func (w *Watcher) instancesOf(entries []answerEntry) []Instance {
 	w.current = map[string]bool{}
 	defer func() { w.warned, w.current = w.current, nil }()
 	type pending struct {
@@ -386,38 +403,34 @@ func (w *Watcher) instances(entries []*api.ServiceEntry) []Instance {
 	}
 	ps := make([]pending, 0, len(entries))
 	for _, e := range entries {
-		if e == nil || e.Service == nil {
-			continue
-		}
 		in := Instance{
-			ServiceID: e.Service.ID,
-			Address:   e.Service.Address,
-			Port:      e.Service.Port,
-			Tags:      append([]string(nil), e.Service.Tags...),
-			Meta:      make(map[string]string, len(e.Service.Meta)),
-			Health:    aggregateHealth(e.Checks),
+			ID:        e.id,
+			ServiceID: e.serviceID,
+			Node:      e.node,
+			Address:   e.address,
+			Port:      e.port,
+			Tags:      e.tags,
+			Meta:      e.meta,
+			Health:    e.health,
 		}
-		for k, v := range e.Service.Meta {
-			in.Meta[k] = v
+		if in.Address == "" {
+			in.Address = e.nodeAddress
 		}
-		if e.Node != nil {
-			in.Node = e.Node.Node
-			if in.Address == "" {
-				in.Address = e.Node.Address
-			}
-		}
-		in.ID = instanceID(in.Node, in.ServiceID)
-		ps = append(ps, pending{in: in, weights: e.Service.Weights})
+		ps = append(ps, pending{in: in, weights: e.weights})
 	}
 	// Ties (a repeated entry, which Consul itself never sends) are broken
-	// by address; the entry kept is invalid whichever it is.
-	sort.SliceStable(ps, func(i, j int) bool {
+	// by address; the entry kept is invalid whichever it is. Consul's
+	// order is usually ours already.
+	less := func(i, j int) bool {
 		a, b := &ps[i].in, &ps[j].in
 		if a.ID != b.ID {
 			return a.ID < b.ID
 		}
 		return a.HostPort() < b.HostPort()
-	})
+	}
+	if !sort.SliceIsSorted(ps, less) {
+		sort.SliceStable(ps, less)
+	}
 	out := make([]Instance, 0, len(ps))
 	for i, p := range ps {
 		in := p.in

@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
@@ -76,11 +78,17 @@ func newConsulClient(c config.Consul) (*api.Client, error) {
 	// refuses the client certificate shows only as "http2: client conn
 	// could not be established", without the TLS alert.
 	transport.ForceAttemptHTTP2 = false
+	// A loopback agent's answers are not worth compressing: gzip would
+	// cost the agent and sluice more CPU than the bytes it saves.
+	transport.DisableCompression = isLocalAgent(c.Address)
+	// Watch answers of big services run to megabytes, sent in chunks of
+	// a few KiB: a larger buffer reads many chunks per system call.
+	transport.ReadBufferSize = 64 << 10
 	httpClient, err := api.NewHttpClient(transport, tlsConfig)
 	if err != nil {
 		return nil, fmt.Errorf("consul TLS: %w", err)
 	}
-	httpClient.Transport = pinned{next: transport, token: c.Token, namespace: c.Namespace, partition: c.Partition}
+	httpClient.Transport = discovery.RawTransport(pinned{next: transport, token: c.Token, namespace: c.Namespace, partition: c.Partition})
 	// api.NewClient reads $CONSUL_HTTP_TOKEN_FILE when given no token (or
 	// the one in $CONSUL_HTTP_TOKEN): a file the consul block turned off,
 	// never checked at load, that may be missing or a FIFO that blocks.
@@ -105,6 +113,27 @@ func newConsulClient(c config.Consul) (*api.Client, error) {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
 	return client, nil
+}
+
+// isLocalAgent reports whether a consul address names an agent on this
+// host: a unix socket, "localhost" or a loopback IP address, with or
+// without a scheme and port.
+func isLocalAgent(addr string) bool {
+	if strings.HasPrefix(addr, "unix://") {
+		return true
+	}
+	addr = strings.TrimPrefix(strings.TrimPrefix(addr, "http://"), "https://")
+	addr, _, _ = strings.Cut(addr, "/")
+	host := addr
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		host = h
+	}
+	host = strings.Trim(host, "[]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // noTokenPlaceholder stands for "no token" in api.Config; it is never sent.

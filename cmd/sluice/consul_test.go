@@ -211,3 +211,15 @@ func TestConsulClientTLS(t *testing.T) {
 		}
 	})
 }
+
+func TestIsLocalAgent(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:8500": true, "http://127.0.0.1:8500": true, "https://localhost:8501": true, "[::1]:8500": true,
+		"unix:///var/run/consul.sock": true, "127.9.9.9": true, "localhost": true,
+		"10.0.0.1:8500": false, "consul.service:8500": false, "https://[2001:db8::1]:8501": false, "": false,
+	} {
+		if have := isLocalAgent(addr); have != want {
+			t.Errorf("isLocalAgent(%q) = %v, want %v", addr, have, want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -313,9 +314,22 @@ func (s *service) stop(e *env) {
 // and SetError, a failover datacenter's with SetRemoteMembers and
 // SetRemoteError. An instance carrying backupTag (compared
 // case-insensitively, as Consul compares tags; "" for none) is a backup.
-// track is told the addresses of every datacenter's last set together.
+// track is told the addresses of every datacenter's last set together
+// (local first, then by datacenter name), and only when they changed. An
+// instance whose address and port are as in its datacenter's previous
+// update keeps its address string, so that an unchanged answer costs no
+// allocation per instance here.
 func feedPool(ctx context.Context, pool *balance.Pool, updates <-chan dcUpdate, backupTag string, track func([]string)) {
-	addrs := map[string][]string{} // by datacenter
+	type dcState struct {
+		prev   []discovery.Instance
+		addrOf []string // the Addr of prev[i]
+		valid  []string // the Addr of prev's valid instances
+	}
+	var (
+		dcs     = map[string]*dcState{}
+		names   []string // the keys of dcs, sorted ("" first)
+		tracked []string // as last given to track; nil before
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -329,28 +343,51 @@ func feedPool(ctx context.Context, pool *balance.Pool, updates <-chan dcUpdate, 
 				}
 				continue
 			}
+			st := dcs[u.dc]
+			if st == nil {
+				st = &dcState{}
+				dcs[u.dc] = st
+				names = append(names, u.dc)
+				slices.Sort(names)
+			}
 			members := make([]balance.Member, len(u.Instances))
+			next := make([]string, len(u.Instances))
+			j := 0 // st.prev and u.Instances are both sorted by ID
 			for i, in := range u.Instances {
-				members[i] = balance.Member{ID: in.ID, Addr: in.HostPort(), Weight: in.Weight, Consul: in.Health, Invalid: in.Invalid,
+				for j < len(st.prev) && st.prev[j].ID < in.ID {
+					j++
+				}
+				if j < len(st.prev) && st.prev[j].ID == in.ID && st.prev[j].Address == in.Address && st.prev[j].Port == in.Port {
+					next[i] = st.addrOf[j]
+				} else {
+					next[i] = in.HostPort()
+				}
+				members[i] = balance.Member{ID: in.ID, Addr: next[i], Weight: in.Weight, Consul: in.Health, Invalid: in.Invalid,
 					Backup: backupTag != "" && hasTag(in.Tags, backupTag)}
 			}
+			st.prev, st.addrOf = u.Instances, next
 			if u.dc == "" {
 				_ = pool.SetMembers(ctx, u.Index, members)
 			} else {
 				_ = pool.SetRemoteMembers(ctx, u.dc, members)
 			}
-			dcAddrs := make([]string, 0, len(members))
+			st.valid = st.valid[:0]
 			for _, m := range members {
 				if m.Invalid == "" {
-					dcAddrs = append(dcAddrs, m.Addr)
+					st.valid = append(st.valid, m.Addr)
 				}
 			}
-			addrs[u.dc] = dcAddrs
 			var all []string
-			for _, a := range addrs {
-				all = append(all, a...)
+			for _, dc := range names {
+				all = append(all, dcs[dc].valid...)
 			}
-			track(all)
+			if tracked == nil || !slices.Equal(all, tracked) {
+				tracked = all
+				if tracked == nil {
+					tracked = []string{}
+				}
+				track(tracked)
+			}
 		}
 	}
 }

@@ -37,6 +37,8 @@ func main() {
 			err = runHTTPRate(os.Args[2:])
 		case "connload":
 			err = runConnLoad(os.Args[2:])
+		case "consul":
+			err = runBigService(os.Args[2:])
 		default:
 			err = run(os.Args[1:])
 		}

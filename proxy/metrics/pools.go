@@ -30,9 +30,9 @@ func instanceStates() []string {
 type poolCollector struct {
 	pools func() []*balance.Pool
 
-	up, inflight, ejections, errors                 *prometheus.Desc
-	instances, lastSuccess, consulErrors, consulIdx *prometheus.Desc
-	panic                                           *prometheus.Desc
+	up, inflight, ejections, errors                                *prometheus.Desc
+	instances, lastSuccess, consulErrors, consulAnswers, consulIdx *prometheus.Desc
+	panic                                                          *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*poolCollector)(nil)
@@ -70,6 +70,9 @@ func NewPoolCollector(pools func() []*balance.Pool) prometheus.Collector {
 		consulErrors: prometheus.NewDesc("sluice_consul_errors_total",
 			"Failed Consul queries for the service; the last good answer keeps serving meanwhile.",
 			service, nil),
+		consulAnswers: prometheus.NewDesc("sluice_consul_answers_total",
+			"Answers from Consul with a new index for the service (each one a new instance set, changed or not).",
+			service, nil),
 		consulIdx: prometheus.NewDesc("sluice_consul_index",
 			"Consul index (X-Consul-Index) of the last answer for the service; 0 before the first.",
 			service, nil),
@@ -81,7 +84,7 @@ func NewPoolCollector(pools func() []*balance.Pool) prometheus.Collector {
 
 // Describe sends the descriptors of every family the collector emits.
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.up, c.inflight, c.ejections, c.errors, c.instances, c.lastSuccess, c.consulErrors, c.consulIdx, c.panic} {
+	for _, d := range []*prometheus.Desc{c.up, c.inflight, c.ejections, c.errors, c.instances, c.lastSuccess, c.consulErrors, c.consulAnswers, c.consulIdx, c.panic} {
 		ch <- d
 	}
 }
@@ -140,6 +143,7 @@ func (c *poolCollector) collectPool(ch chan<- prometheus.Metric, snap *balance.S
 	}
 	ch <- prometheus.MustNewConstMetric(c.lastSuccess, prometheus.GaugeValue, last, svc)
 	ch <- prometheus.MustNewConstMetric(c.consulErrors, prometheus.CounterValue, float64(snap.ConsulErrors), svc)
+	ch <- prometheus.MustNewConstMetric(c.consulAnswers, prometheus.CounterValue, float64(snap.ConsulAnswers), svc)
 	ch <- prometheus.MustNewConstMetric(c.consulIdx, prometheus.GaugeValue, float64(snap.ConsulIndex), svc)
 	panicMode := 0.0
 	if snap.Panic {

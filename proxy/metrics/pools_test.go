@@ -149,7 +149,7 @@ func TestPoolCollector(t *testing.T) {
 		for _, state := range []string{"passing", "warning", "critical", "maintenance", "probe_failing", "ejected", "eligible"} {
 			want[fmt.Sprintf("sluice_service_instances{service=%q,state=%q}", svc, state)] = 0
 		}
-		for _, name := range []string{"sluice_consul_last_success_timestamp_seconds", "sluice_consul_errors_total", "sluice_consul_index", "sluice_service_panic"} {
+		for _, name := range []string{"sluice_consul_last_success_timestamp_seconds", "sluice_consul_errors_total", "sluice_consul_answers_total", "sluice_consul_index", "sluice_service_panic"} {
 			want[fmt.Sprintf("%s{service=%q}", name, svc)] = 0
 		}
 	}
@@ -168,6 +168,7 @@ func TestPoolCollector(t *testing.T) {
 		`sluice_service_instances{service="web",state="eligible"}`:                   1,
 		`sluice_consul_errors_total{service="web"}`:                                  2,
 		`sluice_consul_index{service="web"}`:                                         42,
+		`sluice_consul_answers_total{service="web"}`:                                 1,
 		`sluice_consul_last_success_timestamp_seconds{service="web"}`:                -1, // checked below
 	} {
 		if _, ok := want[key]; !ok {
@@ -177,9 +178,9 @@ func TestPoolCollector(t *testing.T) {
 	}
 	have := gather(t, c)
 	// 5 instances x (up, inflight, ejections, 5 error kinds) + 2 services
-	// x (7 states, 3 consul, panic).
-	if len(want) != 5*8+2*11 {
-		t.Fatalf("test table: want 62 series, have %d", len(want))
+	// x (7 states, 4 consul, panic).
+	if len(want) != 5*8+2*12 {
+		t.Fatalf("test table: want 64 series, have %d", len(want))
 	}
 	for key, w := range want {
 		h, ok := have[key]
@@ -212,7 +213,7 @@ func TestPoolCollector(t *testing.T) {
 			t.Errorf("series of a removed instance or service: %s", key)
 		}
 	}
-	if wantN := 2*8 + 11; len(have) != wantN {
+	if wantN := 2*8 + 12; len(have) != wantN {
 		t.Errorf("after removal: want %d series, have %d", wantN, len(have))
 	}
 	if h := have[`sluice_service_instances{service="web",state="ejected"}`]; h != 0 {
