@@ -223,9 +223,16 @@ func discoServiceConfig(cfg *config.Config, k discoKey) (*config.Service, error)
 // onCatalog takes an answer of the catalog watch.
 func (a *app) onCatalog(u discovery.CatalogUpdate) {
 	if u.Err != nil {
+		a.metrics.CatalogError()
+		if msg := u.Err.Error(); msg != a.disco.catErr {
+			a.events.Add(balance.Event{Kind: balance.EventConsulError, Detail: "catalog watch: " + msg})
+		}
 		a.disco.catErr = u.Err.Error()
 		a.publishRoutes()
 		return
+	}
+	if a.disco.catErr != "" {
+		a.events.Add(balance.Event{Kind: balance.EventConsulRecovery, Detail: "catalog watch"})
 	}
 	a.disco.catErr = ""
 	a.disco.catalog = u.Services

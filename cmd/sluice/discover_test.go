@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/sluice-lb/sluice/balance"
 	"github.com/sluice-lb/sluice/cmd/sluice/config"
 	"github.com/sluice-lb/sluice/discovery"
 	"github.com/sluice-lb/sluice/proxy/admin"
@@ -433,4 +435,29 @@ listener "public" {
 		t.Fatalf("after the last instance went: have %v %v", resp, err)
 	}
 	resp.Body.Close()
+}
+
+// TestCatalogErrorsCounted: a failed catalog query is counted and its
+// first occurrence, and the recovery, go to the event feed.
+func TestCatalogErrorsCounted(t *testing.T) {
+	front, adm := freeAddr(t), freeAddr(t)
+	ta := startApp(t, newFakeConsul(), configText(baseConfig, "FRONT", front, "ADMIN", adm))
+	fail := discovery.CatalogUpdate{Err: errors.New("Unexpected response code: 500")}
+	ta.onCatalog(fail)
+	ta.onCatalog(fail)
+	ta.onCatalog(discovery.CatalogUpdate{Services: map[string][]string{}, Index: 2})
+	if m := scrape(t, adm); !strings.Contains(m, "sluice_consul_catalog_errors_total 2") {
+		t.Errorf("catalog errors not counted twice:\n%s", grepLines(m, "sluice_consul_catalog"))
+	}
+	events, _ := ta.events.Events()
+	var kinds []string
+	for _, e := range events {
+		if e.Kind == balance.EventConsulError || e.Kind == balance.EventConsulRecovery {
+			kinds = append(kinds, string(e.Kind)+" "+e.Detail)
+		}
+	}
+	want := []string{string(balance.EventConsulError) + " catalog watch: Unexpected response code: 500", string(balance.EventConsulRecovery) + " catalog watch"}
+	if !slices.Equal(kinds, want) { // oldest first
+		t.Errorf("events %q, want %q", kinds, want)
+	}
 }

@@ -31,6 +31,7 @@ type Metrics struct {
 	lastSuccess prometheus.Gauge
 	limitHits   *prometheus.CounterVec // listener, limit
 	certExpiry  *prometheus.GaugeVec   // listener, cert
+	catalogErrs prometheus.Counter
 }
 
 // Limits, the values of sluice_limit_hits_total's limit label.
@@ -83,6 +84,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "sluice_limit_hits_total",
 			Help: "Times a listener's limit was reached, by listener and limit (max_connections, max_header_bytes, max_concurrent_streams, max_body_bytes).",
 		}, []string{"listener", "limit"}),
+		catalogErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_consul_catalog_errors_total",
+			Help: "Failed queries of the catalog watch that discover blocks run; the last good catalog keeps its routes meanwhile.",
+		}),
 		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sluice_tls_cert_not_after_seconds",
 			Help: "Unix time at which a listener's certificate expires (its NotAfter), by listener and certificate.",
@@ -91,7 +96,8 @@ func New(reg prometheus.Registerer) *Metrics {
 	// Both results are exported from the start, at 0.
 	m.reloads.WithLabelValues(ReloadSuccess)
 	m.reloads.WithLabelValues(ReloadFailure)
-	reg.MustRegister(m.requests, m.duration, m.retries, m.openConns, m.tcpBytes, m.reloads, m.lastSuccess, m.limitHits, m.certExpiry)
+	reg.MustRegister(m.requests, m.duration, m.retries, m.openConns, m.tcpBytes, m.reloads, m.lastSuccess, m.limitHits, m.certExpiry,
+		m.catalogErrs)
 	return m
 }
 
@@ -106,6 +112,13 @@ func (m *Metrics) Reloaded(result string, counted bool, at time.Time) {
 	}
 	if result == ReloadSuccess {
 		m.lastSuccess.Set(float64(at.UnixNano()) / 1e9)
+	}
+}
+
+// CatalogError counts a failed query of the catalog watch.
+func (m *Metrics) CatalogError() {
+	if m != nil {
+		m.catalogErrs.Inc()
 	}
 }
 
