@@ -13,7 +13,11 @@ import (
 func (h *router) redirectHTTPS(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	status := http.StatusPermanentRedirect
-	loc, ok := redirectLocation(r.Host, h.httpsPort, r.URL.EscapedPath(), r.URL.RawQuery)
+	path := r.URL.EscapedPath()
+	if path == "" {
+		path = "/" // an absolute-form target without a path ("GET http://a.example HTTP/1.1")
+	}
+	loc, ok := redirectLocation(r.Host, h.httpsPort, path, r.URL.RawQuery)
 	if ok {
 		hd := w.Header()
 		hd.Set("Location", loc)

@@ -317,6 +317,11 @@ func TestRedirectHTTPS(t *testing.T) {
 	if !strings.HasPrefix(out, "HTTP/1.1 308 ") || !strings.Contains(out, "\r\nLocation: https://example.com:8443/x\r\n") {
 		t.Errorf("POST: %q", out)
 	}
+	// An absolute-form target without a path redirects to "/".
+	out = rawClient(t, addr, "GET http://example.com?q=1 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+	if !strings.HasPrefix(out, "HTTP/1.1 308 ") || !strings.Contains(out, "\r\nLocation: https://example.com:8443/?q=1\r\n") {
+		t.Errorf("absolute form without a path: %q", out)
+	}
 	out = rawClient(t, addr, "GET / HTTP/1.1\r\nHost: evil.com@example.com\r\nConnection: close\r\n\r\n")
 	if !strings.HasPrefix(out, "HTTP/1.1 400 ") || strings.Contains(out, "Location") {
 		t.Errorf("hostile host: %q", out)
