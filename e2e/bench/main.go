@@ -464,6 +464,7 @@ func workloads() []workload {
 		{name: "http 64KiB", unit: "req/s", run: wrkRun("/64k", false, false)},
 		{name: "http new conn", unit: "req/s", run: wrkRun("/", true, false)},
 		{name: "http 5k req/s fixed", unit: "req/s", run: rateRun(5000)},
+		{name: "http 32 conns at 2k req/s", unit: "req/s", run: connsRun(32, 2000)},
 		{name: "http 1k conns at 2k req/s", unit: "req/s", run: connsRun(1000, 2000)},
 		{name: "http 10k conns at 2k req/s", unit: "req/s", run: connsRun(10000, 2000)},
 		{name: "https small keep-alive", unit: "req/s", tls: true, run: wrkRun("/", false, true)},
