@@ -82,10 +82,9 @@ func (w *CatalogWatcher) Run(ctx context.Context, out chan<- CatalogUpdate) {
 
 func (w *CatalogWatcher) catalogLoop(ctx context.Context, out chan<- CatalogUpdate) {
 	var (
-		index   uint64
-		last    map[string][]string // published and no error since; nil otherwise
-		backoff time.Duration
-		lastErr string
+		index uint64
+		last  map[string][]string // published and no error since; nil otherwise
+		fails failures
 	)
 	send := func(u CatalogUpdate) bool {
 		select {
@@ -111,30 +110,14 @@ func (w *CatalogWatcher) catalogLoop(ctx context.Context, out chan<- CatalogUpda
 			}
 		}
 		if err != nil {
-			backoff = nextBackoff(backoff, w.opts.BackoffMin, w.opts.BackoffMax)
-			if isNoLeader(err) {
-				backoff = min(backoff, noLeaderBackoff)
-			}
-			if msg := err.Error(); msg != lastErr {
-				lastErr = msg
-				w.opts.Logger.Warn("catalog watch failed", "error", err, "retry_in", backoff)
-			} else {
-				w.opts.Logger.Debug("catalog watch still failing", "error", err, "retry_in", backoff)
-			}
+			wait := fails.failed(err, w.opts.BackoffMin, w.opts.BackoffMax, w.opts.Logger, "catalog watch")
 			last, index = nil, 0
-			if !send(CatalogUpdate{Err: err}) {
-				return
-			}
-			if !sleep(ctx, backoff) {
+			if !send(CatalogUpdate{Err: err}) || !sleep(ctx, wait) {
 				return
 			}
 			continue
 		}
-		backoff = 0
-		if lastErr != "" {
-			w.opts.Logger.Info("catalog watch recovered")
-			lastErr = ""
-		}
+		fails.ok(w.opts.Logger, "catalog watch")
 		next := max(meta.LastIndex, 1) // 0 counts as 1 so that the next query blocks
 		switch {
 		case last != nil && next == index:
@@ -211,16 +194,4 @@ func normalize(in map[string][]string) map[string][]string {
 		}
 	}
 	return out
-}
-
-// sleep waits for d; false when ctx ended first.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

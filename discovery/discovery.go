@@ -189,8 +189,7 @@ func (w *Watcher) watchLoop(ctx context.Context, out chan<- Update) {
 	var (
 		index     uint64
 		published bool // an answer was published and no error since
-		backoff   time.Duration
-		lastErr   string // the text of the error logged last; "" after a good answer
+		fails     failures
 	)
 	send := func(u Update) bool {
 		select {
@@ -216,41 +215,15 @@ func (w *Watcher) watchLoop(ctx context.Context, out chan<- Update) {
 			}
 		}
 		if err != nil {
-			backoff = nextBackoff(backoff, w.opts.BackoffMin, w.opts.BackoffMax)
-			if isNoLeader(err) {
-				// Consul holds such a query until a leader is elected or
-				// its RPC hold timeout (7 s) passes, so it cannot spin;
-				// a short pause lets the first answer after an election
-				// arrive at once.
-				backoff = min(backoff, noLeaderBackoff)
-			}
-			// An error is logged once while it lasts: again only after a
-			// good answer or a different error.
-			if msg := err.Error(); msg != lastErr {
-				lastErr = msg
-				w.opts.Logger.Warn("watch failed", "service", w.opts.Service, "error", err, "retry_in", backoff)
-			} else {
-				w.opts.Logger.Debug("watch still failing", "service", w.opts.Service, "error", err, "retry_in", backoff)
-			}
+			wait := fails.failed(err, w.opts.BackoffMin, w.opts.BackoffMax, w.opts.Logger, "watch", "service", w.opts.Service)
 			published = false
 			index = 0 // after an outage ask afresh, so recovery is published at once
-			if !send(Update{Service: w.opts.Service, Err: err}) {
+			if !send(Update{Service: w.opts.Service, Err: err}) || !sleep(ctx, wait) {
 				return
-			}
-			t := time.NewTimer(backoff)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
 			}
 			continue
 		}
-		backoff = 0
-		if lastErr != "" {
-			w.opts.Logger.Info("watch recovered", "service", w.opts.Service)
-			lastErr = ""
-		}
+		fails.ok(w.opts.Logger, "watch", "service", w.opts.Service)
 		// Index 0 counts as 1 so that the next query blocks.
 		last := max(meta.LastIndex, 1)
 		switch {
@@ -380,6 +353,58 @@ func isNoLeader(err error) bool {
 
 // nextBackoff doubles prev within [lo, hi], then takes off up to 20% as
 // jitter (never below lo).
+// failures is a watch loop's error state, with the policy every watch
+// follows: the wait before the next query doubles from lo to hi with
+// jitter (nextBackoff), at most noLeaderBackoff while Consul has no leader
+// (it holds such a query until a leader is elected or its RPC hold
+// timeout, 7 s, passes, so it cannot spin, and a short pause lets the
+// first answer after an election arrive at once); an error is logged at
+// warn once while it lasts (again only after a good answer or a different
+// error), its repeats at debug, and the first good answer after it at
+// info. what names the watch in the messages ("watch failed", "watch
+// still failing", "watch recovered"); kv are the messages' other pairs.
+type failures struct {
+	backoff time.Duration
+	lastErr string // the text of the error logged last; "" after a good answer
+}
+
+// failed records err and returns how long to wait before the next query.
+func (f *failures) failed(err error, lo, hi time.Duration, logger hclog.Logger, what string, kv ...any) time.Duration {
+	f.backoff = nextBackoff(f.backoff, lo, hi)
+	if isNoLeader(err) {
+		f.backoff = min(f.backoff, noLeaderBackoff)
+	}
+	args := append(append(kv, "error", err), "retry_in", f.backoff)
+	if msg := err.Error(); msg != f.lastErr {
+		f.lastErr = msg
+		logger.Warn(what+" failed", args...)
+	} else {
+		logger.Debug(what+" still failing", args...)
+	}
+	return f.backoff
+}
+
+// ok records a good answer.
+func (f *failures) ok(logger hclog.Logger, what string, kv ...any) {
+	f.backoff = 0
+	if f.lastErr != "" {
+		logger.Info(what+" recovered", kv...)
+		f.lastErr = ""
+	}
+}
+
+// sleep waits d, and reports false when ctx ends first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 func nextBackoff(prev, lo, hi time.Duration) time.Duration {
 	d := min(max(prev*2, lo), hi)
 	return max(lo, d-rand.N(d/5+1))
