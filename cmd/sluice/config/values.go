@@ -241,14 +241,36 @@ func (d *decoder) duration(as hcl.Attributes, name string, dst *time.Duration, c
 // is checked on its own and reported at its own range; the list is stored
 // only when every element is good. An empty list stores nil.
 func (d *decoder) prefixes(as hcl.Attributes, name string, dst *[]netip.Prefix) bool {
+	var ss []string
+	isPrefix := func(s string) string { _, problem := parsePrefix(s); return problem }
+	if !d.listOfStrings(as, name, `must be a list of CIDR strings such as ["10.0.0.0/8", "127.0.0.1"]`, &ss, isPrefix) {
+		return false
+	}
+	var ps []netip.Prefix
+	for _, s := range ss {
+		p, _ := parsePrefix(s)
+		ps = append(ps, p)
+	}
+	*dst = ps
+	return true
+}
+
+// strList decodes a list of strings, each checked on its own and reported
+// at its own range; the list is stored only when every element is good.
+// An empty list stores nil.
+func (d *decoder) strList(as hcl.Attributes, name string, dst *[]string, checks ...check[string]) bool {
+	return d.listOfStrings(as, name, `must be a list of strings such as ["a", "b"]`, dst, checks...)
+}
+
+// listOfStrings is strList with the problem reported when the value is not a
+// list written out (wantList).
+func (d *decoder) listOfStrings(as hcl.Attributes, name, wantList string, dst *[]string, checks ...check[string]) bool {
 	a := as[name]
 	if a == nil {
 		return true
 	}
-	const wantList = `must be a list of CIDR strings such as ["10.0.0.0/8", "127.0.0.1"]`
 	exprs, listDiags := hcl.ExprList(a.Expr)
 	if listDiags.HasErrors() {
-		// Not a list written out: evaluate it to say what it is.
 		v, diags := a.Expr.Value(nil)
 		d.diags = append(d.diags, diags...)
 		if !diags.HasErrors() {
@@ -257,59 +279,6 @@ func (d *decoder) prefixes(as hcl.Attributes, name string, dst *[]netip.Prefix) 
 				got = describe(v)
 			}
 			d.invalid(a, wantList, got)
-		}
-		return false
-	}
-	var ps []netip.Prefix
-	ok := true
-	for i, e := range exprs {
-		v, diags := e.Value(nil)
-		d.diags = append(d.diags, diags...)
-		problem, got := "", ""
-		switch {
-		case diags.HasErrors() || !v.IsWhollyKnown():
-			ok = false
-			continue
-		case v.IsNull():
-			problem, got = "must be a string", "null"
-		case !v.Type().Equals(cty.String):
-			problem, got = "must be a string", describe(v)
-		default:
-			s := v.AsString()
-			p, prob := parsePrefix(s)
-			if prob == "" {
-				ps = append(ps, p)
-				continue
-			}
-			problem, got = prob, quote(s)
-		}
-		ok = false
-		d.errorf(e.Range(), "Invalid "+name, "%s element %d %s; got %s", name, i+1, problem, got)
-	}
-	if ok {
-		*dst = ps
-	}
-	return ok
-}
-
-// strList decodes a list of strings, each checked on its own and reported
-// at its own range; the list is stored only when every element is good.
-// An empty list stores nil.
-func (d *decoder) strList(as hcl.Attributes, name string, dst *[]string, checks ...check[string]) bool {
-	a := as[name]
-	if a == nil {
-		return true
-	}
-	exprs, listDiags := hcl.ExprList(a.Expr)
-	if listDiags.HasErrors() {
-		v, diags := a.Expr.Value(nil)
-		d.diags = append(d.diags, diags...)
-		if !diags.HasErrors() {
-			got := "null"
-			if !v.IsNull() {
-				got = describe(v)
-			}
-			d.invalid(a, `must be a list of strings such as ["a", "b"]`, got)
 		}
 		return false
 	}
