@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -33,14 +32,7 @@ func (c *consulAgent) registerTagged(service, id, addr string, tags ...string) {
 func (s *sluice) routes() admin.RoutesResponse {
 	s.t.Helper()
 	var out admin.RoutesResponse
-	resp, err := s.client.Get("http://" + s.Admin + "/v1/routes")
-	if err != nil {
-		s.t.Fatalf("admin: %v", err)
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		s.t.Fatalf("admin: %v", err)
-	}
+	s.adminJSON("/v1/routes", &out)
 	return out
 }
 

@@ -348,18 +348,28 @@ func (s *sluice) get(path string) (int, string, string, error) {
 	return resp.StatusCode, resp.Header.Get("X-Backend"), string(body), err
 }
 
-// services reads GET /v1/services.
-func (s *sluice) services() admin.ServicesResponse {
+// adminJSON reads GET path of the admin API, which must answer 200, into
+// out.
+func (s *sluice) adminJSON(path string, out any) {
 	s.t.Helper()
-	var out admin.ServicesResponse
-	resp, err := s.client.Get("http://" + s.Admin + "/v1/services")
+	resp, err := s.client.Get("http://" + s.Admin + path)
 	if err != nil {
 		s.t.Fatalf("admin: %v", err)
 	}
 	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		s.t.Fatalf("admin: %v", err)
+	if resp.StatusCode != http.StatusOK {
+		s.t.Fatalf("GET %s: %s", path, resp.Status)
 	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		s.t.Fatalf("GET %s: %v", path, err)
+	}
+}
+
+// services reads GET /v1/services.
+func (s *sluice) services() admin.ServicesResponse {
+	s.t.Helper()
+	var out admin.ServicesResponse
+	s.adminJSON("/v1/services", &out)
 	return out
 }
 
@@ -430,6 +440,8 @@ type status struct {
 	Generation int           `json:"generation"`
 	StartedAt  string        `json:"started_at"`
 	LastReload *reloadStatus `json:"last_reload"`
+	// TLSCertificates are the listeners' certificates (see certStatus).
+	TLSCertificates []certStatus `json:"tls_certificates"`
 }
 
 type reloadStatus struct {
@@ -442,17 +454,7 @@ type reloadStatus struct {
 func (s *sluice) status() status {
 	s.t.Helper()
 	var out status
-	resp, err := s.client.Get("http://" + s.Admin + "/v1/status")
-	if err != nil {
-		s.t.Fatalf("admin: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		s.t.Fatalf("GET /v1/status: %s", resp.Status)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		s.t.Fatalf("GET /v1/status: %v", err)
-	}
+	s.adminJSON("/v1/status", &out)
 	return out
 }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -449,7 +448,7 @@ service "secure" {
 				t.Errorf("%s: not_after %v, want %d", l.certFile, have, l.cert.NotAfter.Unix())
 			}
 		}
-		st := s.tlsStatus()
+		st := s.status().TLSCertificates
 		found := false
 		for _, c := range st {
 			if c.Listener == "https" && c.CertFile == certB.certFile {
@@ -513,23 +512,6 @@ type certStatus struct {
 	CertFile string    `json:"cert_file"`
 	Names    []string  `json:"names"`
 	NotAfter time.Time `json:"not_after"`
-}
-
-// tlsStatus reads the certificates of GET /v1/status.
-func (s *sluice) tlsStatus() []certStatus {
-	s.t.Helper()
-	var out struct {
-		Certificates []certStatus `json:"tls_certificates"`
-	}
-	resp, err := s.client.Get("http://" + s.Admin + "/v1/status")
-	if err != nil {
-		s.t.Fatalf("admin: %v", err)
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		s.t.Fatalf("GET /v1/status: %v", err)
-	}
-	return out.Certificates
 }
 
 // TestListenerLimits: max_connections holds under twice as many clients,
