@@ -64,6 +64,7 @@ type options struct {
 	changes   int
 	skipKill  bool
 	workloads string
+	profile   string
 }
 
 func run(args []string) error {
@@ -77,6 +78,7 @@ func run(args []string) error {
 	fs.IntVar(&o.changes, "changes", 50, "Consul changes per kind for the reaction figures")
 	fs.BoolVar(&o.skipKill, "skip-kill", false, "skip the kill -9 failover runs")
 	fs.StringVar(&o.workloads, "only", "", "comma-separated workload names to run (default all)")
+	fs.StringVar(&o.profile, "cpuprofile", "", "file for sluice's CPU profile over the whole run (sluice run -cpuprofile)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -235,7 +237,11 @@ func setup(o *options, self, work string) (*env, error) {
 	if err := os.WriteFile(cfg, []byte(sluiceConfig(e.consulAddr, e.adminAddr, s.httpAddr, s.tcpAddr, s.tlsAddr, cert)), 0o644); err != nil {
 		return e, err
 	}
-	if s.proc, err = start(work, "sluice", "0", nil, o.sluice, "run", "-config", cfg); err != nil {
+	argv := []string{o.sluice, "run", "-config", cfg}
+	if o.profile != "" {
+		argv = append(argv, "-cpuprofile", o.profile)
+	}
+	if s.proc, err = start(work, "sluice", "0", nil, argv...); err != nil {
 		return e, err
 	}
 	e.procs = append(e.procs, s.proc)

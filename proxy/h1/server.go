@@ -668,11 +668,18 @@ var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 
 func (c *conn) serve() { c.run(true, false) }
 
+// keepAliveStay is how long a keep-alive connection waits for its next
+// request on the goroutine that served the last one. A connection still
+// idle then moves to a new goroutine, so that the stack the last request
+// grew (proxying takes tens of KiB) is freed and the idle connection costs
+// a small one; one whose next request comes sooner (a busy client) keeps
+// its grown stack and pays no goroutine start or stack growth per request.
+const keepAliveStay = 20 * time.Millisecond
+
 // run serves the connection from its first request (first) or from a
-// keep-alive wait. A keep-alive wait that finds nothing to read moves to a
+// keep-alive wait. A keep-alive wait longer than keepAliveStay moves to a
 // new goroutine (fresh set there, so that it waits rather than moves
-// again): the stack that the last request grew (proxying takes tens of
-// KiB) is freed, and the idle connection costs a small one.
+// again).
 func (c *conn) run(first, fresh bool) {
 	handedOff, moved := false, false
 	defer func() {
@@ -713,13 +720,20 @@ func (c *conn) run(first, fresh bool) {
 	}
 	for {
 		start := time.Now()
+		if fresh {
+			// Moved after keepAliveStay: the idle time runs from the end
+			// of the last answer.
+			start = time.Unix(0, c.idleSince.Load())
+		}
 		if first {
 			// The first head is due HeaderTimeout after the accept,
 			// the TLS handshake included.
 			start = c.accepted
 		} else {
 			// Keep-alive: wait for the next request's first byte.
-			c.idleSince.Store(start.UnixNano())
+			if !fresh {
+				c.idleSince.Store(start.UnixNano())
+			}
 			c.idle.Store(true)
 			if s.shuttingDown() {
 				return
@@ -729,17 +743,22 @@ func (c *conn) run(first, fresh bool) {
 				// make room (see closeLongestIdle).
 				s.wake()
 			}
-			c.rwc.SetReadDeadline(start.Add(c.t.IdleTimeout))
+			idleEnd := start.Add(c.t.IdleTimeout)
+			c.rwc.SetReadDeadline(idleEnd)
 			if !fresh && c.raw != nil && (c.br == nil || c.br.Buffered() == 0) && !c.r.hasByte {
 				c.releaseReader()
-				_, err := c.raw.TryRead()
-				if err == rawread.ErrWouldBlock {
+				if stay := start.Add(keepAliveStay); stay.Before(idleEnd) {
+					c.rwc.SetReadDeadline(stay)
+				}
+				_, err := c.raw.Read()
+				if errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(idleEnd) {
+					c.rwc.SetReadDeadline(idleEnd)
 					moved = true
 					go c.run(false, true)
 					return
 				}
 				if err != nil {
-					return // closed: no answer
+					return // closed, or idle too long: no answer
 				}
 			}
 			fresh = false
