@@ -40,9 +40,13 @@ type listener struct {
 	discovered []proxy.Route
 }
 
-// bind listens on addr; what names the listener in the error.
+// bind listens on addr; what names the listener in the error. Accepted
+// connections get no TCP keep-alive probes (as with HAProxy's and nginx's
+// defaults): every listener closes idle connections by its idle_timeout,
+// and each connection is spared the four setsockopt calls that turn the
+// probes on.
 func bind(what, addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, fmt.Errorf("%s: address %s is already in use", what, addr)
