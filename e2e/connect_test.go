@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
@@ -336,12 +337,19 @@ func TestConnectCARotation(t *testing.T) {
 		t.Fatalf("CA configuration: %s %s", resp.Status, msg)
 	}
 	rotatedAt := time.Now()
-	waitFor(t, 20*time.Second, "sluice on the new root and leaf", func() bool {
+	waitFor(t, 45*time.Second, "sluice on the new root and leaf", func() bool {
 		st := s.connectStatus().Connect
 		return st.ActiveRootID != old.ActiveRootID && st.LeafSerial != old.LeafSerial && st.Roots >= 2
 	})
 	t.Logf("sluice took the new root and leaf in %v", time.Since(rotatedAt))
-	// Consul spreads the sidecars' re-issue over 30 s.
+	// Consul spreads the sidecars' re-issue over 30 s: the load goes on
+	// until both present a leaf of the new root, and 40 s at least.
+	for id, port := range m.ports {
+		waitFor(t, 45*time.Second, "the sidecar of "+id+" re-issued", func() bool {
+			return sidecarIssuer(fmt.Sprintf("127.0.0.1:%d", port)) == newRootCN
+		})
+		t.Logf("sidecar of %s re-issued %v after the rotation", id, time.Since(rotatedAt))
+	}
 	deadline := rotatedAt.Add(40 * time.Second)
 	waitFor(t, time.Minute, "40s after the rotation", func() bool { return time.Now().After(deadline) })
 	ok, failed, reasons := l.end()
@@ -352,6 +360,25 @@ func TestConnectCARotation(t *testing.T) {
 	if code, _, body, err := s.get("/"); code != http.StatusOK {
 		t.Errorf("after the rotation: %d %s %v", code, body, err)
 	}
+}
+
+// newRootCN is the common name of the root newMeshCA makes.
+const newRootCN = "e2e rotated root"
+
+// sidecarIssuer returns the issuer's common name of the leaf a sidecar
+// presents ("" when the handshake fails): with TLS 1.3 the client's
+// handshake ends before the sidecar asks for sluice's certificate.
+func sidecarIssuer(addr string) string {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	certs := c.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return ""
+	}
+	return certs[0].Issuer.CommonName
 }
 
 // newMeshCA makes a Connect root for the consul provider: an EC key and a
@@ -369,7 +396,7 @@ func newMeshCA(t *testing.T, trustDomain string) (keyPEM, certPEM string) {
 	uri := &url.URL{Scheme: "spiffe", Host: trustDomain}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: "e2e rotated root"},
+		Subject:               pkix.Name{CommonName: newRootCN},
 		URIs:                  []*url.URL{uri},
 		NotBefore:             time.Now().Add(-time.Minute),
 		NotAfter:              time.Now().Add(24 * time.Hour),
