@@ -155,3 +155,42 @@ func TestProbeDenied(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestTCPDenied: a tcp listener's connection to a sidecar that refuses
+// sluice closes the client's connection; with the intentions' denial the
+// instance is not blamed, without it it is.
+func TestTCPDenied(t *testing.T) {
+	ca := newCA(t)
+	a, _ := refusingSidecar(t, ca)
+	tc := &tls.Config{RootCAs: ca.pool(), Certificates: []tls.Certificate{ca.leaf(t, "sluice")}, NextProtos: []string{}}
+	for _, deny := range []bool{true, false} {
+		t.Run(fmt.Sprintf("deny=%t", deny), func(t *testing.T) {
+			in := &fakeIntentions{}
+			in.deny.Store(deny)
+			p := pool(t, "round_robin", m("a", a, 1))
+			tp := NewTCPProxy(TCPOptions{Service: ServiceOptions{Name: "web", Pool: p, Attempts: 2, TLS: tc, Intentions: in}})
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			served := make(chan struct{})
+			go func() { tp.Serve(ctx, ln); close(served) }()
+			defer func() { cancel(); ln.Close(); <-served }()
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, "hello")
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if n, _ := io.Copy(io.Discard, c); n != 0 {
+				t.Fatalf("want the client closed without a byte, have %d bytes", n)
+			}
+			waitFor(t, "the verdict", func() bool { return in.calls.Load() >= 1 && statsOf(p, "a").Inflight() == 0 })
+			if have := statsOf(p, "a").Failures(); (have > 0) != !deny {
+				t.Errorf("want blamed %t, have %d failures", !deny, have)
+			}
+		})
+	}
+}
