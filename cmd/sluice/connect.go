@@ -51,9 +51,16 @@ type connectRuntime struct {
 	used     atomic.Bool
 	identity atomic.Pointer[string]
 	client   atomic.Pointer[api.Client]
-	running  *task
-	key      connectKey
-	state    atomic.Pointer[connectStatus]
+	// intents are the intentions whose source matches identity, highest
+	// precedence first, as the intentions watch last saw them; nil
+	// before its first answer. Set by the watch, read by Denied.
+	intents atomic.Pointer[[]*api.Intention]
+	// authzRefused is set once the agent refused an authorize question
+	// for lack of ACL permission (logged once).
+	authzRefused atomic.Bool
+	running      *task
+	key          connectKey
+	state        atomic.Pointer[connectStatus]
 }
 
 // connectKey is what the watches depend on.
@@ -83,9 +90,10 @@ func newConnectRuntime(logger hclog.Logger, m *metrics.Metrics, transport *proxy
 // connectDest is one destination service: its TLS configuration (one
 // per destination, for the life of the process) and its denial check.
 type connectDest struct {
-	rt   *connectRuntime
-	name string
-	tls  *clientTLS
+	rt        *connectRuntime
+	name      string
+	namespace string // "" for connect.DefaultNamespace
+	tls       *clientTLS
 }
 
 var _ proxy.Intentions = (*connectDest)(nil)
@@ -98,7 +106,7 @@ func (rt *connectRuntime) dest(name, namespace string) *connectDest {
 	if d := rt.dests[key]; d != nil {
 		return d
 	}
-	d := &connectDest{rt: rt, name: name, tls: &clientTLS{cfg: rt.material.ClientConfig(name, namespace)}}
+	d := &connectDest{rt: rt, name: name, namespace: namespace, tls: &clientTLS{cfg: rt.material.ClientConfig(name, namespace)}}
 	d.tls.digest = sha256.Sum256([]byte("connect\x00" + key))
 	rt.dests[key] = d
 	return d
@@ -163,6 +171,9 @@ func (rt *connectRuntime) run(cfg *config.Config, client *api.Client) {
 	rt.stop()
 	if client == nil {
 		return // not reached: prepare makes it when needsClient
+	}
+	if rt.key.identity != key.identity {
+		rt.intents.Store(nil) // another identity's intentions
 	}
 	rt.key = key
 	rt.identity.Store(&key.identity)
@@ -263,10 +274,14 @@ func (rt *connectRuntime) watchLoop(ctx context.Context, client *api.Client, ide
 func (rt *connectRuntime) intentionsLoop(ctx context.Context, client *api.Client, identity string, logger hclog.Logger) {
 	conn := client.Connect()
 	var prev map[string]string // destination -> digest of its intentions
-	var timers []*time.Timer
+	type reclose struct {
+		t  *time.Timer
+		at time.Time // when it fires
+	}
+	var timers []reclose
 	defer func() {
-		for _, t := range timers {
-			t.Stop()
+		for _, r := range timers {
+			r.t.Stop()
 		}
 	}()
 	discovery.Follow(ctx, discovery.FollowOptions{What: "connect intentions watch", Logger: logger},
@@ -274,6 +289,10 @@ func (rt *connectRuntime) intentionsLoop(ctx context.Context, client *api.Client
 			return conn.IntentionMatch(&api.IntentionMatch{By: api.IntentionMatchSource, Names: []string{identity}}, q)
 		},
 		func(m map[string][]*api.Intention, index uint64) {
+			sorted := slices.Clone(m[identity])
+			sorted = slices.DeleteFunc(sorted, func(i *api.Intention) bool { return i == nil })
+			slices.SortStableFunc(sorted, func(a, b *api.Intention) int { return b.Precedence - a.Precedence })
+			rt.intents.Store(&sorted)
 			next := intentionDigests(m[identity])
 			changed := changedDestinations(prev, next)
 			first := prev == nil
@@ -288,13 +307,16 @@ func (rt *connectRuntime) intentionsLoop(ctx context.Context, client *api.Client
 				return
 			}
 			logger.Info("connect intentions changed; closing pooled connections", "destinations", strings.Join(changed, ","))
-			timers = slices.DeleteFunc(timers, func(t *time.Timer) bool { return !t.Stop() })
+			// An earlier change's pending recloses still run: its
+			// destinations need them as much as these do.
+			now := time.Now()
+			timers = slices.DeleteFunc(timers, func(r reclose) bool { return now.After(r.at) })
 			for _, d := range intentionRecloses {
 				if d == 0 {
 					rt.closeDestinations(changed)
 					continue
 				}
-				timers = append(timers, time.AfterFunc(d, func() { rt.closeDestinations(changed) }))
+				timers = append(timers, reclose{time.AfterFunc(d, func() { rt.closeDestinations(changed) }), now.Add(d)})
 			}
 		}, nil)
 }
@@ -355,14 +377,25 @@ func (rt *connectRuntime) closeDestinations(dests []string) {
 	}
 }
 
-// Denied asks the local agent whether sluice's identity may reach the
-// destination when err carries a TLS alert; a denial is counted and
-// returned. An agent that cannot answer makes it an instance failure.
+// Denied decides, when err carries a TLS alert, whether the intentions
+// deny sluice's identity this destination: from the intentions watch
+// when its highest-precedence intention for the destination is an L4
+// deny (no agent call: a flood of denied requests costs nothing, and the
+// token needs no service:write on the destination), else by asking the
+// local agent's authorize endpoint (which needs service:write on the
+// destination; without it, or when the agent cannot answer, the alert is
+// the instance's failure). A denial is counted and returned.
 func (d *connectDest) Denied(ctx context.Context, err error) *proxy.DenialError {
 	rt := d.rt
 	client, leaf, identity := rt.client.Load(), rt.material.Leaf(), rt.identity.Load()
 	if client == nil || leaf == nil || identity == nil || !proxy.IsTLSAlert(err) {
 		return nil
+	}
+	if ixn := matchIntention(rt.intents.Load(), d.name, d.namespace); ixn != nil && ixn.Action == api.IntentionActionDeny &&
+		len(ixn.Permissions) == 0 {
+		rt.metrics.ConnectDenied(d.name)
+		return &proxy.DenialError{Source: *identity, Destination: d.name,
+			Reason: "intention " + ixn.SourceName + " => " + ixn.DestinationName + " denies", Err: err}
 	}
 	// consul/api's ConnectAuthorize takes no context: it runs on its own
 	// goroutine (which ends when the local agent answers) and the wait
@@ -393,6 +426,11 @@ func (d *connectDest) Denied(ctx context.Context, err error) *proxy.DenialError 
 		aerr = ctx.Err()
 	}
 	if aerr != nil {
+		if strings.Contains(aerr.Error(), "403") && !rt.authzRefused.Swap(true) {
+			rt.logger.Warn("connect authorize refused (the token needs service:write on the destination to tell a denial "+
+				"without an explicit deny intention from an instance failure); such alerts count as instance failures",
+				"service", d.name, "error", aerr)
+		}
 		rt.logger.Debug("connect authorize failed; counting the alert as the instance's", "service", d.name, "error", aerr)
 		return nil
 	}
@@ -402,3 +440,30 @@ func (d *connectDest) Denied(ctx context.Context, err error) *proxy.DenialError 
 	rt.metrics.ConnectDenied(d.name)
 	return &proxy.DenialError{Source: *identity, Destination: d.name, Reason: out.Reason, Err: err}
 }
+
+// matchIntention returns the highest-precedence intention of sorted
+// (highest first) whose destination is service in namespace ("" for the
+// default) or a wildcard; nil when none is.
+func matchIntention(sorted *[]*api.Intention, service, namespace string) *api.Intention {
+	if sorted == nil {
+		return nil
+	}
+	if namespace == "" {
+		namespace = connect.DefaultNamespace
+	}
+	for _, i := range *sorted {
+		ns := i.DestinationNS
+		if ns == "" {
+			ns = connect.DefaultNamespace
+		}
+		if (i.DestinationName == service || i.DestinationName == intentionWildcard) &&
+			(ns == namespace || ns == intentionWildcard) {
+			return i
+		}
+	}
+	return nil
+}
+
+// intentionWildcard is the name or namespace of an intention that
+// matches any.
+const intentionWildcard = "*"

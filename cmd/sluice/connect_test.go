@@ -1,10 +1,17 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/sluice-lb/sluice/proxy/connect"
 )
 
 // TestIntentionChanges: the destinations whose intentions changed, a
@@ -29,6 +36,58 @@ func TestIntentionChanges(t *testing.T) {
 			have := changedDestinations(intentionDigests(base), intentionDigests(tc.next))
 			if !slices.Equal(have, tc.want) {
 				t.Errorf("want %v, have %v", tc.want, have)
+			}
+		})
+	}
+}
+
+// TestDeniedFromWatch: an alert is a denial, without asking the agent,
+// when the highest-precedence intention the watch saw for the
+// destination (exact or wildcard) is an L4 deny; an allow above it, an
+// L7 intention or none leaves it to the agent (unreachable here: the
+// alert stays the instance's failure); so does no alert.
+func TestDeniedFromWatch(t *testing.T) {
+	client, err := api.NewClient(&api.Config{Address: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := newConnectRuntime(hclog.NewNullLogger(), nil, nil)
+	id := "sluice"
+	rt.identity.Store(&id)
+	rt.client.Store(client)
+	rt.material.SetLeaf(&connect.Leaf{URI: "spiffe://td.consul/ns/default/dc/dc1/svc/sluice"})
+	d := rt.dest("web", "")
+	alert := &net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}
+	ixn := func(dest, action string, prec int) *api.Intention {
+		return &api.Intention{SourceName: "sluice", DestinationName: dest, Action: api.IntentionAction(action), Precedence: prec}
+	}
+	l7 := ixn("web", "", 9)
+	l7.Permissions = []*api.IntentionPermission{{Action: api.IntentionActionAllow}}
+	for _, tc := range []struct {
+		name   string
+		ixns   []*api.Intention
+		err    error
+		denied bool
+	}{
+		{"exact deny", []*api.Intention{ixn("api", "allow", 9), ixn("web", "deny", 9)}, alert, true},
+		{"wildcard deny", []*api.Intention{ixn("*", "deny", 8)}, alert, true},
+		{"exact allow above wildcard deny", []*api.Intention{ixn("*", "deny", 8), ixn("web", "allow", 9)}, alert, false},
+		{"L7 intention", []*api.Intention{l7}, alert, false},
+		{"other destination", []*api.Intention{ixn("api", "deny", 9)}, alert, false},
+		{"no alert", []*api.Intention{ixn("web", "deny", 9)}, errors.New("connection reset"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sorted := slices.Clone(tc.ixns)
+			slices.SortStableFunc(sorted, func(a, b *api.Intention) int { return b.Precedence - a.Precedence })
+			rt.intents.Store(&sorted)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			de := d.Denied(ctx, tc.err)
+			if (de != nil) != tc.denied {
+				t.Fatalf("want denied %t, have %v", tc.denied, de)
+			}
+			if de != nil && (de.Source != "sluice" || de.Destination != "web" || !errors.Is(de, tc.err)) {
+				t.Fatalf("denial: %+v", de)
 			}
 		})
 	}
