@@ -174,27 +174,32 @@ func VerifyPeer(roots *Roots, chain []*x509.Certificate, service, namespace stri
 	if namespace == "" {
 		namespace = DefaultNamespace
 	}
-	var seen []string
-	for _, u := range chain[0].URIs {
-		if u.Scheme != "spiffe" {
-			continue
-		}
-		if err := checkIdentity(u, roots.TrustDomain, service, namespace); err == nil {
-			return nil
-		}
-		seen = append(seen, u.String())
+	// An X.509 SVID carries exactly one URI SAN (SPIFFE X.509-SVID 2):
+	// a certificate naming two identities names none.
+	uris := chain[0].URIs
+	if len(uris) > 1 {
+		return fmt.Errorf("connect: instance certificate has %d URI SANs, an SVID has one", len(uris))
 	}
-	if len(seen) == 0 {
+	if len(uris) == 0 || uris[0].Scheme != "spiffe" {
 		return errors.New("connect: instance certificate has no spiffe URI SAN")
 	}
-	return fmt.Errorf("connect: instance certificate names %s, not service %q in namespace %q of trust domain %s",
-		strings.Join(seen, ", "), service, namespace, roots.TrustDomain)
+	if err := checkIdentity(uris[0], roots.TrustDomain, service, namespace); err != nil {
+		return fmt.Errorf("connect: instance certificate names %s, not service %q in namespace %q of trust domain %s",
+			uris[0], service, namespace, roots.TrustDomain)
+	}
+	return nil
 }
 
 // checkIdentity matches one spiffe URI against the expected identity.
 func checkIdentity(u *url.URL, trustDomain, service, namespace string) error {
 	if !strings.EqualFold(u.Host, trustDomain) {
 		return errors.New("trust domain")
+	}
+	// No user, port, query, fragment or percent-encoding: the identity
+	// is compared as written, not as decoded.
+	if u.User != nil || u.Port() != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.RawPath != "" ||
+		u.Opaque != "" || strings.Contains(u.Path, "%") {
+		return errors.New("form")
 	}
 	parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
 	if len(parts) == 8 && parts[0] == "ap" {
