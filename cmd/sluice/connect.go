@@ -94,6 +94,41 @@ type connectDest struct {
 	name      string
 	namespace string // "" for connect.DefaultNamespace
 	tls       *clientTLS
+
+	mu   sync.Mutex
+	call *authCall // the authorize question in flight, nil when none
+}
+
+// authCall is one authorize question to the agent; out and err are set
+// before done is closed.
+type authCall struct {
+	done chan struct{}
+	out  *api.AgentAuthorize
+	err  error
+}
+
+// authorize returns the authorize question in flight for d, asking it
+// when none is: at most one per destination at a time, whatever the
+// number of alerts. consul/api's ConnectAuthorize takes no context, so
+// the question runs on its own goroutine until the agent answers; the
+// callers bound their wait.
+func (d *connectDest) authorize(client *api.Client, leaf *connect.Leaf) *authCall {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.call != nil {
+		return d.call
+	}
+	c := &authCall{done: make(chan struct{})}
+	d.call = c
+	go func() {
+		c.out, c.err = client.Agent().ConnectAuthorize(&api.AgentAuthorizeParams{Target: d.name, ClientCertURI: leaf.URI,
+			ClientCertSerial: leaf.Serial})
+		d.mu.Lock()
+		d.call = nil
+		d.mu.Unlock()
+		close(c.done)
+	}()
+	return c
 }
 
 var _ proxy.Intentions = (*connectDest)(nil)
@@ -397,26 +432,16 @@ func (d *connectDest) Denied(ctx context.Context, err error) *proxy.DenialError 
 		return &proxy.DenialError{Source: *identity, Destination: d.name,
 			Reason: "intention " + ixn.SourceName + " => " + ixn.DestinationName + " denies", Err: err}
 	}
-	// consul/api's ConnectAuthorize takes no context: it runs on its own
-	// goroutine (which ends when the local agent answers) and the wait
-	// for it is bounded.
-	type answer struct {
-		out *api.AgentAuthorize
-		err error
-	}
-	ch := make(chan answer, 1)
-	go func() {
-		out, err := client.Agent().ConnectAuthorize(&api.AgentAuthorizeParams{Target: d.name, ClientCertURI: leaf.URI,
-			ClientCertSerial: leaf.Serial})
-		ch <- answer{out, err}
-	}()
+	// One question per destination at a time (see authorize), the wait
+	// for it bounded.
+	call := d.authorize(client, leaf)
 	timer := time.NewTimer(authorizeTimeout)
 	defer timer.Stop()
 	var out *api.AgentAuthorize
 	var aerr error
 	select {
-	case a := <-ch:
-		out, aerr = a.out, a.err
+	case <-call.done:
+		out, aerr = call.out, call.err
 		if aerr == nil && out == nil {
 			aerr = errors.New("empty answer")
 		}

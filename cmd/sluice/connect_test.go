@@ -4,7 +4,12 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,5 +95,71 @@ func TestDeniedFromWatch(t *testing.T) {
 				t.Fatalf("denial: %+v", de)
 			}
 		})
+	}
+}
+
+// TestDeniedAuthorizeShared: alerts that no watched intention explains
+// share one authorize question per destination while it is in flight (a
+// hung agent holds one goroutine, not one per alert), each waiting no
+// longer than its context; the agent's deny is a denial.
+func TestDeniedAuthorizeShared(t *testing.T) {
+	var asked atomic.Int32
+	release := make(chan struct{})
+	agent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/agent/connect/authorize" {
+			http.NotFound(w, r)
+			return
+		}
+		asked.Add(1)
+		<-release
+		w.Write([]byte(`{"Authorized":false,"Reason":"default deny"}`))
+	}))
+	defer agent.Close()
+	defer close(release)
+	client, err := api.NewClient(&api.Config{Address: agent.Listener.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := newConnectRuntime(hclog.NewNullLogger(), nil, nil)
+	id := "sluice"
+	rt.identity.Store(&id)
+	rt.client.Store(client)
+	rt.material.SetLeaf(&connect.Leaf{URI: "spiffe://td.consul/ns/default/dc/dc1/svc/sluice"})
+	d := rt.dest("web", "")
+	alert := &net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}
+
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			if de := d.Denied(ctx, alert); de != nil {
+				t.Errorf("unanswered: want no denial, have %v", de)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := asked.Load(); n != 1 {
+		t.Fatalf("want 1 authorize question in flight, have %d", n)
+	}
+	release <- struct{}{} // the first question ends
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		d.mu.Lock()
+		idle := d.call == nil
+		d.mu.Unlock()
+		if idle || time.Now().After(deadline) {
+			break
+		}
+		runtime.Gosched()
+	}
+	go func() { release <- struct{}{} }()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	de := d.Denied(ctx, alert)
+	if de == nil || de.Reason != "default deny" || de.Destination != "web" {
+		t.Fatalf("want the agent's denial, have %v", de)
 	}
 }
