@@ -110,7 +110,14 @@ type Options struct {
 	NodeMeta map[string]string
 	// Filter is a Consul filter expression over the health entries
 	// (Consul's filter parameter), applied by Consul; "" for none.
-	Filter     string
+	Filter string
+	// Connect watches the service's Consul Connect instances (its
+	// sidecars and Connect-native instances, /v1/health/connect/<name>)
+	// instead of the service itself; the HealthAPI must be a
+	// ConnectHealthAPI. Addresses and ports are the sidecars', tags and
+	// meta those they carry (a sidecar copies its parent's tags and meta,
+	// not its Weights).
+	Connect    bool
 	WeightKey  string // service meta key holding the weight; default DefaultWeightKey
 	Datacenter string // default: the agent's
 	// Stale allows any server to answer and uses the agent's cache
@@ -275,6 +282,9 @@ func (w *Watcher) query(ctx context.Context, index uint64) ([]answerEntry, *api.
 // sink in q's context (see RawTransport) receives either answer.
 func (w *Watcher) service(q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 	tags := w.tags()
+	if w.opts.Connect {
+		return w.connect(tags, q)
+	}
 	if len(tags) <= 1 {
 		tag := ""
 		if len(tags) == 1 {

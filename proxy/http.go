@@ -92,8 +92,15 @@ type ServiceOptions struct {
 	// instance's host as Consul reports it (an IP address is verified
 	// against the certificate's IP SANs), as a browser uses the URL's
 	// host. HTTP routes offer ALPN http/1.1 only, whatever NextProtos
-	// says. A failed handshake is a failed connection to the instance.
+	// says, except that a non-nil empty NextProtos offers no ALPN at all
+	// (Connect sidecars). A failed handshake is a failed connection to the
+	// instance.
 	TLS *tls.Config
+	// Intentions, when set (Consul Connect services), tells a denial by
+	// the mesh's intentions from an instance failure: a denied request is
+	// answered 403 at once, not retried nor counted against the instance.
+	// nil: every failure is the instance's.
+	Intentions Intentions
 }
 
 // HTTPOptions configure an HTTP handler.
@@ -374,7 +381,7 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 		listener: opts.Listener, service: svc.Name, pool: svc.Pool, up: opts.Transport,
 		attempts: attempts, limits: limits, maxReplay: opts.MaxReplayBody, fwd: fwd, pressure: opts.Pressure,
 		cookie: svc.StickyCookie, header: http.CanonicalHeaderKey(svc.StickyHeader), log: opts.AccessLog,
-		route: rm, svcm: opts.Metrics.Service(svc.Name), tls: svc.TLS, maxBody: maxBody,
+		route: rm, svcm: opts.Metrics.Service(svc.Name), tls: svc.TLS, maxBody: maxBody, intentions: svc.Intentions,
 	}
 	scheme := "http"
 	if svc.TLS != nil {
@@ -411,6 +418,7 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 			status := http.StatusBadGateway
 			abort := false
 			var ce *clientError
+			var de *DenialError
 			if hsts != nil && r.TLS != nil {
 				w.Header()["Strict-Transport-Security"] = hsts
 			}
@@ -426,6 +434,9 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 				// The client went away: nobody reads an answer. 499 is
 				// for the access log only.
 				status, abort = 499, true
+			case errors.As(err, &de):
+				status = http.StatusForbidden
+				writeDenial(w, de, svc.Name)
 			case errors.As(err, &ce):
 				// The server closes an HTTP/1.1 connection whose body
 				// failed (its answer says so); on h2 only this stream
@@ -496,6 +507,8 @@ type balancingTransport struct {
 	svcm      *metrics.Service // nil-safe
 	tls       *tls.Config      // to the instances; nil: plain
 	maxBody   int64            // request body limit; 0: none
+	// intentions tells denials from instance failures; nil: none.
+	intentions Intentions
 }
 
 // errStatus marks a 5xx answer as a failure of the instance.
@@ -642,6 +655,10 @@ func (t *balancingTransport) RoundTrip(req *http.Request) (*http.Response, error
 				// instance's fault, and another would fail alike.
 				res.Cancel()
 				return nil, &upstreamError{err: fmt.Errorf("%w: %w", errExhausted, err), instance: ep.ID, attempts: attempt, start: start}
+			}
+			if d := denied(req.Context(), t.intentions, err); d != nil {
+				res.Cancel() // the mesh refused sluice: not the instance's fault
+				return nil, &upstreamError{err: d, instance: ep.ID, attempts: attempt, start: start}
 			}
 			blame(res, err)
 			last = &upstreamError{err: err, instance: ep.ID, attempts: attempt, start: start}

@@ -52,6 +52,11 @@ type ProbeOptions struct {
 	// completes a TLS handshake with it and closes, so that an instance
 	// whose certificate sluice would refuse fails its probes. nil: plain.
 	TLS *tls.Config
+	// Intentions, when set (Consul Connect services), makes a probe that
+	// the mesh's intentions refused count as neither success nor failure.
+	// A tcp probe over TLS 1.3 ends with the handshake, before a sidecar
+	// says no: it sees a denial as a success.
+	Intentions Intentions
 }
 
 // Prober runs one probe loop per instance of a pool: a loop starts when an
@@ -173,6 +178,11 @@ func (p *Prober) probeLoop(ctx context.Context, id, addr string) {
 		err := p.probe(ctx, addr)
 		if ctx.Err() != nil {
 			return
+		}
+		if denied(ctx, p.opts.Intentions, err) != nil {
+			// Refused by intentions: says nothing about the instance.
+			timer.Reset(p.opts.Interval)
+			continue
 		}
 		next := state
 		if err == nil {

@@ -421,6 +421,11 @@ func (p *TCPProxy) handle(ctx context.Context, client net.Conn, dialed chan stru
 	case verdictSuccess:
 		res.Done(nil)
 	case verdictFailure:
+		if d := denied(ctx, svc.Intentions, err); d != nil {
+			res.Cancel() // refused by intentions on the first read
+			p.logger.Debug("connection denied: "+d.Error(), "service", svc.Name)
+			break
+		}
 		blame(res, err)
 		p.logger.Debug("instance failed the connection", "service", svc.Name, "instance", res.Endpoint.ID, "error", err)
 	default:
@@ -614,6 +619,11 @@ func (p *TCPProxy) connect(ctx context.Context, cfg *tcpConfig, ts *tcpService, 
 				return nil, res, attempts, false
 			}
 			continue
+		}
+		if d := denied(ctx, svc.Intentions, err); d != nil {
+			r.Cancel() // refused by intentions: not the instance's fault; the client is closed
+			p.logger.Debug("closing connection: "+d.Error(), "service", svc.Name)
+			return nil, res, attempts + 1, false
 		}
 		attempts++
 		blame(r, err)

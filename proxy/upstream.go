@@ -418,6 +418,27 @@ func (u *Upstream) Track(service string, addrs []string) {
 	}
 }
 
+// Forget closes the idle connections to addrs (under every TLS
+// configuration) and makes those in use close when their answers end, so
+// that the next request to any of them dials anew; the addresses stay
+// tracked. For the pool owners and Consul watches, not the request path.
+func (u *Upstream) Forget(addrs []string) {
+	for _, a := range addrs {
+		u.forget(a)
+	}
+}
+
+// Tracked returns the addresses last given to Track for service.
+func (u *Upstream) Tracked(service string) []string {
+	u.trackMu.Lock()
+	defer u.trackMu.Unlock()
+	out := make([]string, 0, len(u.tracked[service]))
+	for a := range u.tracked[service] {
+		out = append(out, a)
+	}
+	return out
+}
+
 // forget removes addr's pools (of every TLS configuration) and closes
 // their idle connections.
 func (u *Upstream) forget(addr string) {
@@ -535,6 +556,9 @@ func (u *Upstream) dial(ctx context.Context, addr string, tc *tls.Config) (*upCo
 // sent, the instance is blamed as for a refused connection and another
 // may be tried.
 func handshakeTLS(ctx context.Context, nc net.Conn, addr string, tc *tls.Config, alpn []string) (*tls.Conn, error) {
+	if tc.NextProtos != nil && len(tc.NextProtos) == 0 {
+		alpn = nil // an L4 peer (Connect sidecar): no ALPN at all
+	}
 	if tc.ServerName == "" || alpn != nil {
 		tc = tc.Clone()
 		if tc.ServerName == "" {

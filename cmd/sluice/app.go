@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -53,6 +54,8 @@ type env struct {
 	// of a consul block; tests replace them with fakes.
 	newHealth  func(config.Consul) (discovery.HealthAPI, error)
 	newCatalog func(config.Consul) (discovery.CatalogAPI, error)
+	// connect is sluice's identity in the Consul service mesh (connect.go).
+	connect *connectRuntime
 }
 
 // consulClient is the Consul client of one consul block. generation
@@ -128,6 +131,10 @@ type Status struct {
 	// TLSCertificates are the certificates that the listeners present,
 	// in listener and file order, with their expiry.
 	TLSCertificates []certStatus `json:"tls_certificates"`
+	// Connect is sluice's identity in the Consul service mesh: its leaf,
+	// the roots and the intentions watch; absent when no service has
+	// connect = true.
+	Connect *connectStatus `json:"connect,omitempty"`
 }
 
 // reloadStatus is the outcome of the last reload; nil before the first.
@@ -159,6 +166,7 @@ func newApp(path, version string, logger hclog.Logger) (*app, error) {
 	a.metrics = metrics.New(a.registry)
 	a.registry.MustRegister(metrics.NewPoolCollector(a.currentPools))
 	a.events = balance.NewEventLog(balance.DefaultEventLogSize, nil)
+	a.connect = newConnectRuntime(logger.Named("connect"), a.metrics, a.transport)
 	empty := []*balance.Pool{}
 	a.pools.Store(&empty)
 	a.routes.Store(&[]admin.Listener{})
@@ -234,7 +242,7 @@ func (a *app) status() any {
 		certs = *c
 	}
 	return Status{Version: a.version, Config: a.path, Generation: a.generation, StartedAt: a.startedAt, LastReload: a.lastReload,
-		TLSCertificates: certs}
+		TLSCertificates: certs, Connect: a.connect.status()}
 }
 
 // prepared is what apply makes before it changes anything: every step
@@ -250,6 +258,7 @@ type prepared struct {
 	admin    net.Listener              // nil when the admin address is unchanged
 	consul   *consulClient             // nil when the consul block is unchanged
 	register *registerChange           // nil when the registration is unchanged
+	connect  *api.Client               // for new Connect watches; nil when they stay (or none run)
 	created  []*accessLog              // logs opened by prepare, closed by discard
 }
 
@@ -274,6 +283,8 @@ func (a *app) apply(cfg *config.Config, reload bool) error {
 	if p.consul != nil {
 		a.consul = p.consul
 	}
+	// Before the services: their Connect handshakes need the identity.
+	a.connect.run(cfg, p.connect)
 
 	var added []*balance.Pool
 	fwdChanged := map[string]bool{}
@@ -571,6 +582,11 @@ func (a *app) prepare(cfg *config.Config) (_ *prepared, err error) {
 		}
 		p.consul = &consulClient{cfg: cfg.Consul, generation: gen, health: health, catalog: catalog}
 	}
+	if cfg.UsesConnect() && a.connect.needsClient(cfg.ConnectIdentity(), cfg.Consul) {
+		if p.connect, err = newConsulClient(cfg.Consul); err != nil {
+			return nil, err
+		}
+	}
 	// Self-registration: a client only when the registration changed.
 	if p.register, err = a.prepareRegister(cfg); err != nil {
 		return nil, err
@@ -667,6 +683,7 @@ func (a *app) shutdown(grace time.Duration) {
 	for _, s := range a.services {
 		s.stop(&a.env)
 	}
+	a.connect.stop()
 	a.transport.Close()
 }
 
@@ -692,7 +709,7 @@ func (a *app) newAdmin(ln net.Listener, address string) *adminServer {
 		Pools:     a.currentPools,
 		Status:    a.status,
 		Metrics:   promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{ErrorLog: a.errLog}),
-		Ready:     a.ready.Load,
+		Ready:     func() bool { return a.ready.Load() && a.connect.ready() },
 		Gatherer:  a.registry,
 		Events:    a.events,
 		Listeners: func() []admin.Listener { return *a.routes.Load() },

@@ -173,11 +173,27 @@ func (p pinned) RoundTrip(r *http.Request) (*http.Response, error) {
 // refused names the client certificate. Other errors pass unchanged; every
 // error stays wrapped (%w).
 type tlsExplained struct {
-	h   discovery.MultiTagHealthAPI
+	h   discovery.ConnectHealthAPI
 	tls config.ConsulTLS
 }
 
-var _ discovery.MultiTagHealthAPI = tlsExplained{}
+var _ discovery.ConnectHealthAPI = tlsExplained{}
+
+func (t tlsExplained) Connect(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	entries, meta, err := t.h.Connect(service, tag, passingOnly, q)
+	if err != nil {
+		err = explainTLS(err, t.tls)
+	}
+	return entries, meta, err
+}
+
+func (t tlsExplained) ConnectMultipleTags(service string, tags []string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	entries, meta, err := t.h.ConnectMultipleTags(service, tags, passingOnly, q)
+	if err != nil {
+		err = explainTLS(err, t.tls)
+	}
+	return entries, meta, err
+}
 
 func (t tlsExplained) Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 	entries, meta, err := t.h.Service(service, tag, passingOnly, q)

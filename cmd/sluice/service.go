@@ -31,8 +31,11 @@ type service struct {
 	pool *balance.Pool
 	// fwd is what listeners forward with; it changes with the retry,
 	// timeout and sticky settings.
-	fwd      proxy.ServiceOptions
-	tls      *clientTLS // TLS to the instances; nil: plain
+	fwd proxy.ServiceOptions
+	tls *clientTLS // TLS to the instances; nil: plain
+	// dest is the Consul Connect destination of a service with connect
+	// = true (its TLS is dest.tls); nil otherwise.
+	dest     *connectDest
 	poolTask *task
 	watch    *task
 	watchKey watchKey
@@ -51,13 +54,14 @@ type watchKey struct {
 	filter    string
 	failover  []string
 	backupTag string
+	connect   bool
 }
 
 // newWatchKey returns the watchKey of cfg over the Consul client of
 // generation consul.
 func newWatchKey(cfg *config.Service, consul uint64) watchKey {
 	return watchKey{consul: consul, tag: cfg.Tag, tags: cfg.Tags, weightKey: cfg.WeightKey, nodeMeta: cfg.NodeMeta,
-		filter: cfg.Filter, failover: failoverDatacenters(cfg), backupTag: cfg.BackupTag}
+		filter: cfg.Filter, failover: failoverDatacenters(cfg), backupTag: cfg.BackupTag, connect: cfg.Connect}
 }
 
 // failoverDatacenters returns the failover datacenters of cfg, nil
@@ -153,7 +157,7 @@ func probeOptions(hc *config.HealthCheck, tlsCfg *tls.Config) proxy.ProbeOptions
 func watchOptions(name string, svc *config.Service, c config.Consul, logger hclog.Logger) discovery.Options {
 	return discovery.Options{
 		Service: name, Tag: svc.Tag, Tags: svc.Tags, WeightKey: svc.WeightKey,
-		NodeMeta: svc.NodeMeta, Filter: svc.Filter,
+		NodeMeta: svc.NodeMeta, Filter: svc.Filter, Connect: svc.Connect,
 		Datacenter: c.Datacenter, Stale: c.Stale, Logger: logger,
 	}
 }
@@ -180,7 +184,15 @@ func newService(name string, cfg *config.Service, pol balance.Policy, ct *client
 		PassingOnly: pol.PassingOnly, PanicThreshold: pol.PanicThreshold,
 		Logger: e.logger.Named("pool"), Events: e.events,
 	})
-	s := &service{name: name, cfg: *cfg, pool: pool, tls: ct, fwd: forwardOptions(name, cfg, pool, ct.config())}
+	s := &service{name: name, cfg: *cfg, pool: pool}
+	if cfg.Connect {
+		s.dest = e.connect.dest(cfg.Name, consul.cfg.Namespace)
+		e.connect.attach(cfg.Name, name)
+		ct = s.dest.tls
+	}
+	s.tls = ct
+	s.fwd = forwardOptions(name, cfg, pool, ct.config())
+	s.fwd.Intentions = s.intentions()
 	s.poolTask = startTask(pool.Run)
 	s.startWatch(e, consul)
 	if cfg.HealthCheck != nil {
@@ -249,7 +261,9 @@ func watchDatacenter(ctx context.Context, w *discovery.Watcher, dc string, out c
 }
 
 func (s *service) startProbe(e *env) {
-	prober := proxy.NewProber(s.pool, probeOptions(s.cfg.HealthCheck, s.tls.config()), e.logger.Named("probe"))
+	opts := probeOptions(s.cfg.HealthCheck, s.tls.config())
+	opts.Intentions = s.intentions()
+	prober := proxy.NewProber(s.pool, opts, e.logger.Named("probe"))
 	s.probe = startTask(prober.Run)
 }
 
@@ -278,6 +292,18 @@ func (s *service) apply(cfg *config.Service, pol *balance.Policy, ct *clientTLS,
 		s.watch.stop()
 		s.startWatch(e, consul)
 	}
+	var dest *connectDest
+	if cfg.Connect {
+		dest = e.connect.dest(cfg.Name, consul.cfg.Namespace)
+		ct = dest.tls
+	}
+	switch {
+	case dest != nil && s.dest == nil:
+		e.connect.attach(cfg.Name, s.name)
+	case dest == nil && s.dest != nil:
+		e.connect.detach(old.Name, s.name)
+	}
+	s.dest = dest
 	tlsChanged := (ct == nil) != (s.tls == nil) || (ct != nil && ct.digest != s.tls.digest)
 	if tlsChanged {
 		s.tls = ct
@@ -292,6 +318,7 @@ func (s *service) apply(cfg *config.Service, pol *balance.Policy, ct *clientTLS,
 		}
 	}
 	fwd := forwardOptions(s.name, cfg, s.pool, s.tls.config())
+	fwd.Intentions = s.intentions()
 	if fwd == s.fwd {
 		return false
 	}
@@ -307,6 +334,18 @@ func (s *service) stop(e *env) {
 	s.watch.stop()
 	s.poolTask.stop()
 	e.transport.Track(s.name, nil)
+	if s.dest != nil {
+		e.connect.detach(s.cfg.Name, s.name)
+	}
+}
+
+// intentions returns the service's denial check: its Connect destination,
+// or nil (an untyped nil: proxy compares it with nil).
+func (s *service) intentions() proxy.Intentions {
+	if s.dest == nil {
+		return nil
+	}
+	return s.dest
 }
 
 // feedPool turns the discovery updates of every datacenter into pool

@@ -32,6 +32,10 @@ type Metrics struct {
 	limitHits   *prometheus.CounterVec // listener, limit
 	certExpiry  *prometheus.GaugeVec   // listener, cert
 	catalogErrs prometheus.Counter
+	// Consul Connect (connect.go).
+	connectLeaf    prometheus.Gauge
+	connectRoots   prometheus.Gauge
+	connectDenials *prometheus.CounterVec // service
 }
 
 // Limits, the values of sluice_limit_hits_total's limit label.
@@ -93,6 +97,19 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "Unix time at which a listener's certificate expires (its NotAfter), by listener and certificate.",
 		}, []string{"listener", "cert"}),
 	}
+	m.connectLeaf = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "sluice_connect_leaf_not_after_seconds",
+		Help: "Unix time at which sluice's Consul Connect leaf certificate expires; 0 before the first.",
+	})
+	m.connectRoots = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "sluice_connect_roots",
+		Help: "Consul Connect root certificates sluice trusts.",
+	})
+	m.connectDenials = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_connect_intention_denials_total",
+		Help: "Requests, TCP connections and probes that Consul Connect intentions refused, by destination service.",
+	}, []string{"service"})
+	reg.MustRegister(m.connectLeaf, m.connectRoots, m.connectDenials)
 	// Both results are exported from the start, at 0.
 	m.reloads.WithLabelValues(ReloadSuccess)
 	m.reloads.WithLabelValues(ReloadFailure)
@@ -329,4 +346,27 @@ func (m *Metrics) DeleteListener(name string) {
 	m.duration.DeletePartialMatch(prometheus.Labels{"listener": name})
 	m.limitHits.DeletePartialMatch(prometheus.Labels{"listener": name})
 	m.certExpiry.DeletePartialMatch(prometheus.Labels{"listener": name})
+}
+
+// SetConnectLeaf exports the expiry of sluice's Connect leaf certificate.
+func (m *Metrics) SetConnectLeaf(notAfter time.Time) {
+	if m != nil {
+		m.connectLeaf.Set(float64(notAfter.Unix()))
+	}
+}
+
+// SetConnectRoots exports the number of Connect roots trusted.
+func (m *Metrics) SetConnectRoots(n int) {
+	if m != nil {
+		m.connectRoots.Set(float64(n))
+	}
+}
+
+// ConnectDenied counts one refusal by intentions towards service. It
+// resolves its child per call: denials are failures, not the request
+// path's common case.
+func (m *Metrics) ConnectDenied(service string) {
+	if m != nil {
+		m.connectDenials.WithLabelValues(service).Inc()
+	}
 }

@@ -81,6 +81,34 @@ type Config struct {
 	ServiceDefaults *Service
 	// Register is nil when the file has no register block.
 	Register *Register
+	// Connect is nil when the file has no connect block (see
+	// ConnectIdentity); it applies only when a service uses Connect
+	// (UsesConnect).
+	Connect *Connect
+}
+
+// ConnectIdentity is the identity sluice presents in the mesh: the
+// connect block's service, default "sluice".
+func (c *Config) ConnectIdentity() string {
+	if c.Connect == nil {
+		return defaultConnectService
+	}
+	return c.Connect.Service
+}
+
+// UsesConnect reports whether any service, or service_defaults, has
+// connect = true: sluice then runs its Connect identity (leaf, roots and
+// intentions watches) and /healthz waits for the leaf and roots.
+func (c *Config) UsesConnect() bool {
+	if c.ServiceDefaults != nil && c.ServiceDefaults.Connect {
+		return true
+	}
+	for _, s := range c.Services {
+		if s.Connect {
+			return true
+		}
+	}
+	return false
 }
 
 // ServiceNames returns the keys of c.Services in sorted order.
@@ -404,6 +432,20 @@ type Service struct {
 	// HTTP (or TCP) to its instances. With one, it speaks TLS to them,
 	// health checks included.
 	TLS *ServiceTLS
+	// Connect makes the service a Consul Connect destination: sluice
+	// watches /v1/health/connect/<name> (its sidecars and Connect-native
+	// instances) and dials them with mutual TLS as the connect block's
+	// identity, honouring intentions. Default false. Not with a tls block
+	// (Connect brings its own) nor a failover block.
+	Connect bool
+}
+
+// Connect is sluice's identity in the Consul service mesh.
+type Connect struct {
+	// Service is the identity sluice presents (its leaf certificate is
+	// issued for it; intentions name it as the source). The Consul token
+	// needs service:write on it. Default "sluice".
+	Service string
 }
 
 // Failover lists the datacenters whose instances serve, in this order,

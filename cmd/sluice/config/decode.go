@@ -59,6 +59,7 @@ var (
 			{Type: "service", LabelNames: []string{"name"}},
 			{Type: "service_defaults"},
 			{Type: "register"},
+			{Type: "connect"},
 		},
 	}
 	consulSchema = &hcl.BodySchema{
@@ -100,7 +101,7 @@ var (
 	}
 	serviceSchema = &hcl.BodySchema{
 		Attributes: attrs("tag", "strategy", "weight_key", "slow_start", "response_header_timeout", "response_body_timeout",
-			"tags", "passing_only", "node_meta", "filter", "backup_tag", "panic_threshold"),
+			"tags", "passing_only", "node_meta", "filter", "backup_tag", "panic_threshold", "connect"),
 		Blocks: []hcl.BlockHeaderSchema{
 			{Type: "failover"},
 			{Type: "sticky"},
@@ -264,6 +265,7 @@ func (d *decoder) file(body hcl.Body) *Config {
 		}
 	}
 	cfg.Register = d.register(d.first(c.Blocks, "register"), cfg.Listeners) // after the listeners
+	cfg.Connect = d.connect(d.first(c.Blocks, "connect"))
 	return cfg
 }
 
@@ -563,6 +565,7 @@ func (d *decoder) serviceBody(name string, body hcl.Body) *Service {
 	s.Passive = d.passive(d.first(c.Blocks, "passive"))
 	d.retry(d.first(c.Blocks, "retry"), &s.Retry)
 	s.TLS = d.serviceTLS(d.first(c.Blocks, "tls"))
+	d.serviceConnect(as, c.Blocks, s)
 	return s
 }
 

@@ -1,0 +1,416 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// connectMesh is a dev agent with Connect on (the dev agent's default,
+// intentions default allow) and instances of "web", each a backend with
+// the built-in proxy as its sidecar on a pinned loopback port.
+type connectMesh struct {
+	t        *testing.T
+	agent    *consulAgent
+	backends map[string]*backend
+	sidecars map[string]*process // service ID -> its `consul connect proxy`
+	ports    map[string]int      // service ID -> sidecar port
+}
+
+func startConnectMesh(t *testing.T, ids ...string) *connectMesh {
+	t.Helper()
+	m := &connectMesh{t: t, agent: startConsul(t), backends: map[string]*backend{}, sidecars: map[string]*process{},
+		ports: map[string]int{}}
+	for _, id := range ids {
+		b := startBackend(t, id)
+		m.backends[id] = b
+		port := freePort(t)
+		m.ports[id] = port
+		_, bp, _ := strings.Cut(b.addr(), ":")
+		var p int
+		fmt.Sscan(bp, &p)
+		err := m.agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+			ID: id, Name: "web", Address: "127.0.0.1", Port: p,
+			Check: &api.AgentServiceCheck{CheckID: "check-" + id, TTL: "1h", Status: api.HealthPassing},
+			Connect: &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{
+				Port: port,
+				// A passing TTL check instead of the default TCP check
+				// (every 10s): the sidecar is eligible at once, and a
+				// killed one stays so, as a crashed instance would until
+				// Consul notices.
+				Checks: api.AgentServiceChecks{{CheckID: "check-" + id + "-sidecar", TTL: "1h", Status: api.HealthPassing}},
+			}},
+		})
+		if err != nil {
+			t.Fatalf("register %s: %v", id, err)
+		}
+		m.sidecars[id] = startProcess(t, binary(t, "CONSUL_BIN", "consul"), "connect", "proxy",
+			"-sidecar-for", id, "-http-addr", m.agent.Addr, "-log-level", "warn")
+	}
+	for id, port := range m.ports {
+		waitFor(t, 20*time.Second, "sidecar of "+id+" listening", func() bool {
+			c, err := netDial(fmt.Sprintf("127.0.0.1:%d", port))
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		})
+	}
+	return m
+}
+
+// intention sets the intention sluice => web to action ("allow", "deny").
+func (m *connectMesh) intention(action string) {
+	m.t.Helper()
+	body := fmt.Sprintf(`{"Action":%q}`, action)
+	req, _ := http.NewRequest(http.MethodPut, "http://"+m.agent.Addr+"/v1/connect/intentions/exact?source=sluice&destination=web",
+		strings.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		m.t.Fatalf("intention %s: %s %s", action, resp.Status, b)
+	}
+}
+
+// connectConfig routes "/" of FRONT to web over Connect.
+const connectConfig = `
+connect {
+  service = "sluice"
+}
+listener "public" {
+  address = "FRONT"
+  route "/" {
+    service = "web"
+  }
+}
+service "web" {
+  connect = true
+  passive {
+    consecutive_failures = 1
+  }
+}
+`
+
+// connectStatus is the connect section of /v1/status.
+type connectStatusJSON struct {
+	Connect *struct {
+		Identity     string `json:"identity"`
+		LeafURI      string `json:"leaf_uri"`
+		LeafSerial   string `json:"leaf_serial"`
+		TrustDomain  string `json:"trust_domain"`
+		ActiveRootID string `json:"active_root_id"`
+		Roots        int    `json:"roots"`
+	} `json:"connect"`
+}
+
+func (s *sluice) connectStatus() connectStatusJSON {
+	s.t.Helper()
+	var out connectStatusJSON
+	s.adminJSON("/v1/status", &out)
+	return out
+}
+
+// load sends GETs through sluice from workers goroutines until stop is
+// closed, counting answers other than 200 (and transport errors) in
+// failed, with the first few reasons.
+type meshLoad struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	reasons    []string
+	wg         sync.WaitGroup
+	stop       chan struct{}
+}
+
+func startMeshLoad(s *sluice, workers int) *meshLoad {
+	l := &meshLoad{stop: make(chan struct{})}
+	for range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				code, _, body, err := s.get("/")
+				if err == nil && code == http.StatusOK {
+					l.ok.Add(1)
+					continue
+				}
+				l.failed.Add(1)
+				l.mu.Lock()
+				if len(l.reasons) < 5 {
+					l.reasons = append(l.reasons, fmt.Sprintf("%d %q %v", code, body, err))
+				}
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+func (l *meshLoad) end() (ok, failed int64, reasons []string) {
+	close(l.stop)
+	l.wg.Wait()
+	return l.ok.Load(), l.failed.Load(), l.reasons
+}
+
+// TestConnectIntentions: requests reach the backends over their sidecars
+// (sluice's instances are the sidecars' addresses, the backends' own
+// ports are never dialled); a deny intention turns the next request into
+// 403 naming source and destination within 1 s, for a keep-alive client
+// connected before the deny too, without ejecting any instance; allow
+// brings 200 back within 1 s.
+func TestConnectIntentions(t *testing.T) {
+	t.Parallel()
+	m := startConnectMesh(t, "web-1", "web-2")
+	s := startSluiceConfig(t, m.agent.Addr, connectConfig)
+
+	// The instances are the sidecars.
+	svc := s.service("web")
+	if len(svc.Instances) != 2 {
+		t.Fatalf("want the 2 sidecars, have %+v", svc.Instances)
+	}
+	for _, in := range svc.Instances {
+		id := strings.TrimSuffix(strings.TrimPrefix(in.ID, consulNode+"/"), "-sidecar-proxy")
+		if want := fmt.Sprintf("127.0.0.1:%d", m.ports[id]); in.Address != want {
+			t.Errorf("instance %s: want the sidecar's address %s, have %s", in.ID, want, in.Address)
+		}
+		if in.Address == m.backends[id].addr() {
+			t.Errorf("instance %s is the backend's plaintext port", in.ID)
+		}
+	}
+	seen := map[string]bool{}
+	waitFor(t, 10*time.Second, "both backends over their sidecars", func() bool {
+		code, backend, _, err := s.get("/")
+		if err == nil && code == http.StatusOK {
+			seen[backend] = true
+		}
+		return len(seen) == 2
+	})
+	st := s.connectStatus()
+	if st.Connect == nil || st.Connect.Identity != "sluice" || !strings.HasSuffix(st.Connect.LeafURI, "/svc/sluice") || st.Connect.Roots < 1 {
+		t.Fatalf("connect status: %+v", st.Connect)
+	}
+
+	// A keep-alive client connected before the deny.
+	keep := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, MaxConnsPerHost: 1}, Timeout: 10 * time.Second}
+	getWith := func(c *http.Client) (int, string) {
+		resp, err := c.Get("http://" + s.Front + "/")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := getWith(keep); code != http.StatusOK {
+		t.Fatalf("keep-alive client before the deny: %d %s", code, body)
+	}
+
+	denyAt := time.Now()
+	m.intention("deny")
+	var body string
+	waitFor(t, 5*time.Second, "403 after the deny", func() bool {
+		var code int
+		code, body = getWith(&http.Client{Timeout: 5 * time.Second})
+		if code != http.StatusForbidden && code != http.StatusOK {
+			t.Fatalf("during the deny: want 200 or 403, have %d %s", code, body)
+		}
+		return code == http.StatusForbidden
+	})
+	took := time.Since(denyAt)
+	t.Logf("deny -> 403 in %v", took)
+	if took > time.Second {
+		t.Errorf("deny took %v to apply, want at most 1s", took)
+	}
+	var denial struct{ Error, Service, Source, Destination string }
+	if err := json.Unmarshal([]byte(body), &denial); err != nil || denial.Source != "sluice" || denial.Destination != "web" {
+		t.Errorf("403 body: want source sluice and destination web, have %s (%v)", body, err)
+	}
+	// Every request now: fresh clients and the keep-alive one alike.
+	waitFor(t, 3*time.Second, "the keep-alive client refused", func() bool {
+		code, b := getWith(keep)
+		return code == http.StatusForbidden && strings.Contains(b, `"destination":"web"`)
+	})
+	for i := range 20 {
+		if code, b := getWith(keep); code != http.StatusForbidden {
+			t.Fatalf("request %d after the deny (keep-alive): %d %s", i, code, b)
+		}
+		if code, b, _, _ := s.get("/"); code != http.StatusForbidden {
+			t.Fatalf("request %d after the deny: %d %s", i, code, b)
+		}
+	}
+	for _, in := range s.service("web").Instances {
+		if in.Ejected || !in.Eligible || in.Errors != 0 {
+			t.Errorf("instance %s after denials: ejected %t, eligible %t, errors %d", in.ID, in.Ejected, in.Eligible, in.Errors)
+		}
+	}
+	if n := s.scrape().sum("sluice_connect_intention_denials_total", map[string]string{"service": "web"}); n < 20 {
+		t.Errorf("want at least 20 denials counted, have %v", n)
+	}
+
+	allowAt := time.Now()
+	m.intention("allow")
+	waitFor(t, 5*time.Second, "200 after the allow", func() bool {
+		code, _ := getWith(&http.Client{Timeout: 5 * time.Second})
+		return code == http.StatusOK
+	})
+	took = time.Since(allowAt)
+	t.Logf("allow -> 200 in %v", took)
+	if took > time.Second {
+		t.Errorf("allow took %v to apply, want at most 1s", took)
+	}
+	waitFor(t, 3*time.Second, "the keep-alive client served again", func() bool {
+		code, _ := getWith(keep)
+		return code == http.StatusOK
+	})
+}
+
+// TestConnectSidecarKilled: a sidecar killed with SIGKILL under load costs
+// no request: they fail over to the other instance's sidecar.
+func TestConnectSidecarKilled(t *testing.T) {
+	t.Parallel()
+	m := startConnectMesh(t, "web-1", "web-2")
+	s := startSluiceConfig(t, m.agent.Addr, connectConfig)
+	l := startMeshLoad(s, 4)
+	waitFor(t, 10*time.Second, "load on both", func() bool { return m.backends["web-1"].hits.Load() > 20 && m.backends["web-2"].hits.Load() > 20 })
+	_ = m.sidecars["web-1"].stop(syscall.SIGKILL)
+	before := m.backends["web-2"].hits.Load()
+	waitFor(t, 10*time.Second, "load after the kill", func() bool { return m.backends["web-2"].hits.Load() > before+200 })
+	ok, failed, reasons := l.end()
+	t.Logf("sidecar killed under load: %d ok, %d failed", ok, failed)
+	if failed != 0 {
+		t.Errorf("want 0 failed requests, have %d: %q", failed, reasons)
+	}
+}
+
+// TestConnectCARotation: a new root under continuous load, then the
+// sidecars' re-issued leaves: no failed request throughout.
+func TestConnectCARotation(t *testing.T) {
+	t.Parallel()
+	m := startConnectMesh(t, "web-1", "web-2")
+	s := startSluiceConfig(t, m.agent.Addr, connectConfig)
+	old := s.connectStatus().Connect
+	if old == nil {
+		t.Fatal("no connect status")
+	}
+	l := startMeshLoad(s, 4)
+	waitFor(t, 10*time.Second, "load", func() bool { return l.ok.Load() > 100 })
+
+	key, root := newMeshCA(t, old.TrustDomain)
+	cfg := map[string]any{"Provider": "consul", "Config": map[string]any{"PrivateKey": key, "RootCert": root}}
+	b, _ := json.Marshal(cfg)
+	req, _ := http.NewRequest(http.MethodPut, "http://"+m.agent.Addr+"/v1/connect/ca/configuration", bytes.NewReader(b))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("CA configuration: %s %s", resp.Status, msg)
+	}
+	rotatedAt := time.Now()
+	waitFor(t, 45*time.Second, "sluice on the new root and leaf", func() bool {
+		st := s.connectStatus().Connect
+		return st.ActiveRootID != old.ActiveRootID && st.LeafSerial != old.LeafSerial && st.Roots >= 2
+	})
+	t.Logf("sluice took the new root and leaf in %v", time.Since(rotatedAt))
+	// Consul spreads the sidecars' re-issue over 30 s: the load goes on
+	// until both present a leaf of the new root, and 40 s at least.
+	for id, port := range m.ports {
+		waitFor(t, 45*time.Second, "the sidecar of "+id+" re-issued", func() bool {
+			return sidecarIssuer(fmt.Sprintf("127.0.0.1:%d", port)) == newRootCN
+		})
+		t.Logf("sidecar of %s re-issued %v after the rotation", id, time.Since(rotatedAt))
+	}
+	deadline := rotatedAt.Add(40 * time.Second)
+	waitFor(t, time.Minute, "40s after the rotation", func() bool { return time.Now().After(deadline) })
+	ok, failed, reasons := l.end()
+	t.Logf("CA rotation under load: %d ok, %d failed", ok, failed)
+	if failed != 0 {
+		t.Errorf("want 0 failed requests across the rotation, have %d: %q", failed, reasons)
+	}
+	if code, _, body, err := s.get("/"); code != http.StatusOK {
+		t.Errorf("after the rotation: %d %s %v", code, body, err)
+	}
+}
+
+// newRootCN is the common name of the root newMeshCA makes.
+const newRootCN = "e2e rotated root"
+
+// sidecarIssuer returns the issuer's common name of the leaf a sidecar
+// presents ("" when the handshake fails): with TLS 1.3 the client's
+// handshake ends before the sidecar asks for sluice's certificate.
+func sidecarIssuer(addr string) string {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	certs := c.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return ""
+	}
+	return certs[0].Issuer.CommonName
+}
+
+// newMeshCA makes a Connect root for the consul provider: an EC key and a
+// self-signed CA certificate carrying the trust domain's spiffe URI.
+func newMeshCA(t *testing.T, trustDomain string) (keyPEM, certPEM string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := &url.URL{Scheme: "spiffe", Host: trustDomain}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: newRootCN},
+		URIs:                  []*url.URL{uri},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+	}
+	cert, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})),
+		string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert}))
+}
+
+// netDial connects to a loopback address with a short timeout.
+func netDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) }
