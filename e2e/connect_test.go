@@ -185,11 +185,33 @@ func (l *meshLoad) end() (ok, failed int64, reasons []string) {
 // ports are never dialled); a deny intention turns the next request into
 // 403 naming source and destination within 1 s, for a keep-alive client
 // connected before the deny too, without ejecting any instance; allow
-// brings 200 back within 1 s.
+// brings 200 back within 1 s. A tcp listener to the same service works
+// over the sidecars too, and closes its connections without a byte while
+// denied.
 func TestConnectIntentions(t *testing.T) {
 	t.Parallel()
 	m := startConnectMesh(t, "web-1", "web-2")
-	s := startSluiceConfig(t, m.agent.Addr, connectConfig)
+	tcpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s := startSluiceConfig(t, m.agent.Addr, connectConfig+fmt.Sprintf(`
+listener "mesh-tcp" {
+  address  = %q
+  protocol = "tcp"
+  service  = "web"
+}
+`, tcpAddr))
+	// overTCP sends one HTTP/1.1 request through the tcp listener and
+	// returns what came back before the connection closed.
+	overTCP := func() string {
+		c, err := net.DialTimeout("tcp", tcpAddr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+		got, _ := io.ReadAll(c)
+		return string(got)
+	}
 
 	// The instances are the sidecars.
 	svc := s.service("web")
@@ -213,6 +235,9 @@ func TestConnectIntentions(t *testing.T) {
 		}
 		return len(seen) == 2
 	})
+	if got := overTCP(); !strings.HasPrefix(got, "HTTP/1.1 200 ") {
+		t.Fatalf("tcp listener over Connect: %q", got)
+	}
 	st := s.connectStatus()
 	if st.Connect == nil || st.Connect.Identity != "sluice" || !strings.HasSuffix(st.Connect.LeafURI, "/svc/sluice") || st.Connect.Roots < 1 {
 		t.Fatalf("connect status: %+v", st.Connect)
@@ -266,6 +291,12 @@ func TestConnectIntentions(t *testing.T) {
 			t.Fatalf("request %d after the deny: %d %s", i, code, b)
 		}
 	}
+	// A tcp listener's connection is closed without a byte.
+	for i := range 5 {
+		if got := overTCP(); got != "" {
+			t.Fatalf("tcp connection %d after the deny: %q", i, got)
+		}
+	}
 	for _, in := range s.service("web").Instances {
 		if in.Ejected || !in.Eligible || in.Errors != 0 {
 			t.Errorf("instance %s after denials: ejected %t, eligible %t, errors %d", in.ID, in.Ejected, in.Eligible, in.Errors)
@@ -290,6 +321,9 @@ func TestConnectIntentions(t *testing.T) {
 		code, _ := getWith(keep)
 		return code == http.StatusOK
 	})
+	if got := overTCP(); !strings.HasPrefix(got, "HTTP/1.1 200 ") {
+		t.Fatalf("tcp listener after the allow: %q", got)
+	}
 }
 
 // TestConnectSidecarKilled: a sidecar killed with SIGKILL under load costs
