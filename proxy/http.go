@@ -311,6 +311,10 @@ func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if (rt.host == "" || strings.EqualFold(rt.host, host)) && strings.HasPrefix(r.URL.Path, rt.prefix) {
 			if wt, ok := w.(h1.WriteThrough); ok {
 				wt.SetWriteThrough(true)
+				if !fastOff.Load() && fastEligible(r) {
+					rt.svc.serveFast(w, r)
+					return
+				}
 				rt.svc.rpThrough.ServeHTTP(w, r)
 				return
 			}
@@ -350,6 +354,12 @@ type serviceProxy struct {
 	// Its FlushInterval is headFlushDelay: the head of an answer whose
 	// body is late still goes out then.
 	rpThrough *httputil.ReverseProxy
+	// The fast path's (serveFast): rp's transport, forwarding rules,
+	// HSTS value and copy buffers.
+	bt      *balancingTransport
+	fwd     *forwarding
+	hsts    []string
+	buffers *bufferPool
 }
 
 // headFlushDelay is how long the head of an answer with a Content-Length
@@ -381,7 +391,7 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 		scheme = "https"
 	}
 	logger := opts.Logger
-	sp := &serviceProxy{}
+	sp := &serviceProxy{bt: bt, fwd: fwd, hsts: hsts, buffers: buffers}
 	var modify func(*http.Response) error
 	if hsts != nil {
 		modify = func(resp *http.Response) error {
