@@ -689,7 +689,7 @@ func (u *Upstream) exchange(c *upConn, req *http.Request, limits TryLimits) (*ht
 	c.setReadDeadline(time.Time{})
 	c.writeWait = limits.write()
 	c.werr = nil
-	err := req.Write(c.bw)
+	err := writeRequest(c.bw, req)
 	if err == nil {
 		err = c.bw.Flush()
 	}
