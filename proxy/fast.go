@@ -7,12 +7,14 @@ import (
 	"net/textproto"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
-// fastOff turns the fast path off (tests run both paths); checked by the router.
-var fastOff atomic.Bool
+// reverseProxyOnly is HTTPOptions.ReverseProxyOnly for every handler
+// built while it is set; the package's tests set it once, before any
+// handler is built, to run on the ReverseProxy path
+// (SLUICE_NO_FASTPATH=1). Never written at run time.
+var reverseProxyOnly bool
 
 // fastEligible reports whether r takes the fast path: an HTTP/1.1 GET or
 // HEAD without a body, without hop-by-hop or Expect fields, whose query

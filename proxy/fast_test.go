@@ -17,7 +17,7 @@ import (
 // ReverseProxy path.
 func init() {
 	if os.Getenv("SLUICE_NO_FASTPATH") != "" {
-		fastOff.Store(true)
+		reverseProxyOnly = true
 	}
 }
 
@@ -89,17 +89,22 @@ func TestFastPathSameAsReverseProxy(t *testing.T) {
 	}()
 	defer ln.Close()
 	p := pool(t, "round_robin", m("a", ln.Addr().String(), 1))
-	h := NewHTTPHandler(HTTPOptions{Listener: "l", Routes: []Route{{PathPrefix: "/", Service: ServiceOptions{Name: "svc", Pool: p}}}})
-	front, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	front := func(reverseProxyOnly bool) string {
+		h := NewHTTPHandler(HTTPOptions{Listener: "l", ReverseProxyOnly: reverseProxyOnly,
+			Routes: []Route{{PathPrefix: "/", Service: ServiceOptions{Name: "svc", Pool: p}}}})
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &h1.Server{Handler: h}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+		return ln.Addr().String()
 	}
-	srv := &h1.Server{Handler: h}
-	go srv.Serve(front)
-	defer srv.Close()
+	fastAddr, slowAddr := front(false), front(true)
 
-	exchange := func() (sent, got string) {
-		c, err := net.Dial("tcp", front.Addr().String())
+	exchange := func(addr string) (sent, got string) {
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -133,11 +138,8 @@ func TestFastPathSameAsReverseProxy(t *testing.T) {
 		}
 		return sent, b.String()
 	}
-	defer fastOff.Store(fastOff.Load())
-	fastOff.Store(false)
-	fastSent, fastGot := exchange()
-	fastOff.Store(true)
-	slowSent, slowGot := exchange()
+	fastSent, fastGot := exchange(fastAddr)
+	slowSent, slowGot := exchange(slowAddr)
 	if fastSent != slowSent {
 		t.Errorf("instance got\n%s\nfast, and\n%s\nslow", fastSent, slowSent)
 	}

@@ -127,6 +127,10 @@ type HTTPOptions struct {
 	// instance; children are resolved when a table is built. The open
 	// connections gauge is the handler's (see ConnOpened). nil: none.
 	Metrics *metrics.Metrics
+	// ReverseProxyOnly sends every request through httputil.ReverseProxy,
+	// the fast path (see fastEligible) off: for diagnosis and for tests
+	// that compare the two paths. Default false.
+	ReverseProxyOnly bool
 	// RedirectHTTPS makes the handler answer every request with 308
 	// Permanent Redirect to https://<the request's host>[:HTTPSPort]<its
 	// path and query>, without routing it or reading its body (an
@@ -228,7 +232,7 @@ func (h *HTTPHandler) Update(opts HTTPOptions) {
 		opts.MaxReplayBody = DefaultMaxReplayBody
 	}
 	opts.Transport, opts.Pressure, opts.Logger = h.transport, h.pressure, h.logger
-	rt := &router{listener: opts.Listener, log: opts.AccessLog,
+	rt := &router{listener: opts.Listener, log: opts.AccessLog, fast: !opts.ReverseProxyOnly && !reverseProxyOnly,
 		noRoute: opts.Metrics.Route(opts.Listener, NoRouteLabel, ""), conns: opts.Metrics.Listener(opts.Listener, "http")}
 	if opts.HSTSMaxAge > 0 {
 		rt.hsts = []string{"max-age=" + strconv.FormatInt(int64(opts.HSTSMaxAge/time.Second), 10)}
@@ -286,6 +290,7 @@ type route struct {
 // sorted so that the first match is the best.
 type router struct {
 	listener string
+	fast     bool // fastEligible requests bypass ReverseProxy (serveFast)
 	routes   []route
 	log      *AccessLog
 	noRoute  *metrics.Route    // nil-safe
@@ -311,7 +316,7 @@ func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if (rt.host == "" || strings.EqualFold(rt.host, host)) && strings.HasPrefix(r.URL.Path, rt.prefix) {
 			if wt, ok := w.(h1.WriteThrough); ok {
 				wt.SetWriteThrough(true)
-				if !fastOff.Load() && fastEligible(r) {
+				if h.fast && fastEligible(r) {
 					rt.svc.serveFast(w, r)
 					return
 				}
