@@ -175,21 +175,29 @@ func removeHop(h http.Header) {
 
 // copyBody copies resp's body to w as ReverseProxy's copyResponse does:
 // latency < 0 flushes after each write; otherwise the head and any unsent
-// bytes go out at latency after the last write.
+// bytes go out at latency after the last write, except for a body whose
+// bytes are all in the upstream read buffer (upBody.whole): its writes end
+// the answer before any wait, so it runs no timer.
 func (sp *serviceProxy) copyBody(w http.ResponseWriter, resp *http.Response, latency time.Duration) error {
 	if resp.Body == http.NoBody {
 		return nil
 	}
-	lw := latencyWriter{dst: w, latency: latency}
-	lw.flushPending = true
-	lw.t = time.AfterFunc(latency, lw.delayedFlush)
-	defer lw.stop()
 	buf := sp.buffers.Get()
 	defer sp.buffers.Put(buf)
+	var dst io.Writer = w
+	if db, ok := resp.Body.(*doneBody); !ok || latency < 0 || !db.whole() {
+		// A copy that may wait on the instance: flushes as ReverseProxy
+		// does. One whose bytes are all here cannot wait, so needs no timer.
+		lw := &latencyWriter{dst: w, latency: latency}
+		lw.flushPending = true
+		lw.t = time.AfterFunc(latency, lw.delayedFlush)
+		defer lw.stop()
+		dst = lw
+	}
 	for {
 		nr, rerr := resp.Body.Read(buf)
 		if nr > 0 {
-			if _, werr := lw.Write(buf[:nr]); werr != nil {
+			if _, werr := dst.Write(buf[:nr]); werr != nil {
 				return werr
 			}
 		}

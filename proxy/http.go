@@ -854,6 +854,12 @@ func (b *doneBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// whole is the body's whole (see upBody.whole); false for other bodies.
+func (b *doneBody) whole() bool {
+	ub, ok := b.ReadCloser.(*upBody)
+	return ok && ub.whole()
+}
+
 func (b *doneBody) Close() error {
 	if !b.closed.CompareAndSwap(false, true) {
 		return nil
