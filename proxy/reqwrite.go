@@ -42,7 +42,6 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 		if strings.ContainsAny(ua, "\r\n") {
 			return req.Write(bw)
 		}
-		ua = textproto.TrimString(ua)
 	}
 	uri := req.URL.RequestURI()
 	for i := 0; i < len(uri); i++ {
@@ -58,8 +57,9 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 	bw.WriteString(req.Host)
 	bw.WriteString("\r\n")
 	if ua != "" {
+		// As Request.Write: a blank value is written, trimmed to nothing.
 		bw.WriteString("User-Agent: ")
-		bw.WriteString(ua)
+		bw.WriteString(textproto.TrimString(ua))
 		bw.WriteString("\r\n")
 	}
 	for _, k := range keys {
