@@ -375,3 +375,53 @@ func (b *syncBuffer) Reset() {
 	defer b.mu.Unlock()
 	b.b.Reset()
 }
+
+// TestFastPathFailoverEquivalence compares the two paths when one of two
+// instances answers 502 and the other is down: the answer, the retries
+// and the access log lines must be the same.
+func TestFastPathFailoverEquivalence(t *testing.T) {
+	bad := newDiffBackend(t)
+	bad.script.Store(&backendScript{answer: "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 3\r\n\r\nbad"})
+	good := newDiffBackend(t)
+	good.script.Store(&backendScript{answer: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"})
+	down := deadAddr(t)
+	run := func(rpOnly bool, members ...balance.Member) (string, string) {
+		lb := &syncBuffer{}
+		p := pool(t, "round_robin", members...)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &h1.Server{Handler: NewHTTPHandler(HTTPOptions{Listener: "l", ReverseProxyOnly: rpOnly, AccessLog: NewAccessLog(lb),
+			Routes: []Route{{PathPrefix: "/", Service: ServiceOptions{Name: "svc", Pool: p, Attempts: 3}}}})}
+		go srv.Serve(ln)
+		defer srv.Close()
+		var got strings.Builder
+		for range 4 {
+			got.WriteString(rawExchange(t, ln.Addr().String(), "GET /f HTTP/1.1\r\nHost: h\r\n\r\n"))
+		}
+		var lines []string
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			lines = strings.Split(strings.TrimSpace(logVolatile.ReplaceAllString(lb.String(), "")), "\n")
+			if len(lines) >= 8 || time.Now().After(deadline) {
+				break
+			}
+		}
+		slices.Sort(lines)
+		return got.String(), strings.Join(lines, "\n")
+	}
+	for _, members := range [][]balance.Member{
+		{m("bad", bad.ln.Addr().String(), 1), m("good", good.ln.Addr().String(), 1)},
+		{m("down", down, 1), m("good", good.ln.Addr().String(), 1)},
+		{m("down", down, 1), m("bad", bad.ln.Addr().String(), 1)},
+	} {
+		fGot, fLog := run(false, members...)
+		sGot, sLog := run(true, members...)
+		if fGot != sGot {
+			t.Errorf("%s: client got\n%q\nfast, and\n%q\nslow", members[0].ID+"+"+members[1].ID, fGot, sGot)
+		}
+		if fLog != sLog {
+			t.Errorf("%s: access log\n%s\nfast, and\n%s\nslow", members[0].ID+"+"+members[1].ID, fLog, sLog)
+		}
+	}
+}
