@@ -43,8 +43,11 @@ func peerAddr(remote string) netip.Addr {
 
 // set writes the forwarding headers of pr.Out (ReverseProxy has removed
 // the client's from it).
-func (f *forwarding) set(pr *httputil.ProxyRequest) {
-	in, out := pr.In, pr.Out
+func (f *forwarding) set(pr *httputil.ProxyRequest) { f.setHeader(pr.In, pr.Out.Header) }
+
+// setHeader writes the forwarding headers of the request in into out,
+// removing any that out holds; out may be in.Header.
+func (f *forwarding) setHeader(in *http.Request, out http.Header) {
 	peer := peerAddr(in.RemoteAddr)
 	peerStr := ""
 	if peer.IsValid() {
@@ -69,12 +72,16 @@ func (f *forwarding) set(pr *httputil.ProxyRequest) {
 	// One backing array for the three values; each slice's capacity is
 	// its length, so an append to one copies instead of overwriting the next.
 	v := &[3]string{peerStr, proto, host}
+	delete(out, "Forwarded")
+	delete(out, "X-Forwarded-Host")
 	if peerStr != "" {
-		out.Header["X-Forwarded-For"] = v[0:1:1]
+		out["X-Forwarded-For"] = v[0:1:1]
+	} else {
+		delete(out, "X-Forwarded-For")
 	}
-	out.Header["X-Forwarded-Proto"] = v[1:2:2]
+	out["X-Forwarded-Proto"] = v[1:2:2]
 	if host != "" {
-		out.Header["X-Forwarded-Host"] = v[2:3:3]
+		out["X-Forwarded-Host"] = v[2:3:3]
 	}
 }
 

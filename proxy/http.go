@@ -134,6 +134,10 @@ type HTTPOptions struct {
 	// instance; children are resolved when a table is built. The open
 	// connections gauge is the handler's (see ConnOpened). nil: none.
 	Metrics *metrics.Metrics
+	// ReverseProxyOnly sends every request through httputil.ReverseProxy,
+	// the fast path (see fastEligible) off: for diagnosis and for tests
+	// that compare the two paths. Default false.
+	ReverseProxyOnly bool
 	// RedirectHTTPS makes the handler answer every request with 308
 	// Permanent Redirect to https://<the request's host>[:HTTPSPort]<its
 	// path and query>, without routing it or reading its body (an
@@ -235,7 +239,7 @@ func (h *HTTPHandler) Update(opts HTTPOptions) {
 		opts.MaxReplayBody = DefaultMaxReplayBody
 	}
 	opts.Transport, opts.Pressure, opts.Logger = h.transport, h.pressure, h.logger
-	rt := &router{listener: opts.Listener, log: opts.AccessLog,
+	rt := &router{listener: opts.Listener, log: opts.AccessLog, fast: !opts.ReverseProxyOnly && !reverseProxyOnly,
 		noRoute: opts.Metrics.Route(opts.Listener, NoRouteLabel, ""), conns: opts.Metrics.Listener(opts.Listener, "http")}
 	if opts.HSTSMaxAge > 0 {
 		rt.hsts = []string{"max-age=" + strconv.FormatInt(int64(opts.HSTSMaxAge/time.Second), 10)}
@@ -293,6 +297,7 @@ type route struct {
 // sorted so that the first match is the best.
 type router struct {
 	listener string
+	fast     bool // fastEligible requests bypass ReverseProxy (serveFast)
 	routes   []route
 	log      *AccessLog
 	noRoute  *metrics.Route    // nil-safe
@@ -318,6 +323,10 @@ func (h *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if (rt.host == "" || strings.EqualFold(rt.host, host)) && strings.HasPrefix(r.URL.Path, rt.prefix) {
 			if wt, ok := w.(h1.WriteThrough); ok {
 				wt.SetWriteThrough(true)
+				if h.fast && fastEligible(r) {
+					rt.svc.serveFast(w, r)
+					return
+				}
 				rt.svc.rpThrough.ServeHTTP(w, r)
 				return
 			}
@@ -357,6 +366,12 @@ type serviceProxy struct {
 	// Its FlushInterval is headFlushDelay: the head of an answer whose
 	// body is late still goes out then.
 	rpThrough *httputil.ReverseProxy
+	// The fast path's (serveFast): rp's transport, forwarding rules,
+	// HSTS value and copy buffers.
+	bt      *balancingTransport
+	fwd     *forwarding
+	hsts    []string
+	buffers *bufferPool
 }
 
 // headFlushDelay is how long the head of an answer with a Content-Length
@@ -388,7 +403,7 @@ func newServiceProxy(svc ServiceOptions, opts *HTTPOptions, buffers *bufferPool,
 		scheme = "https"
 	}
 	logger := opts.Logger
-	sp := &serviceProxy{}
+	sp := &serviceProxy{bt: bt, fwd: fwd, hsts: hsts, buffers: buffers}
 	var modify func(*http.Response) error
 	if hsts != nil {
 		modify = func(resp *http.Response) error {
@@ -854,6 +869,12 @@ func (b *doneBody) Read(p []byte) (int, error) {
 		b.readErr = err
 	}
 	return n, err
+}
+
+// whole is the body's whole (see upBody.whole); false for other bodies.
+func (b *doneBody) whole() bool {
+	ub, ok := b.ReadCloser.(*upBody)
+	return ok && ub.whole()
 }
 
 func (b *doneBody) Close() error {

@@ -713,7 +713,7 @@ func (u *Upstream) exchange(c *upConn, req *http.Request, limits TryLimits) (*ht
 	c.setReadDeadline(time.Time{})
 	c.writeWait = limits.write()
 	c.werr = nil
-	err := req.Write(c.bw)
+	err := writeRequest(c.bw, req)
 	if err == nil {
 		err = c.bw.Flush()
 	}
@@ -821,6 +821,7 @@ func (u *Upstream) wrap(hp *hostPool, c *upConn, req *http.Request, resp *http.R
 	reusable := !resp.Close && !req.Close && resp.ProtoAtLeast(1, 1) && (resp.ContentLength >= 0 || isChunked(resp) || !bodyAllowed(req, resp))
 	b := u.bufs.Get().(*upBody)
 	b.body, b.conn, b.hp, b.up, b.reusable, b.stop, b.wait = resp.Body, c, hp, u, reusable, stop, limits.body()
+	b.length = resp.ContentLength
 	resp.Body = b
 	return resp
 }
@@ -868,6 +869,7 @@ type upBody struct {
 	up       *Upstream
 	stop     func() bool // detaches the request context's watch
 	wait     time.Duration
+	length   int64 // the answer's Content-Length; -1: chunked or unknown
 	reusable bool
 	eof      bool
 	err      error // the first read error other than EOF
@@ -891,6 +893,10 @@ func (b *upBody) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// whole reports, before the first Read, whether every byte of a body with
+// a Content-Length is already in the read buffer: reading it cannot wait.
+func (b *upBody) whole() bool { return b.length >= 0 && int64(b.conn.br.Buffered()) >= b.length }
 
 func (b *upBody) Close() error {
 	var err error
