@@ -505,7 +505,7 @@ func (s *Server) wakeLocked() {
 }
 
 func (s *Server) newConn(rwc net.Conn) *conn {
-	c := &conn{srv: s, rwc: rwc, netConn: rwc, accepted: time.Now()}
+	c := &conn{srv: s, rwc: rwc, netConn: rwc, accepted: time.Now(), busy: true}
 	if s.TLSConfig != nil {
 		c.tls = tls.Server(rwc, s.TLSConfig)
 		c.rwc = c.tls
@@ -624,6 +624,10 @@ type conn struct {
 	accepted  time.Time
 	broken    bool // framing or a write failed: close after this request
 	linger    bool // the client may have sent bytes that were not read
+	// busy: the connection is new, or its last request came within
+	// keepAliveStay of the answer before; its next keep-alive wait stays
+	// on this goroutine (else it moves at once).
+	busy bool
 	hijacked  bool
 	remote    string     // RemoteAddr, formatted once
 	t         *Timeouts  // of the request in progress (or the idle wait after it)
@@ -668,12 +672,14 @@ var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 
 func (c *conn) serve() { c.run(true, false) }
 
-// keepAliveStay is how long a keep-alive connection waits for its next
+// keepAliveStay is how long a busy keep-alive connection (a new one, or
+// one whose last request came within keepAliveStay) waits for its next
 // request on the goroutine that served the last one. A connection still
-// idle then moves to a new goroutine, so that the stack the last request
-// grew (proxying takes tens of KiB) is freed and the idle connection costs
-// a small one; one whose next request comes sooner (a busy client) keeps
-// its grown stack and pays no goroutine start or stack growth per request.
+// idle then, and any other at once, moves to a new goroutine, so that the
+// stack the last request grew (proxying takes tens of KiB) is freed and
+// the idle connection costs a small one; a busy client keeps its grown
+// stack and pays no goroutine start or stack growth per request, and a
+// mostly idle one no timer.
 const keepAliveStay = 20 * time.Millisecond
 
 // run serves the connection from its first request (first) or from a
@@ -747,10 +753,17 @@ func (c *conn) run(first, fresh bool) {
 			c.rwc.SetReadDeadline(idleEnd)
 			if !fresh && c.raw != nil && (c.br == nil || c.br.Buffered() == 0) && !c.r.hasByte {
 				c.releaseReader()
-				if stay := start.Add(keepAliveStay); stay.Before(idleEnd) {
-					c.rwc.SetReadDeadline(stay)
+				var err error
+				if c.busy {
+					if stay := start.Add(keepAliveStay); stay.Before(idleEnd) {
+						c.rwc.SetReadDeadline(stay)
+					}
+					_, err = c.raw.Read()
+				} else if _, err = c.raw.TryRead(); err == rawread.ErrWouldBlock {
+					moved = true
+					go c.run(false, true)
+					return
 				}
-				_, err := c.raw.Read()
 				if errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(idleEnd) {
 					c.rwc.SetReadDeadline(idleEnd)
 					moved = true
@@ -769,6 +782,7 @@ func (c *conn) run(first, fresh bool) {
 				return // closed for room (Server.MaxConns)
 			}
 			start = time.Now()
+			c.busy = start.Sub(time.Unix(0, c.idleSince.Load())) < keepAliveStay
 		}
 		c.t = s.currentTimeouts()
 		c.rwc.SetReadDeadline(start.Add(c.t.HeaderTimeout))
