@@ -16,6 +16,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,7 +42,14 @@ type connectMesh struct {
 
 func startConnectMesh(t *testing.T, ids ...string) *connectMesh {
 	t.Helper()
-	m := &connectMesh{t: t, agent: startConsul(t), backends: map[string]*backend{}, sidecars: map[string]*process{},
+	return startConnectMeshOn(t, startConsul(t), "", ids...)
+}
+
+// startConnectMeshOn is startConnectMesh on agent; token, when not "",
+// is the sidecars' ACL token (agent.Client registers the instances).
+func startConnectMeshOn(t *testing.T, agent *consulAgent, token string, ids ...string) *connectMesh {
+	t.Helper()
+	m := &connectMesh{t: t, agent: agent, backends: map[string]*backend{}, sidecars: map[string]*process{},
 		ports: map[string]int{}}
 	for _, id := range ids {
 		b := startBackend(t, id)
@@ -64,8 +74,11 @@ func startConnectMesh(t *testing.T, ids ...string) *connectMesh {
 		if err != nil {
 			t.Fatalf("register %s: %v", id, err)
 		}
-		m.sidecars[id] = startProcess(t, binary(t, "CONSUL_BIN", "consul"), "connect", "proxy",
-			"-sidecar-for", id, "-http-addr", m.agent.Addr, "-log-level", "warn")
+		args := []string{"connect", "proxy", "-sidecar-for", id, "-http-addr", m.agent.Addr, "-log-level", "warn"}
+		if token != "" {
+			args = append(args, "-token", token)
+		}
+		m.sidecars[id] = startProcess(t, binary(t, "CONSUL_BIN", "consul"), args...)
 	}
 	for id, port := range m.ports {
 		waitFor(t, 20*time.Second, "sidecar of "+id+" listening", func() bool {
@@ -79,20 +92,14 @@ func startConnectMesh(t *testing.T, ids ...string) *connectMesh {
 	return m
 }
 
-// intention sets the intention sluice => web to action ("allow", "deny").
+// intention sets the intention sluice => web to action ("allow", "deny"),
+// with the agent client's token.
 func (m *connectMesh) intention(action string) {
 	m.t.Helper()
-	body := fmt.Sprintf(`{"Action":%q}`, action)
-	req, _ := http.NewRequest(http.MethodPut, "http://"+m.agent.Addr+"/v1/connect/intentions/exact?source=sluice&destination=web",
-		strings.NewReader(body))
-	resp, err := http.DefaultClient.Do(req)
+	_, err := m.agent.Client.Connect().IntentionUpsert(&api.Intention{SourceName: "sluice", DestinationName: "web",
+		Action: api.IntentionAction(action)}, nil)
 	if err != nil {
-		m.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		m.t.Fatalf("intention %s: %s %s", action, resp.Status, b)
+		m.t.Fatalf("intention %s: %v", action, err)
 	}
 }
 
@@ -118,12 +125,14 @@ service "web" {
 // connectStatus is the connect section of /v1/status.
 type connectStatusJSON struct {
 	Connect *struct {
-		Identity     string `json:"identity"`
-		LeafURI      string `json:"leaf_uri"`
-		LeafSerial   string `json:"leaf_serial"`
-		TrustDomain  string `json:"trust_domain"`
-		ActiveRootID string `json:"active_root_id"`
-		Roots        int    `json:"roots"`
+		Identity        string `json:"identity"`
+		LeafURI         string `json:"leaf_uri"`
+		LeafSerial      string `json:"leaf_serial"`
+		TrustDomain     string `json:"trust_domain"`
+		ActiveRootID    string `json:"active_root_id"`
+		Roots           int    `json:"roots"`
+		LeafError       string `json:"leaf_error"`
+		IntentionsError string `json:"intentions_error"`
 	} `json:"connect"`
 }
 
@@ -448,3 +457,91 @@ func newMeshCA(t *testing.T, trustDomain string) (keyPEM, certPEM string) {
 
 // netDial connects to a loopback address with a short timeout.
 func netDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) }
+
+// readmeConnectPolicy is the ACL policy README.md's Consul Connect section
+// documents (its first hcl block after "**ACL policy.**").
+func readmeConnectPolicy(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(b), "**ACL policy.**")
+	if !ok {
+		t.Fatal(`README.md has no "**ACL policy.**"`)
+	}
+	_, block, ok1 := strings.Cut(after, "```hcl\n")
+	policy, _, ok2 := strings.Cut(block, "```")
+	if !ok1 || !ok2 || !strings.Contains(policy, `service "sluice"`) {
+		t.Fatalf("README.md's Connect ACL policy not found: %q", policy)
+	}
+	return policy
+}
+
+// TestConnectACL: with ACLs on (default_policy "deny"), a token without
+// the README policy's service:write on sluice's identity gets no leaf:
+// /v1/status says why and /healthz stays 503. Once its policy is exactly
+// the README's, sluice becomes ready, serves over the sidecars, and an
+// explicit deny intention still gives 403 (told from the intentions
+// watch: the policy cannot ask the agent's authorize).
+func TestConnectACL(t *testing.T) {
+	t.Parallel()
+	agent := startConsulACL(t)
+	acl := agent.Client.ACL()
+	readme := readmeConnectPolicy(t)
+	full := readme + ` service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }` // the health watches' part
+	noLeaf := regexp.MustCompile(`(?s)service "sluice" \{.*?\}`).ReplaceAllString(full, "")
+	if noLeaf == full {
+		t.Fatal("could not remove the identity rule from the README policy")
+	}
+	mkToken := func(name, rules string) (*api.ACLPolicy, string) {
+		p, _, err := acl.PolicyCreate(&api.ACLPolicy{Name: name, Rules: rules}, nil)
+		if err != nil {
+			t.Fatalf("policy %s: %v", name, err)
+		}
+		tok, _, err := acl.TokenCreate(&api.ACLToken{Description: name, Policies: []*api.ACLTokenPolicyLink{{ID: p.ID}}}, nil)
+		if err != nil {
+			t.Fatalf("token %s: %v", name, err)
+		}
+		return p, tok.SecretID
+	}
+	_, meshToken := mkToken("mesh", `service_prefix "" { policy = "write" } node_prefix "" { policy = "read" }`)
+	m := startConnectMeshOn(t, agent, meshToken, "web-1", "web-2")
+	policy, token := mkToken("sluice", noLeaf)
+
+	s := launchSluice(t, agent.Addr, token, connectConfig)
+	waitFor(t, 20*time.Second, "the leaf watch's error in /v1/status", func() bool {
+		if s.healthz() == 0 {
+			return false // not up yet
+		}
+		st := s.connectStatus()
+		return st.Connect != nil && st.Connect.LeafError != "" && st.Connect.Roots > 0 && len(s.service("web").Instances) == 2
+	})
+	if code, body := s.healthzBody(); code != http.StatusServiceUnavailable {
+		t.Fatalf("/healthz without a leaf: %d %+v", code, body)
+	}
+	t.Logf("without service:write on the identity: %s", s.connectStatus().Connect.LeafError)
+
+	policy.Rules = full
+	if _, _, err := acl.PolicyUpdate(policy, nil); err != nil {
+		t.Fatalf("policy update: %v", err)
+	}
+	waitFor(t, 30*time.Second, "sluice /healthz 200 with the README policy", func() bool { return s.healthz() == http.StatusOK })
+	if st := s.connectStatus(); st.Connect.LeafError != "" || st.Connect.IntentionsError != "" {
+		t.Errorf("watch errors with the README policy: %+v", st.Connect)
+	}
+	waitFor(t, 10*time.Second, "200 over the sidecars", func() bool {
+		code, _, _, err := s.get("/")
+		return err == nil && code == http.StatusOK
+	})
+	m.intention("deny")
+	waitFor(t, 5*time.Second, "403 after the deny", func() bool {
+		code, _, _, _ := s.get("/")
+		return code == http.StatusForbidden
+	})
+	for _, in := range s.service("web").Instances {
+		if in.Ejected || in.Errors != 0 {
+			t.Errorf("instance %s after denials: ejected %t, errors %d", in.ID, in.Ejected, in.Errors)
+		}
+	}
+}

@@ -80,6 +80,11 @@ type connectStatus struct {
 	Roots            int       `json:"roots"`
 	IntentionsIndex  uint64    `json:"intentions_index"`
 	IntentionChanges uint64    `json:"intention_changes"`
+	// The last error of each watch, until its next answer (say a token
+	// without service:write on the identity: no leaf, /healthz 503).
+	LeafError       string `json:"leaf_error,omitempty"`
+	RootsError      string `json:"roots_error,omitempty"`
+	IntentionsError string `json:"intentions_error,omitempty"`
 }
 
 func newConnectRuntime(logger hclog.Logger, m *metrics.Metrics, transport *proxy.Upstream) *connectRuntime {
@@ -267,9 +272,10 @@ func (rt *connectRuntime) watchLoop(ctx context.Context, client *api.Client, ide
 				rt.metrics.SetConnectLeaf(leaf.NotAfter)
 				rt.update(func(st *connectStatus) {
 					st.LeafURI, st.LeafSerial, st.LeafNotAfter = leaf.URI, leaf.Serial, leaf.NotAfter
+					st.LeafError = ""
 				})
 				logger.Info("connect leaf loaded", "uri", leaf.URI, "serial", leaf.Serial, "not_after", leaf.NotAfter)
-			}, nil)
+			}, func(err error) { rt.update(func(st *connectStatus) { st.LeafError = err.Error() }) })
 	}()
 	go func() {
 		defer wg.Done()
@@ -291,9 +297,10 @@ func (rt *connectRuntime) watchLoop(ctx context.Context, client *api.Client, ide
 				rt.metrics.SetConnectRoots(roots.Count)
 				rt.update(func(st *connectStatus) {
 					st.TrustDomain, st.ActiveRootID, st.Roots = roots.TrustDomain, roots.ActiveID, roots.Count
+					st.RootsError = ""
 				})
 				logger.Info("connect roots loaded", "trust_domain", roots.TrustDomain, "roots", roots.Count, "active", roots.ActiveID)
-			}, nil)
+			}, func(err error) { rt.update(func(st *connectStatus) { st.RootsError = err.Error() }) })
 	}()
 	go func() {
 		defer wg.Done()
@@ -333,7 +340,7 @@ func (rt *connectRuntime) intentionsLoop(ctx context.Context, client *api.Client
 			first := prev == nil
 			prev = next
 			rt.update(func(st *connectStatus) {
-				st.IntentionsIndex = index
+				st.IntentionsIndex, st.IntentionsError = index, ""
 				if !first && len(changed) > 0 {
 					st.IntentionChanges++
 				}
@@ -353,7 +360,7 @@ func (rt *connectRuntime) intentionsLoop(ctx context.Context, client *api.Client
 				}
 				timers = append(timers, reclose{time.AfterFunc(d, func() { rt.closeDestinations(changed) }), now.Add(d)})
 			}
-		}, nil)
+		}, func(err error) { rt.update(func(st *connectStatus) { st.IntentionsError = err.Error() }) })
 }
 
 // intentionDigests groups intentions by destination ("*" for wildcard

@@ -627,11 +627,11 @@ type conn struct {
 	// busy: the connection is new, or its last request came within
 	// keepAliveStay of the answer before; its next keep-alive wait stays
 	// on this goroutine (else it moves at once).
-	busy bool
-	hijacked  bool
-	remote    string     // RemoteAddr, formatted once
-	t         *Timeouts  // of the request in progress (or the idle wait after it)
-	closer    ConnCloser // from ConnCounter.ConnOpened; nil when not counted
+	busy     bool
+	hijacked bool
+	remote   string     // RemoteAddr, formatted once
+	t        *Timeouts  // of the request in progress (or the idle wait after it)
+	closer   ConnCloser // from ConnCounter.ConnOpened; nil when not counted
 }
 
 // deadlineWriter fails a write to the client only when the client takes
