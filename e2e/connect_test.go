@@ -480,9 +480,10 @@ func readmeConnectPolicy(t *testing.T) string {
 
 // TestConnectACL: with ACLs on (default_policy "deny"), a token without
 // the README policy's service:write on sluice's identity gets no leaf:
-// /v1/status says why and /healthz stays 503. Once its policy is exactly
-// the README's, sluice becomes ready, serves over the sidecars, and an
-// explicit deny intention still gives 403 (told from the intentions
+// /v1/status and /healthz say why and /healthz stays 503. Once its policy
+// is exactly the README's, sluice becomes ready, serves over the sidecars
+// (an allow intention: the ACL default denies), and an explicit deny
+// intention gives 403 (told from the intentions
 // watch: the policy cannot ask the agent's authorize).
 func TestConnectACL(t *testing.T) {
 	t.Parallel()
@@ -517,8 +518,16 @@ func TestConnectACL(t *testing.T) {
 		st := s.connectStatus()
 		return st.Connect != nil && st.Connect.LeafError != "" && st.Connect.Roots > 0 && len(s.service("web").Instances) == 2
 	})
-	if code, body := s.healthzBody(); code != http.StatusServiceUnavailable {
-		t.Fatalf("/healthz without a leaf: %d %+v", code, body)
+	resp, err := s.client.Get("http://" + s.Admin + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hz struct{ Status, Reason string }
+	json.NewDecoder(resp.Body).Decode(&hz)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(hz.Reason, "no leaf certificate yet") ||
+		!strings.Contains(hz.Reason, "service:write") {
+		t.Fatalf("/healthz without a leaf: %d %+v", resp.StatusCode, hz)
 	}
 	t.Logf("without service:write on the identity: %s", s.connectStatus().Connect.LeafError)
 
@@ -530,6 +539,7 @@ func TestConnectACL(t *testing.T) {
 	if st := s.connectStatus(); st.Connect.LeafError != "" || st.Connect.IntentionsError != "" {
 		t.Errorf("watch errors with the README policy: %+v", st.Connect)
 	}
+	m.intention("allow") // default_policy "deny" denies what no intention allows
 	waitFor(t, 10*time.Second, "200 over the sidecars", func() bool {
 		code, _, _, err := s.get("/")
 		return err == nil && code == http.StatusOK

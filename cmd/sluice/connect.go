@@ -172,9 +172,31 @@ func (rt *connectRuntime) detach(name, pool string) {
 	}
 }
 
-// ready reports whether /healthz may say ready as far as Connect goes:
-// no service uses it, or the leaf and roots are loaded.
-func (rt *connectRuntime) ready() bool { return !rt.used.Load() || rt.material.Ready() }
+// waiting is why /healthz may not say ready as far as Connect goes: ""
+// when no service uses it or the leaf and roots are loaded, else what is
+// missing and the last error of its watch.
+func (rt *connectRuntime) waiting() string {
+	if !rt.used.Load() || rt.material.Ready() {
+		return ""
+	}
+	st := rt.state.Load()
+	var missing []string
+	if rt.material.Leaf() == nil {
+		m := "no leaf certificate yet"
+		if st != nil && st.LeafError != "" {
+			m += " (" + st.LeafError + ")"
+		}
+		missing = append(missing, m)
+	}
+	if rt.material.Roots() == nil {
+		m := "no CA roots yet"
+		if st != nil && st.RootsError != "" {
+			m += " (" + st.RootsError + ")"
+		}
+		missing = append(missing, m)
+	}
+	return "connect: " + strings.Join(missing, "; ")
+}
 
 // status is the connect section of /v1/status; nil when no service uses
 // Connect.

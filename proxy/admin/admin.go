@@ -144,6 +144,10 @@ type Options struct {
 	// pools say: the process became ready once and stays so. nil means
 	// /healthz follows the pools alone.
 	Ready func() bool
+	// Waiting, when it returns a reason, makes /healthz answer 503 with
+	// it whatever Ready and the pools say (sluice's Connect certificates
+	// not loaded yet). nil: never.
+	Waiting func() string
 	// Gatherer is what the dashboard reads request rates, 5xx share,
 	// latency and open connections from (the registry /metrics serves):
 	// gathered once a second while a dashboard page is connected, never
@@ -165,7 +169,8 @@ type Options struct {
 //	GET /v1/services  JSON status of every service and instance
 //	GET /v1/status    JSON status of the process (Options.Status)
 //	GET /metrics      Prometheus metrics (Options.Metrics)
-//	GET /healthz      200 when Ready says so or every pool has had its
+//	GET /healthz      503 with Waiting's reason when it gives one; else
+//	                  200 when Ready says so or every pool has had its
 //	                  first Consul answer, else 503 naming the services
 //	                  waiting and, in consul_errors, the last Consul error
 //	                  of each that has one (an ACL error, for instance)
@@ -197,6 +202,12 @@ func NewHandler(opts Options) http.Handler {
 		writeJSON(w, http.StatusOK, resp)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if opts.Waiting != nil {
+			if why := opts.Waiting(); why != "" {
+				writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "waiting", "reason": why})
+				return
+			}
+		}
 		if opts.Ready != nil && opts.Ready() {
 			writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 			return

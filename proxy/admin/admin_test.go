@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -118,5 +119,27 @@ func TestRoutes(t *testing.T) {
 	}
 	if have.Listeners[0].Routes[0] != want.Listeners[0].Routes[0] || have.Listeners[0].TagPrefix != "sluice-route=" {
 		t.Fatalf("have %+v", have)
+	}
+}
+
+// Waiting's reason makes /healthz 503 whatever Ready and the pools say.
+func TestHealthzWaiting(t *testing.T) {
+	var why atomic.Pointer[string]
+	empty := ""
+	why.Store(&empty)
+	h := NewHandler(Options{Pools: func() []*balance.Pool { return nil }, Ready: func() bool { return true },
+		Waiting: func() string { return *why.Load() }})
+	get := func() (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, body := get(); code != http.StatusOK {
+		t.Fatalf("nothing waited for: %d %s", code, body)
+	}
+	reason := "connect: no leaf certificate yet"
+	why.Store(&reason)
+	if code, body := get(); code != http.StatusServiceUnavailable || !strings.Contains(body, `"reason":"connect: no leaf certificate yet"`) {
+		t.Fatalf("waiting, though ready and synced: %d %s", code, body)
 	}
 }
