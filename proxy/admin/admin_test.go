@@ -139,7 +139,7 @@ func TestHealthzWaiting(t *testing.T) {
 	}
 	reason := "connect: no leaf certificate yet"
 	why.Store(&reason)
-	if code, body := get(); code != http.StatusServiceUnavailable || !strings.Contains(body, `"reason":"connect: no leaf certificate yet"`) {
+	if code, body := get(); code != http.StatusServiceUnavailable || !strings.Contains(body, `"reason": "connect: no leaf certificate yet"`) {
 		t.Fatalf("waiting, though ready and synced: %d %s", code, body)
 	}
 }
