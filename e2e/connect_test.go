@@ -20,8 +20,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -141,52 +139,6 @@ func (s *sluice) connectStatus() connectStatusJSON {
 	var out connectStatusJSON
 	s.adminJSON("/v1/status", &out)
 	return out
-}
-
-// load sends GETs through sluice from workers goroutines until stop is
-// closed, counting answers other than 200 (and transport errors) in
-// failed, with the first few reasons.
-type meshLoad struct {
-	ok, failed atomic.Int64
-	mu         sync.Mutex
-	reasons    []string
-	wg         sync.WaitGroup
-	stop       chan struct{}
-}
-
-func startMeshLoad(s *sluice, workers int) *meshLoad {
-	l := &meshLoad{stop: make(chan struct{})}
-	for range workers {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				code, _, body, err := s.get("/")
-				if err == nil && code == http.StatusOK {
-					l.ok.Add(1)
-					continue
-				}
-				l.failed.Add(1)
-				l.mu.Lock()
-				if len(l.reasons) < 5 {
-					l.reasons = append(l.reasons, fmt.Sprintf("%d %q %v", code, body, err))
-				}
-				l.mu.Unlock()
-			}
-		}()
-	}
-	return l
-}
-
-func (l *meshLoad) end() (ok, failed int64, reasons []string) {
-	close(l.stop)
-	l.wg.Wait()
-	return l.ok.Load(), l.failed.Load(), l.reasons
 }
 
 // TestConnectIntentions: requests reach the backends over their sidecars
@@ -341,12 +293,13 @@ func TestConnectSidecarKilled(t *testing.T) {
 	t.Parallel()
 	m := startConnectMesh(t, "web-1", "web-2")
 	s := startSluiceConfig(t, m.agent.Addr, connectConfig)
-	l := startMeshLoad(s, 4)
+	l := startLoad(s, 4)
 	waitFor(t, 10*time.Second, "load on both", func() bool { return m.backends["web-1"].hits.Load() > 20 && m.backends["web-2"].hits.Load() > 20 })
 	_ = m.sidecars["web-1"].stop(syscall.SIGKILL)
 	before := m.backends["web-2"].hits.Load()
 	waitFor(t, 10*time.Second, "load after the kill", func() bool { return m.backends["web-2"].hits.Load() > before+200 })
-	ok, failed, reasons := l.end()
+	l.finish()
+	ok, failed, reasons := l.ok.Load(), l.failed.Load(), l.examples
 	t.Logf("sidecar killed under load: %d ok, %d failed", ok, failed)
 	if failed != 0 {
 		t.Errorf("want 0 failed requests, have %d: %q", failed, reasons)
@@ -363,7 +316,7 @@ func TestConnectCARotation(t *testing.T) {
 	if old == nil {
 		t.Fatal("no connect status")
 	}
-	l := startMeshLoad(s, 4)
+	l := startLoad(s, 4)
 	waitFor(t, 10*time.Second, "load", func() bool { return l.ok.Load() > 100 })
 
 	key, root := newMeshCA(t, old.TrustDomain)
@@ -395,7 +348,8 @@ func TestConnectCARotation(t *testing.T) {
 	}
 	deadline := rotatedAt.Add(40 * time.Second)
 	waitFor(t, time.Minute, "40s after the rotation", func() bool { return time.Now().After(deadline) })
-	ok, failed, reasons := l.end()
+	l.finish()
+	ok, failed, reasons := l.ok.Load(), l.failed.Load(), l.examples
 	t.Logf("CA rotation under load: %d ok, %d failed", ok, failed)
 	if failed != 0 {
 		t.Errorf("want 0 failed requests across the rotation, have %d: %q", failed, reasons)

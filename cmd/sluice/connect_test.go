@@ -46,6 +46,17 @@ func TestIntentionChanges(t *testing.T) {
 	}
 }
 
+// denialRuntime is a Connect runtime of identity sluice with a leaf, using
+// client, its destination web and the alert a refusing sidecar sends.
+func denialRuntime(client *api.Client) (*connectRuntime, *connectDest, error) {
+	rt := newConnectRuntime(hclog.NewNullLogger(), nil, nil)
+	id := "sluice"
+	rt.identity.Store(&id)
+	rt.client.Store(client)
+	rt.material.SetLeaf(&connect.Leaf{URI: "spiffe://td.consul/ns/default/dc/dc1/svc/sluice"})
+	return rt, rt.dest("web", ""), &net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}
+}
+
 // TestDeniedFromWatch: an alert is a denial, without asking the agent,
 // when the highest-precedence intention the watch saw for the
 // destination (exact or wildcard) is an L4 deny; an allow above it, an
@@ -56,13 +67,7 @@ func TestDeniedFromWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt := newConnectRuntime(hclog.NewNullLogger(), nil, nil)
-	id := "sluice"
-	rt.identity.Store(&id)
-	rt.client.Store(client)
-	rt.material.SetLeaf(&connect.Leaf{URI: "spiffe://td.consul/ns/default/dc/dc1/svc/sluice"})
-	d := rt.dest("web", "")
-	alert := &net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}
+	rt, d, alert := denialRuntime(client)
 	ixn := func(dest, action string, prec int) *api.Intention {
 		return &api.Intention{SourceName: "sluice", DestinationName: dest, Action: api.IntentionAction(action), Precedence: prec}
 	}
@@ -120,13 +125,7 @@ func TestDeniedAuthorizeShared(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt := newConnectRuntime(hclog.NewNullLogger(), nil, nil)
-	id := "sluice"
-	rt.identity.Store(&id)
-	rt.client.Store(client)
-	rt.material.SetLeaf(&connect.Leaf{URI: "spiffe://td.consul/ns/default/dc/dc1/svc/sluice"})
-	d := rt.dest("web", "")
-	alert := &net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}
+	_, d, alert := denialRuntime(client)
 
 	var wg sync.WaitGroup
 	for range 20 {
