@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"net"
 	"net/http"
@@ -22,6 +23,27 @@ func settledMemory() uint64 {
 	}
 	runtime.ReadMemStats(&ms)
 	return ms.HeapInuse + ms.StackInuse
+}
+
+// awaitMoved waits until no connection waits for its next request on the
+// goroutine that served its first one (see keepAliveStay): each such wait
+// ends within keepAliveStay, on a fresh goroutine with a small stack.
+func awaitMoved(t *testing.T) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		n := runtime.Stack(buf, true)
+		for n == len(buf) {
+			buf = make([]byte, 2*len(buf))
+			n = runtime.Stack(buf, true)
+		}
+		if !bytes.Contains(buf[:n], []byte("h1.(*conn).serve(")) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("connections still wait on their first goroutine")
+		}
+	}
 }
 
 // An idle keep-alive connection holds no read or write buffer and waits on
@@ -58,8 +80,10 @@ func TestIdleConnectionMemory(t *testing.T) {
 		}
 	}
 	open(conns) // the pools, runtime structures and stacks warm up
+	awaitMoved(t) // else a varying number of them hold the stack they grew
 	before := settledMemory()
 	open(conns)
+	awaitMoved(t)
 	after := settledMemory()
 	per := (int64(after) - int64(before)) / conns
 	t.Logf("%d bytes per idle keep-alive connection (heap and stacks, both ends)", per)
