@@ -79,7 +79,7 @@ func TestIdleConnectionMemory(t *testing.T) {
 			io.Copy(io.Discard, resp.Body)
 		}
 	}
-	open(conns) // the pools, runtime structures and stacks warm up
+	open(conns)   // the pools, runtime structures and stacks warm up
 	awaitMoved(t) // else a varying number of them hold the stack they grew
 	before := settledMemory()
 	open(conns)
