@@ -325,6 +325,7 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.hijacked = true
 	c.hijacked = true
 	c.rwc.SetDeadline(time.Time{})
+	probePeer(c.netConn)
 	if err := c.bw.Flush(); err != nil {
 		return nil, nil, err
 	}
@@ -340,6 +341,17 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	rw := bufio.NewReadWriter(bufio.NewReaderSize(hc, 4096), bufio.NewWriterSize(hc, 4096))
 	return hc, rw, nil
+}
+
+// probePeer turns on TCP keep-alive probes (Go's defaults) on a client
+// connection handed on: neither an upgraded stream nor an HTTP/2
+// connection with a stream open has an idle timeout here, and a listener
+// may have accepted it without probes (sluice's do), so that a peer gone
+// without a FIN or RST would hold it for good. Other connections: no-op.
+func probePeer(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true})
+	}
 }
 
 // hijackedConn is a client connection handed on (hijacked, or to the

@@ -980,6 +980,7 @@ func (c *conn) handOff(s *Server) bool {
 		pc.pending = append([]byte(nil), buf...)
 	}
 	c.rwc.SetDeadline(time.Time{})
+	probePeer(c.netConn)
 	// The first stream's head is due HeaderTimeout after the accept, as
 	// on HTTP/1.1; net/http would keep a connection without a stream
 	// for IdleTimeout.
