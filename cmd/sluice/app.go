@@ -106,8 +106,10 @@ type app struct {
 	// fatal receives the error of a server that stopped on its own.
 	fatal chan error
 	// ready is set once every service of the start configuration has had
-	// its first Consul answer, and stays set: /healthz is the readiness of
-	// the process, which a reload adding a service does not take back.
+	// its first Consul answer (and, when one uses Connect, sluice's leaf
+	// and roots are loaded), and stays set: /healthz is the readiness of
+	// the process, which a reload adding a service, or Connect, does not
+	// take back.
 	ready atomic.Bool
 	// stopCtx ends with shutdown.
 	stopCtx context.Context
@@ -189,9 +191,21 @@ func (a *app) start(cfg *config.Config) error {
 	a.metrics.Reloaded(metrics.ReloadSuccess, false, time.Now())
 	pools := a.currentPools()
 	go func() {
-		if waitSynced(a.stopCtx, pools) {
-			a.ready.Store(true)
+		if !waitSynced(a.stopCtx, pools) {
+			return
 		}
+		// With Connect services in the start configuration, the process
+		// is ready once sluice's leaf and roots are loaded too.
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for a.connect.waiting() != "" {
+			select {
+			case <-a.stopCtx.Done():
+				return
+			case <-t.C:
+			}
+		}
+		a.ready.Store(true)
 	}()
 	return nil
 }

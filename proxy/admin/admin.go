@@ -144,9 +144,9 @@ type Options struct {
 	// pools say: the process became ready once and stays so. nil means
 	// /healthz follows the pools alone.
 	Ready func() bool
-	// Waiting, when it returns a reason, makes /healthz answer 503 with
-	// it whatever Ready and the pools say (sluice's Connect certificates
-	// not loaded yet). nil: never.
+	// Waiting, when it returns a reason and Ready does not say ready,
+	// makes /healthz answer 503 with it whatever the pools say (sluice's
+	// Connect certificates not loaded yet). nil: never.
 	Waiting func() string
 	// Gatherer is what the dashboard reads request rates, 5xx share,
 	// latency and open connections from (the registry /metrics serves):
@@ -169,9 +169,9 @@ type Options struct {
 //	GET /v1/services  JSON status of every service and instance
 //	GET /v1/status    JSON status of the process (Options.Status)
 //	GET /metrics      Prometheus metrics (Options.Metrics)
-//	GET /healthz      503 with Waiting's reason when it gives one; else
-//	                  200 when Ready says so or every pool has had its
-//	                  first Consul answer, else 503 naming the services
+//	GET /healthz      200 when Ready says so; else 503 with Waiting's
+//	                  reason when it gives one; else 200 when every pool
+//	                  has had its first Consul answer, else 503 naming the services
 //	                  waiting and, in consul_errors, the last Consul error
 //	                  of each that has one (an ACL error, for instance)
 //	GET /v1/events    JSON: the events of Options.Events, oldest first
@@ -202,15 +202,15 @@ func NewHandler(opts Options) http.Handler {
 		writeJSON(w, http.StatusOK, resp)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if opts.Ready != nil && opts.Ready() {
+			writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+			return
+		}
 		if opts.Waiting != nil {
 			if why := opts.Waiting(); why != "" {
 				writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "waiting", "reason": why})
 				return
 			}
-		}
-		if opts.Ready != nil && opts.Ready() {
-			writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
-			return
 		}
 		var waiting []string
 		errs := map[string]string{}

@@ -122,12 +122,14 @@ func TestRoutes(t *testing.T) {
 	}
 }
 
-// Waiting's reason makes /healthz 503 whatever Ready and the pools say.
+// Waiting's reason makes /healthz 503 whatever the pools say, until
+// Ready says ready.
 func TestHealthzWaiting(t *testing.T) {
 	var why atomic.Pointer[string]
+	var ready atomic.Bool
 	empty := ""
 	why.Store(&empty)
-	h := NewHandler(Options{Pools: func() []*balance.Pool { return nil }, Ready: func() bool { return true },
+	h := NewHandler(Options{Pools: func() []*balance.Pool { return nil }, Ready: ready.Load,
 		Waiting: func() string { return *why.Load() }})
 	get := func() (int, string) {
 		rec := httptest.NewRecorder()
@@ -140,6 +142,10 @@ func TestHealthzWaiting(t *testing.T) {
 	reason := "connect: no leaf certificate yet"
 	why.Store(&reason)
 	if code, body := get(); code != http.StatusServiceUnavailable || !strings.Contains(body, `"reason": "connect: no leaf certificate yet"`) {
-		t.Fatalf("waiting, though ready and synced: %d %s", code, body)
+		t.Fatalf("waiting, though every pool synced: %d %s", code, body)
+	}
+	ready.Store(true) // the process was ready once: a later wait (a reload adding Connect) does not take it back
+	if code, body := get(); code != http.StatusOK {
+		t.Fatalf("ready, with a reason to wait: %d %s", code, body)
 	}
 }
