@@ -789,11 +789,11 @@ func (c *conn) run(first, fresh bool) {
 		if first {
 			first = false
 			// A new connection that has sent nothing is idle: Shutdown
-			// closes it rather than wait for its header timeout.
+			// closes it (after newConnGrace, see closeIdle) rather than
+			// wait for its header timeout. No shutdown check here: one
+			// that began before this goroutine ran must give its request,
+			// which may be on the wire, the same grace.
 			c.idle.Store(true)
-			if s.shuttingDown() {
-				return
-			}
 			if err := c.awaitRequest(); err != nil {
 				c.refuse(err)
 				return
