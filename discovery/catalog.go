@@ -118,17 +118,12 @@ func (w *CatalogWatcher) catalogLoop(ctx context.Context, out chan<- CatalogUpda
 			continue
 		}
 		fails.ok(w.opts.Logger, "catalog watch")
-		next := max(meta.LastIndex, 1) // 0 counts as 1 so that the next query blocks
-		switch {
-		case last != nil && next == index:
+		var changed bool
+		if index, changed = nextIndex(last != nil, index, meta.LastIndex); !changed {
 			if !sleep(ctx, w.opts.BackoffMin) {
 				return
 			}
 			continue
-		case next < index:
-			index = 0 // the index went backwards: start over
-		default:
-			index = next
 		}
 		set := normalize(services)
 		if last != nil && maps.EqualFunc(last, set, slices.Equal) {
@@ -143,8 +138,7 @@ func (w *CatalogWatcher) catalogLoop(ctx context.Context, out chan<- CatalogUpda
 
 // query runs one query, blocking on index, bounded by the watchdog.
 func (w *CatalogWatcher) query(ctx context.Context, index uint64) (map[string][]string, *api.QueryMeta, error) {
-	limit := w.opts.Wait + w.opts.Wait/16 + w.opts.WatchdogMargin
-	qctx, cancel := context.WithTimeoutCause(ctx, limit, errWatchdog)
+	qctx, cancel := context.WithTimeoutCause(ctx, watchdogLimit(w.opts.Wait, w.opts.WatchdogMargin), errWatchdog)
 	defer cancel()
 	q := &api.QueryOptions{
 		Datacenter: w.opts.Datacenter,

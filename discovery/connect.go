@@ -72,7 +72,7 @@ func Follow[T any](ctx context.Context, opts FollowOptions, query func(q *api.Qu
 		fails     failures
 	)
 	for ctx.Err() == nil {
-		qctx, cancel := context.WithTimeoutCause(ctx, o.Wait+o.Wait/16+o.WatchdogMargin, errWatchdog)
+		qctx, cancel := context.WithTimeoutCause(ctx, watchdogLimit(o.Wait, o.WatchdogMargin), errWatchdog)
 		q := &api.QueryOptions{WaitIndex: index, WaitTime: o.Wait}
 		v, meta, err := query(q.WithContext(qctx))
 		watchdog := err != nil && ctx.Err() == nil && context.Cause(qctx) == errWatchdog
@@ -99,14 +99,9 @@ func Follow[T any](ctx context.Context, opts FollowOptions, query func(q *api.Qu
 			continue
 		}
 		fails.ok(o.Logger, opts.What)
-		last := max(meta.LastIndex, 1)
-		switch {
-		case published && last == index:
+		var changed bool
+		if index, changed = nextIndex(published, index, meta.LastIndex); !changed {
 			continue
-		case last < index:
-			index = 0
-		default:
-			index = last
 		}
 		published = true
 		got(v, meta.LastIndex)

@@ -231,15 +231,9 @@ func (w *Watcher) watchLoop(ctx context.Context, out chan<- Update) {
 			continue
 		}
 		fails.ok(w.opts.Logger, "watch", "service", w.opts.Service)
-		// Index 0 counts as 1 so that the next query blocks.
-		last := max(meta.LastIndex, 1)
-		switch {
-		case published && last == index:
-			continue // nothing changed
-		case last < index:
-			index = 0 // Consul's index went backwards: start over
-		default:
-			index = last
+		var changed bool
+		if index, changed = nextIndex(published, index, meta.LastIndex); !changed {
+			continue
 		}
 		published = true
 		if !send(Update{Service: w.opts.Service, Instances: w.instancesOf(entries), Index: meta.LastIndex}) {
@@ -251,8 +245,7 @@ func (w *Watcher) watchLoop(ctx context.Context, out chan<- Update) {
 // query runs one blocking query bounded by the watchdog. The entries
 // are valid until the next query.
 func (w *Watcher) query(ctx context.Context, index uint64) ([]answerEntry, *api.QueryMeta, error) {
-	limit := w.opts.Wait + w.opts.Wait/16 + w.opts.WatchdogMargin
-	qctx, cancel := context.WithTimeoutCause(ctx, limit, errWatchdog)
+	qctx, cancel := context.WithTimeoutCause(ctx, watchdogLimit(w.opts.Wait, w.opts.WatchdogMargin), errWatchdog)
 	defer cancel()
 	q := &api.QueryOptions{
 		Datacenter: w.opts.Datacenter,
@@ -404,6 +397,28 @@ func (f *failures) ok(logger hclog.Logger, what string, kv ...any) {
 }
 
 // sleep waits d, and reports false when ctx ends first.
+// nextIndex applies the index rules of every watch to an answer whose
+// LastIndex is lastIndex, the query having asked with index: changed is
+// false for an unchanged index after a published answer (nothing to do);
+// next is the next query's WaitIndex (0 counts as 1 so that the next
+// query blocks; an index that went backwards starts over from 0).
+func nextIndex(published bool, index, lastIndex uint64) (next uint64, changed bool) {
+	last := max(lastIndex, 1)
+	switch {
+	case published && last == index:
+		return index, false
+	case last < index:
+		return 0, true
+	default:
+		return last, true
+	}
+}
+
+// watchdogLimit is how long a blocking query waiting up to wait may stay
+// open before the watchdog cancels it: Consul adds up to wait/16 of
+// jitter, and margin for the answer's way back.
+func watchdogLimit(wait, margin time.Duration) time.Duration { return wait + wait/16 + margin }
+
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
