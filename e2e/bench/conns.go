@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -102,43 +101,14 @@ func runConnLoad(args []string) error {
 	fmt.Println("open")
 	stdin.ReadString('\n')
 
-	interval := time.Duration(float64(time.Second) * float64(len(open)) / *rate)
-	start := time.Now().Add(20 * time.Millisecond)
-	end := start.Add(*dur)
-	var lat []time.Duration
-	for i, cl := range open {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var mine []time.Duration
-			var errs int64
-			var first string
-			next := start.Add(time.Duration(i) * interval / time.Duration(len(open)))
-			for next.Before(end) {
-				if d := time.Until(next); d > 0 {
-					time.Sleep(d)
-				}
-				if err := exchange(cl); err != nil {
-					errs++
-					if first == "" {
-						first = err.Error()
-					}
-				} else {
-					mine = append(mine, time.Since(next))
-				}
-				next = next.Add(interval)
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			res.Errors += errs
-			if res.FirstErr == "" {
-				res.FirstErr = first
-			}
-			mu.Unlock()
-		}()
+	loop := openLoop(len(open), *rate, time.Now().Add(20*time.Millisecond), *dur, false, func(w int) error {
+		return exchange(open[w])
+	})
+	res.Count, res.Seconds, res.P50ms, res.P99ms, res.P999ms = loop.Count, loop.Seconds, loop.P50ms, loop.P99ms, loop.P999ms
+	res.Errors += loop.Errors
+	if res.FirstErr == "" {
+		res.FirstErr = loop.FirstErr
 	}
-	wg.Wait()
-	res.Seconds = dur.Seconds()
 	fmt.Println("done")
 	stdin.ReadString('\n')
 	for _, cl := range open {
@@ -146,14 +116,6 @@ func runConnLoad(args []string) error {
 			tc.SetLinger(0)
 		}
 		cl.c.Close()
-	}
-	res.Count = int64(len(lat))
-	if len(lat) > 0 {
-		slices.Sort(lat)
-		pct := func(p float64) float64 {
-			return float64(lat[min(len(lat)-1, int(float64(len(lat))*p))].Microseconds()) / 1000
-		}
-		res.P50ms, res.P99ms, res.P999ms = pct(0.5), pct(0.99), pct(0.999)
 	}
 	return json.NewEncoder(os.Stdout).Encode(res)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -27,39 +28,57 @@ func runHTTPRate(args []string) error {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		MaxIdleConnsPerHost: *conns, MaxConnsPerHost: *conns, DisableCompression: true,
 	}}
-	interval := time.Duration(float64(time.Second) * float64(*conns) / *rate)
-	start := time.Now().Add(50 * time.Millisecond)
-	end := start.Add(*dur)
-	var mu sync.Mutex
-	var lat []time.Duration
-	var res tcpResult
-	var wg sync.WaitGroup
-	for w := 0; w < *conns; w++ {
+	res := openLoop(*conns, *rate, time.Now().Add(50*time.Millisecond), *dur, true, func(int) error {
+		resp, err := client.Get(*url)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// openLoop sends rate requests a second for dur from start, spread evenly
+// over workers (worker w's are every workers/rate seconds, offset by its
+// share), each by do(w), and returns the count, latency percentiles and
+// errors. A request's latency counts from its scheduled time (no
+// coordinated omission); failed ones count in it too when withErrors.
+func openLoop(workers int, rate float64, start time.Time, dur time.Duration, withErrors bool, do func(w int) error) tcpResult {
+	interval := time.Duration(float64(time.Second) * float64(workers) / rate)
+	end := start.Add(dur)
+	var (
+		mu  sync.Mutex
+		lat []time.Duration
+		res tcpResult
+		wg  sync.WaitGroup
+	)
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			mine := make([]time.Duration, 0, int(float64(*dur)/float64(interval))+1)
+			mine := make([]time.Duration, 0, int(float64(dur)/float64(interval))+1)
 			var errs int64
 			var first string
-			next := start.Add(time.Duration(w) * interval / time.Duration(*conns))
+			next := start.Add(time.Duration(w) * interval / time.Duration(workers))
 			for next.Before(end) {
 				if d := time.Until(next); d > 0 {
 					time.Sleep(d)
 				}
-				resp, err := client.Get(*url)
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != http.StatusOK {
-						errs++
-					}
-				} else {
+				err := do(w)
+				if err != nil {
 					errs++
 					if first == "" {
 						first = err.Error()
 					}
 				}
-				mine = append(mine, time.Since(next))
+				if err == nil || withErrors {
+					mine = append(mine, time.Since(next))
+				}
 				next = next.Add(interval)
 			}
 			mu.Lock()
@@ -81,5 +100,5 @@ func runHTTPRate(args []string) error {
 		}
 		res.P50ms, res.P99ms, res.P999ms = pct(0.5), pct(0.99), pct(0.999)
 	}
-	return json.NewEncoder(os.Stdout).Encode(res)
+	return res
 }
