@@ -45,8 +45,8 @@ service "shop" {
 	if _, ok := s.instance(pool, "shop-a"); ok {
 		t.Fatalf("shop-a lacks the block's tag v2 and is listed: %+v", s.service(pool))
 	}
-	l := startTraffic(s, 2)
-	defer l.stop()
+	l := startLoad(s, 2)
+	defer l.finish()
 	if have := names(served(t, l, 100, p1, k1, a)); have != "p1" {
 		t.Fatalf("primary up: want p1 only, have %s", have)
 	}
@@ -57,9 +57,9 @@ service "shop" {
 	}
 	consul.setCheck("shop-p1", api.HealthPassing)
 	waitFor(t, 5*time.Second, "local serving", func() bool { return s.service(pool).Serving == "local" })
-	l.stop()
-	if n := l.failures.Load(); n != 0 {
-		t.Fatalf("%d failed requests: %v", n, l.errs)
+	l.finish()
+	if n := l.failed.Load(); n != 0 {
+		t.Fatalf("%d failed requests: %v", n, l.examples)
 	}
 
 	// A reload that changes service_defaults changes the block-less

@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -84,49 +82,9 @@ func registerFull(c *consulAgent, service, id, addr string, tags []string, meta 
 	}
 }
 
-// trafficLoad is a closed-loop load of workers clients through sluice.
-type trafficLoad struct {
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	ok       atomic.Int64
-	failures atomic.Int64
-	mu       sync.Mutex
-	errs     []string
-}
-
-func startTraffic(s *sluice, workers int) *trafficLoad {
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &trafficLoad{cancel: cancel}
-	for range workers {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for ctx.Err() == nil {
-				status, _, _, err := s.get("/")
-				if ctx.Err() != nil {
-					return
-				}
-				if err != nil || status != http.StatusOK {
-					l.failures.Add(1)
-					l.mu.Lock()
-					if len(l.errs) < 10 {
-						l.errs = append(l.errs, fmt.Sprint(status, " ", err))
-					}
-					l.mu.Unlock()
-					continue
-				}
-				l.ok.Add(1)
-			}
-		}()
-	}
-	return l
-}
-
-func (l *trafficLoad) stop() { l.cancel(); l.wg.Wait() }
-
 // served returns the backends that got requests while n more requests
 // were answered through sluice.
-func served(t *testing.T, l *trafficLoad, n int64, bs ...*flaky) map[string]bool {
+func served(t *testing.T, l *load, n int64, bs ...*flaky) map[string]bool {
 	t.Helper()
 	// Requests picked before the change that the caller waited for may
 	// still be in flight (one per client): let them finish first.
@@ -215,8 +173,8 @@ service "web" {
 	if in, _ := s.instance("web", "web-b"); in.Eligible || in.Reason != "consul warning (passing_only)" || in.Consul != "warning" {
 		t.Fatalf("web-b: want ineligible with reason consul warning (passing_only), have %+v", in)
 	}
-	l := startTraffic(s, 2)
-	defer l.stop()
+	l := startLoad(s, 2)
+	defer l.finish()
 	if have := names(served(t, l, 50, a, b)); have != "a" {
 		t.Fatalf("passing_only: want traffic to a only, have %s", have)
 	}
@@ -224,8 +182,8 @@ service "web" {
 	if have := names(served(t, l, 50, a, b)); have != "a,b" {
 		t.Fatalf("passing_only off: want traffic to a and b, have %s", have)
 	}
-	if n := l.failures.Load(); n != 0 {
-		t.Fatalf("%d failed requests: %v", n, l.errs)
+	if n := l.failed.Load(); n != 0 {
+		t.Fatalf("%d failed requests: %v", n, l.examples)
 	}
 }
 
@@ -253,8 +211,8 @@ service "web" {
 	backend, ids := queryBackend(t, consul, "web", []string{"blue", "v2"}, api.QueryOptions{})
 	t.Logf("Consul answered the query with two tags from the %q backend: %v", backend, ids)
 	s := startSluiceConfig(t, consul.Addr, fmt.Sprintf(body, `tags = ["blue", "v2"]`))
-	l := startTraffic(s, 2)
-	defer l.stop()
+	l := startLoad(s, 2)
+	defer l.finish()
 	if have := names(served(t, l, 50, a, b, c)); have != "a" {
 		t.Fatalf(`tags = ["blue", "v2"]: want traffic to a only, have %s`, have)
 	}
@@ -266,8 +224,8 @@ service "web" {
 	if have := names(served(t, l, 50, a, b, c)); have != "a,b" {
 		t.Fatalf(`tag = "blue": want traffic to a and b, have %s`, have)
 	}
-	if n := l.failures.Load(); n != 0 {
-		t.Fatalf("%d failed requests: %v", n, l.errs)
+	if n := l.failed.Load(); n != 0 {
+		t.Fatalf("%d failed requests: %v", n, l.examples)
 	}
 }
 
@@ -309,13 +267,13 @@ service "web" {
 	if n := len(s.service("web").Instances); n != 1 {
 		t.Fatalf("want 1 instance listed, have %+v", s.service("web").Instances)
 	}
-	l := startTraffic(s, 2)
-	defer l.stop()
+	l := startLoad(s, 2)
+	defer l.finish()
 	if have := names(served(t, l, 50, a, b)); have != "a" {
 		t.Fatalf("node_meta rack=r1: want traffic to a only, have %s", have)
 	}
-	if n := l.failures.Load(); n != 0 {
-		t.Fatalf("%d failed requests: %v", n, l.errs)
+	if n := l.failed.Load(); n != 0 {
+		t.Fatalf("%d failed requests: %v", n, l.examples)
 	}
 }
 
@@ -349,8 +307,8 @@ service "web" {
 	}
 	t.Logf("Consul answered the filtered blocking query from the %q backend", backend)
 
-	l := startTraffic(s, 2)
-	defer l.stop()
+	l := startLoad(s, 2)
+	defer l.finish()
 	if have := names(served(t, l, 50, a, b)); have != "a" {
 		t.Fatalf("filter: want traffic to a only, have %s", have)
 	}
@@ -359,8 +317,8 @@ service "web" {
 	if have := names(served(t, l, 50, a, b)); have != "a,b" {
 		t.Fatalf("filter after the change: want traffic to a and b, have %s", have)
 	}
-	if n := l.failures.Load(); n != 0 {
-		t.Fatalf("%d failed requests: %v", n, l.errs)
+	if n := l.failed.Load(); n != 0 {
+		t.Fatalf("%d failed requests: %v", n, l.examples)
 	}
 }
 
@@ -420,8 +378,8 @@ service "web" {
 	if svc := s.service("web"); svc.Serving != "local" || len(svc.Instances) != 3 {
 		t.Fatalf("want 3 instances, local serving, have %q %+v", svc.Serving, svc.Instances)
 	}
-	l := startTraffic(s, 4)
-	defer l.stop()
+	l := startLoad(s, 4)
+	defer l.finish()
 	if have := names(served(t, l, 100, l1, l2, r1)); have != "l1,l2" {
 		t.Fatalf("before: want traffic to l1 and l2, have %s", have)
 	}
@@ -462,8 +420,8 @@ service "web" {
 	if back > time.Second || lastDC2 > time.Second {
 		t.Errorf("traffic back to local after %v (last to dc2 after %v); want within 1s", back, lastDC2)
 	}
-	if n := l.failures.Load(); n != 0 {
-		t.Fatalf("%d failed requests during the switches: %v", n, l.errs)
+	if n := l.failed.Load(); n != 0 {
+		t.Fatalf("%d failed requests during the switches: %v", n, l.examples)
 	}
 	t.Logf("%d requests answered, 0 failed", l.ok.Load())
 }
@@ -490,8 +448,8 @@ service "web" {
 		in, ok := s.instance("web", "web-k1")
 		return ok && in.Backup && in.Eligible && in.Standby
 	})
-	l := startTraffic(s, 2)
-	defer l.stop()
+	l := startLoad(s, 2)
+	defer l.finish()
 	if have := names(served(t, l, 100, p1, k1)); have != "p1" {
 		t.Fatalf("primary up: want traffic to p1 only, have %s", have)
 	}
@@ -505,8 +463,8 @@ service "web" {
 	if have := names(served(t, l, 100, p1, k1)); have != "p1" {
 		t.Fatalf("primary back: want traffic to p1 only, have %s", have)
 	}
-	if n := l.failures.Load(); n != 0 {
-		t.Fatalf("%d failed requests: %v", n, l.errs)
+	if n := l.failed.Load(); n != 0 {
+		t.Fatalf("%d failed requests: %v", n, l.examples)
 	}
 }
 
@@ -540,8 +498,8 @@ service "web" {
 }
 `)
 	waitFor(t, 10*time.Second, "five instances", func() bool { return len(s.service("web").Instances) == 5 })
-	l := startTraffic(s, 2)
-	defer l.stop()
+	l := startLoad(s, 2)
+	defer l.finish()
 	probe := func(id string) string { in, _ := s.instance("web", id); return in.Probe }
 
 	// One of four failing: no panic, it is out.
@@ -576,7 +534,7 @@ service "web" {
 	if v := s.scrape().value(t, "sluice_service_panic", map[string]string{"service": "web"}); v != 0 {
 		t.Fatalf("sluice_service_panic = %v, want 0", v)
 	}
-	if n := l.failures.Load(); n != 0 {
-		t.Fatalf("%d failed requests: %v", n, l.errs)
+	if n := l.failed.Load(); n != 0 {
+		t.Fatalf("%d failed requests: %v", n, l.examples)
 	}
 }

@@ -24,6 +24,7 @@ type load struct {
 	examples   []string
 	wg         sync.WaitGroup
 	stop       chan struct{}
+	stopOnce   sync.Once
 }
 
 func startLoad(s *sluice, workers int) *load {
@@ -55,7 +56,8 @@ func startLoad(s *sluice, workers int) *load {
 	return l
 }
 
-func (l *load) finish() { close(l.stop); l.wg.Wait() }
+// finish stops the workers and waits for them; it may be called again.
+func (l *load) finish() { l.stopOnce.Do(func() { close(l.stop) }); l.wg.Wait() }
 
 // TestKillBackendUnderLoad: kill -9 of one backend process under steady
 // load costs no client request, and the instance gets no traffic 1 s later
