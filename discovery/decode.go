@@ -491,17 +491,8 @@ func (s *scanner) object(what string, field func(key []byte) error) error {
 		if err := field(key); err != nil {
 			return err
 		}
-		s.ws()
-		if s.off >= len(s.b) {
-			return s.fail("unterminated object")
-		}
-		c := s.b[s.off]
-		s.off++
-		if c == '}' {
-			return nil
-		}
-		if c != ',' {
-			return s.failAt(s.off-1, "want ',' or '}'")
+		if more, err := s.more('}'); !more {
+			return err
 		}
 	}
 }
@@ -523,19 +514,32 @@ func (s *scanner) array(elem func() error) error {
 		if err := elem(); err != nil {
 			return err
 		}
-		s.ws()
-		if s.off >= len(s.b) {
-			return s.fail("unterminated array")
-		}
-		c := s.b[s.off]
-		s.off++
-		if c == ']' {
-			return nil
-		}
-		if c != ',' {
-			return s.failAt(s.off-1, "want ',' or ']'")
+		if more, err := s.more(']'); !more {
+			return err
 		}
 	}
+}
+
+// more passes over what follows an element of an object (end '}') or an
+// array (end ']'): true when a ',' says another element follows; false
+// with a nil error at the end, or with the syntax error.
+func (s *scanner) more(end byte) (bool, error) {
+	s.ws()
+	if s.off >= len(s.b) {
+		if end == '}' {
+			return false, s.fail("unterminated object")
+		}
+		return false, s.fail("unterminated array")
+	}
+	c := s.b[s.off]
+	s.off++
+	switch c {
+	case end:
+		return false, nil
+	case ',':
+		return true, nil
+	}
+	return false, s.failAt(s.off-1, "want ',' or '"+string(end)+"'")
 }
 
 // isValueStart reports whether a well-formed value of some type may start
