@@ -158,6 +158,10 @@ type upConn struct {
 	// budget is what may still be read while response headers are read;
 	// negative: no limit (bodies).
 	budget int64
+	// bodyWait, while an answer's body is read (budget negative), is the
+	// read deadline armed before each read of the socket
+	// (TryLimits.Body); 0: none (an upgraded connection).
+	bodyWait time.Duration
 	// peekBuf is where alive's peek on a TLS connection reads.
 	peekBuf [1]byte
 }
@@ -170,12 +174,19 @@ const maxResponseHeader = 1 << 20
 var errHeaderTooLarge = errors.New("upstream response headers exceed 1 MiB")
 
 // headerLimiter is the reader under an upConn's bufio.Reader: it enforces
-// the header budget.
+// the header budget, and arms the body's read deadline before each read of
+// the socket. (Per socket read, not per read of the body: net/http's
+// chunked reader may block on the socket with bytes buffered, for the rest
+// of a chunk line, and loops within one read of the body until a chunk
+// ends or the caller's buffer is full, over many waits.)
 type headerLimiter struct{ c *upConn }
 
 func (l headerLimiter) Read(p []byte) (int, error) {
 	c := l.c
 	if c.budget < 0 {
+		if c.bodyWait > 0 {
+			c.setReadDeadline(time.Now().Add(c.bodyWait))
+		}
 		return c.Conn.Read(p)
 	}
 	if c.budget == 0 {
@@ -814,13 +825,15 @@ func (u *Upstream) wrap(hp *hostPool, c *upConn, req *http.Request, resp *http.R
 		stop()
 		c.SetDeadline(time.Time{})
 		c.writeWait = 0 // an upgraded stream's writes have no deadline, as on plain TCP
+		c.bodyWait = 0  // nor its reads
 		context.AfterFunc(req.Context(), func() { c.Conn.Close() })
 		resp.Body = &upgradedConn{upConn: c}
 		return resp
 	}
 	reusable := !resp.Close && !req.Close && resp.ProtoAtLeast(1, 1) && (resp.ContentLength >= 0 || isChunked(resp) || !bodyAllowed(req, resp))
+	c.bodyWait = limits.body()
 	b := u.bufs.Get().(*upBody)
-	b.body, b.conn, b.hp, b.up, b.reusable, b.stop, b.wait = resp.Body, c, hp, u, reusable, stop, limits.body()
+	b.body, b.conn, b.hp, b.up, b.reusable, b.stop = resp.Body, c, hp, u, reusable, stop
 	b.length = resp.ContentLength
 	resp.Body = b
 	return resp
@@ -858,8 +871,9 @@ func bodyAllowed(req *http.Request, resp *http.Response) bool {
 }
 
 // upBody is a response body that recycles its connection: to the pool when
-// read to EOF and reusable, else closed. Each read that must wait on the
-// instance may wait TryLimits.Body; a stall fails with errBodyTimeout.
+// read to EOF and reusable, else closed. Each wait on the instance's socket
+// may last TryLimits.Body (see headerLimiter); a stall fails with
+// errBodyTimeout.
 // A read error keeps the connection from reuse (err). upBody itself is
 // pooled: after the first Close it must not be used.
 type upBody struct {
@@ -868,17 +882,13 @@ type upBody struct {
 	hp       *hostPool
 	up       *Upstream
 	stop     func() bool // detaches the request context's watch
-	wait     time.Duration
-	length   int64 // the answer's Content-Length; -1: chunked or unknown
+	length   int64       // the answer's Content-Length; -1: chunked or unknown
 	reusable bool
 	eof      bool
 	err      error // the first read error other than EOF
 }
 
 func (b *upBody) Read(p []byte) (int, error) {
-	if b.conn.br.Buffered() == 0 {
-		b.conn.setReadDeadline(time.Now().Add(b.wait))
-	}
 	n, err := b.body.Read(p)
 	switch {
 	case err == io.EOF:
