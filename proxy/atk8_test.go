@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -110,5 +111,51 @@ func TestAtk8SlowBigChunkIsCut(t *testing.T) {
 	n, err := io.Copy(io.Discard, resp.Body)
 	if err != nil || n != piece*pieces {
 		t.Errorf("a steady stream was cut: got %d of %d bytes, err %v; instance failures %d", n, piece*pieces, err, failures(p, "a"))
+	}
+}
+
+// TestAtk8BigChunkHeldBack shows: the bytes of a large chunk reach the
+// client only when 32 KiB of it have arrived or the chunk ends, however
+// long that takes: net/http's chunked reader loops within one Read until
+// the copy buffer is full or the chunk ends. Here the instance sends 1 KiB
+// of a 64 KiB chunk and waits (up to 3 s) for the client to see it; the
+// client sees nothing. Expected (README, Forwarding): answer bytes go to
+// the client as they arrive from the instance. Not fixed: it needs a
+// chunked reader of sluice's own that returns after each socket read.
+func TestAtk8BigChunkHeldBack(t *testing.T) {
+	seen := make(chan struct{})
+	var gaveUp atomic.Bool // the instance sent the rest without the client having seen the start
+	addr := rawBackend(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s", 64<<10, strings.Repeat("x", 1<<10))
+		select {
+		case <-seen:
+		case <-time.After(3 * time.Second):
+			gaveUp.Store(true)
+		}
+		io.WriteString(c, strings.Repeat("x", 63<<10)+"\r\n0\r\n\r\n")
+		atk8Hold(c)
+	})
+	p := pool(t, "round_robin", m("a", addr, 1))
+	f := front(t, ServiceOptions{Name: "web", Pool: p})
+	c, err := net.Dial("tcp", strings.TrimPrefix(f.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1<<10)); err != nil {
+		t.Fatal(err)
+	}
+	close(seen)
+	if gaveUp.Load() {
+		t.Errorf("the first 1 KiB of a chunk reached the client only after the instance sent the rest (it waited 3 s)")
 	}
 }
