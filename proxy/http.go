@@ -28,6 +28,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/sluice-lb/sluice/balance"
 	"github.com/sluice-lb/sluice/proxy/h1"
+	"github.com/sluice-lb/sluice/proxy/internal/wire"
 	"github.com/sluice-lb/sluice/proxy/metrics"
 )
 
@@ -780,6 +781,7 @@ func blame(res balance.PickResult, err error) {
 func errorKind(err error) balance.ErrorKind {
 	var ne net.Error
 	var pe textproto.ProtocolError
+	var we *wire.Error
 	switch {
 	case errors.Is(err, errStatus):
 		return balance.ErrorStatus
@@ -789,7 +791,7 @@ func errorKind(err error) balance.ErrorKind {
 		errors.As(err, &ne) && ne.Timeout():
 		return balance.ErrorTimeout
 	case errors.Is(err, errBadStatus), errors.Is(err, errUnaskedUpgrade), errors.Is(err, errTooManyInterim),
-		errors.Is(err, errHeaderTooLarge), errors.As(err, &pe),
+		errors.Is(err, errHeaderTooLarge), errors.As(err, &pe), errors.As(err, &we),
 		// net/http's framing errors are not exported types.
 		strings.Contains(err.Error(), "malformed"):
 		return balance.ErrorProtocol

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sluice-lb/sluice/proxy/internal/wire"
 )
 
 // Upstream is sluice's HTTP/1.1 client to its backends: an
@@ -835,6 +837,11 @@ func (u *Upstream) wrap(hp *hostPool, c *upConn, req *http.Request, resp *http.R
 	b := u.bufs.Get().(*upBody)
 	b.body, b.conn, b.hp, b.up, b.reusable, b.stop = resp.Body, c, hp, u, reusable, stop
 	b.length = resp.ContentLength
+	if b.chunked = isChunked(resp) && bodyAllowed(req, resp); b.chunked {
+		// Decoded by sluice (bytes handed on as they arrive), not by the
+		// body http.ReadResponse framed, which is left unread.
+		b.cr.Reset(c.br, nil, &resp.Trailer)
+	}
 	resp.Body = b
 	return resp
 }
@@ -877,7 +884,9 @@ func bodyAllowed(req *http.Request, resp *http.Response) bool {
 // A read error keeps the connection from reuse (err). upBody itself is
 // pooled: after the first Close it must not be used.
 type upBody struct {
-	body     io.ReadCloser
+	body     io.ReadCloser // as http.ReadResponse framed it; unused when chunked
+	chunked  bool
+	cr       wire.ChunkedReader // the body when chunked; trailers go to the answer's Trailer
 	conn     *upConn
 	hp       *hostPool
 	up       *Upstream
@@ -888,8 +897,12 @@ type upBody struct {
 	err      error // the first read error other than EOF
 }
 
-func (b *upBody) Read(p []byte) (int, error) {
-	n, err := b.body.Read(p)
+func (b *upBody) Read(p []byte) (n int, err error) {
+	if b.chunked {
+		n, err = b.cr.Read(p)
+	} else {
+		n, err = b.body.Read(p)
+	}
 	switch {
 	case err == io.EOF:
 		b.eof = true
@@ -911,14 +924,18 @@ func (b *upBody) whole() bool { return b.length >= 0 && int64(b.conn.br.Buffered
 func (b *upBody) Close() error {
 	var err error
 	if b.stop() && b.eof && b.err == nil && b.reusable && b.conn.br.Buffered() == 0 {
-		err = b.body.Close()
+		if !b.chunked {
+			err = b.body.Close()
+		}
 		b.conn.SetReadDeadline(time.Time{})
 		b.up.put(b.hp, b.conn)
 	} else {
 		// Close the connection first: closing an unread body would
 		// otherwise drain it to the end, however long it is.
 		b.conn.Close()
-		err = b.body.Close()
+		if !b.chunked {
+			err = b.body.Close()
+		}
 	}
 	up := b.up
 	*b = upBody{}

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/sluice-lb/sluice/proxy/internal/wire"
 )
 
 // FuzzReadHead: the request head reader never panics, and what it accepts
@@ -48,7 +50,7 @@ func FuzzReadHead(f *testing.F) {
 			t.Fatal("HTTP/1.1 without exactly one Host")
 		}
 		for k, vv := range r.Header {
-			if !isToken(k) {
+			if !wire.IsToken(k) {
 				t.Fatalf("bad field name %q", k)
 			}
 			for _, v := range vv {

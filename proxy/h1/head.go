@@ -7,6 +7,8 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+
+	"github.com/sluice-lb/sluice/proxy/internal/wire"
 )
 
 // Error is a request that sluice refuses on the client's account: it is
@@ -115,7 +117,7 @@ func readHead(br *bufio.Reader, maxBytes int) (*head, error) {
 
 	method, rest, ok1 := bytes.Cut(line, []byte{' '})
 	target, version, ok2 := bytes.Cut(rest, []byte{' '})
-	if !ok1 || !ok2 || len(method) == 0 || len(target) == 0 || !isToken(method) {
+	if !ok1 || !ok2 || len(method) == 0 || len(target) == 0 || !wire.IsToken(method) {
 		return nil, badRequest("malformed request line")
 	}
 	switch string(version) {
@@ -172,10 +174,10 @@ func readHead(br *bufio.Reader, maxBytes int) (*head, error) {
 			return nil, badRequest("obsolete line folding in request header")
 		}
 		name, value, ok := bytes.Cut(line, []byte{':'})
-		if !ok || len(name) == 0 || !isToken(name) {
+		if !ok || len(name) == 0 || !wire.IsToken(name) {
 			return nil, badRequest("malformed request header line")
 		}
-		value = trimOWS(value)
+		value = wire.TrimOWS(value)
 		for _, c := range value {
 			if (c < ' ' && c != '\t') || c == 0x7f {
 				return nil, badRequest("invalid character in request header value")
@@ -349,40 +351,6 @@ func parseContentLength(b []byte) (int64, bool) {
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
-
-// isToken reports whether b is an RFC 9110 token (a method, a field name).
-func isToken[T string | []byte](b T) bool {
-	for i := 0; i < len(b); i++ {
-		if c := b[i]; c >= 0x80 || tokenTable[c] == 0 {
-			return false
-		}
-	}
-	return len(b) > 0
-}
-
-var tokenTable = func() (t [128]byte) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = 1
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = 1
-		t[c-'a'+'A'] = 1
-	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = 1
-	}
-	return t
-}()
-
-func trimOWS(b []byte) []byte {
-	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
-		b = b[1:]
-	}
-	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
-		b = b[:len(b)-1]
-	}
-	return b
-}
 
 // validHost accepts an RFC 3986 authority without userinfo: reg-name,
 // IPv4 or [IPv6], with an optional port; empty is allowed (RFC 9112 §3.2).

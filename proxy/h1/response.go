@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluice-lb/sluice/proxy/internal/wire"
 )
 
 // response is the http.ResponseWriter of one request. It is used by the
@@ -422,7 +424,7 @@ func writeStatusLine(bw *bufio.Writer, code int) {
 // http.TrailerPrefix) are skipped.
 func writeHeaders(bw *bufio.Writer, h http.Header) {
 	for k, vv := range h {
-		if strings.HasPrefix(k, http.TrailerPrefix) || !isToken(k) {
+		if strings.HasPrefix(k, http.TrailerPrefix) || !wire.IsToken(k) {
 			continue
 		}
 		for _, v := range vv {

@@ -1056,6 +1056,7 @@ func (c *conn) serveRequest(h *head) (keep bool) {
 	switch {
 	case h.chunked:
 		b = &body{c: c, chunked: true, expect100: h.expect100}
+		b.cr.Reset(c.br, (*bodyWaiter)(c), nil)
 		req.Body = b
 	case h.contentLength > 0:
 		b = &body{c: c, remaining: h.contentLength, expect100: h.expect100}
