@@ -15,7 +15,8 @@ import (
 // X-Forwarded-Host by the request's Host; what the client sent is dropped.
 // From a trusted peer, the peer's address is appended to X-Forwarded-For
 // and X-Forwarded-Proto and X-Forwarded-Host are kept when present. A
-// Forwarded header (RFC 7239) is always removed.
+// Forwarded header (RFC 7239) is always removed, and so are the spellings
+// of these four names with underscores (see forwardingAlias).
 //
 // The client address is the peer's, or behind trusted proxies the first
 // address in X-Forwarded-For, reading from the right, that is not a trusted
@@ -72,6 +73,11 @@ func (f *forwarding) setHeader(in *http.Request, out http.Header) {
 	// One backing array for the three values; each slice's capacity is
 	// its length, so an append to one copies instead of overwriting the next.
 	v := &[3]string{peerStr, proto, host}
+	for k := range out {
+		if strings.IndexByte(k, '_') >= 0 && forwardingAlias(k) {
+			delete(out, k)
+		}
+	}
 	delete(out, "Forwarded")
 	delete(out, "X-Forwarded-Host")
 	if peerStr != "" {
@@ -83,6 +89,34 @@ func (f *forwarding) setHeader(in *http.Request, out http.Header) {
 	if host != "" {
 		out["X-Forwarded-Host"] = v[2:3:3]
 	}
+}
+
+// forwardingAlias reports whether the field name k spells one of the
+// forwarding headers with underscores for dashes (X_Forwarded_For). CGI,
+// PHP, WSGI and Rack read both spellings as the same variable
+// (HTTP_X_FORWARDED_FOR), so a client could set what sluice replaces.
+func forwardingAlias(k string) bool {
+	for _, name := range [...]string{"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"} {
+		if len(k) != len(name) {
+			continue
+		}
+		i := 0
+		for ; i < len(k); i++ {
+			c := k[i]
+			if c == '_' {
+				c = '-'
+			} else if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != name[i] {
+				break
+			}
+		}
+		if i == len(k) {
+			return true
+		}
+	}
+	return false
 }
 
 // client returns the client address of an outgoing request whose

@@ -463,11 +463,21 @@ func TestForwardingHeaders(t *testing.T) {
 		}
 		return nil
 	}
-	spoof := "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\nForwarded: for=6.6.6.6\r\n"
+	spoof := "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\nForwarded: for=6.6.6.6\r\n" +
+		// CGI-style backends read these as the headers above.
+		"X_Forwarded_For: 6.6.6.7\r\nx_forwarded_PROTO: https\r\nX-Forwarded_Host: evil.test\r\nFORWARDED: for=6.6.6.7\r\nX_Other: kept\r\n"
 	untrusted := h1Front(t, HTTPOptions{Routes: []Route{{PathPrefix: "/", Service: ServiceOptions{Name: "web", Pool: p}}}})
 	h := req(untrusted, spoof)
 	if h.Get("X-Forwarded-For") != "127.0.0.1" || h.Get("X-Forwarded-Proto") != "http" || h.Get("X-Forwarded-Host") != "site.test" || h.Get("Forwarded") != "" {
 		t.Fatalf("untrusted peer: %v", h)
+	}
+	for k := range h {
+		if strings.Contains(k, "_") && k != "X_other" {
+			t.Errorf("untrusted peer: %s reached the instance", k)
+		}
+	}
+	if h.Get("X_other") != "kept" {
+		t.Errorf("untrusted peer: other fields with underscores are passed on: %v", h)
 	}
 	trusted := h1Front(t, HTTPOptions{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8")},
 		Routes: []Route{{PathPrefix: "/", Service: ServiceOptions{Name: "web", Pool: p}}}})
