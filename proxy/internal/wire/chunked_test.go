@@ -184,3 +184,39 @@ func FuzzChunked(f *testing.F) {
 		}
 	})
 }
+
+// Chunks whose size lines are already buffered are read by one Read, as
+// net/http's reader does: a Read per chunk costs the caller a write per
+// chunk (sluice flushes each to its client). Nothing more is waited for.
+func TestChunkedCoalescesBufferedChunks(t *testing.T) {
+	var w countWaits
+	var r ChunkedReader
+	r.Reset(bufio.NewReader(&onePiece{pieces: []string{strings.Repeat("1\r\nx\r\n", 100) + "3\r\nab", "c\r\n0\r\n\r\n"}}), &w, nil)
+	buf := make([]byte, 4096)
+	n, err := r.Read(buf)
+	if err != nil || string(buf[:n]) != strings.Repeat("x", 100)+"ab" {
+		t.Fatalf("first Read: %q, %v; want the 100 buffered chunks and the start of the next", buf[:n], err)
+	}
+	if w != 1 {
+		t.Fatalf("%d waits for the first piece", w)
+	}
+	data, err := io.ReadAll(&r)
+	if err != nil || string(data) != "c" {
+		t.Fatalf("rest: %q, %v", data, err)
+	}
+	// The last chunk's trailer section may have to be waited for: a Read
+	// that holds data does not go on to it.
+	w = 0
+	r.Reset(bufio.NewReader(&onePiece{pieces: []string{"1\r\nx\r\n0\r\n", "T: v\r\n\r\n"}}), &w, nil)
+	if n, err := r.Read(buf); err != nil || string(buf[:n]) != "x" || w != 1 {
+		t.Fatalf("data before a trailer section not yet here: %q, %v, %d waits", buf[:n], err, w)
+	}
+	if data, err := io.ReadAll(&r); err != nil || len(data) != 0 {
+		t.Fatalf("rest: %q, %v", data, err)
+	}
+	// A malformed size line after buffered data fails the body.
+	r.Reset(bufio.NewReader(strings.NewReader("1\r\nx\r\nzz\r\n")), nil, nil)
+	if _, err := io.ReadAll(&r); err == nil {
+		t.Fatal("malformed second chunk accepted")
+	}
+}
