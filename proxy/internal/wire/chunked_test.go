@@ -59,6 +59,9 @@ func TestChunkedRefuses(t *testing.T) {
 		{"-1\r\n", "malformed chunk size"},
 		{"5x\r\nhello\r\n0\r\n\r\n", "malformed chunk size"},
 		{"5 x\r\nhello\r\n0\r\n\r\n", "malformed chunk extension"},
+		// What follows the size's whitespace is checked however far it is.
+		{"5" + strings.Repeat(" ", 40) + "x\r\nhello\r\n0\r\n\r\n", "malformed chunk extension"},
+		{"000000000000000" + strings.Repeat("\t", 17) + "0\r\n\r\n", "malformed chunk extension"},
 		{"5\nhello\r\n0\r\n\r\n", "chunk line not terminated by CRLF"},
 		{"5\r\r\nhello\r\n0\r\n\r\n", "bare CR in chunk line"},
 		{"5\x00\r\nhello\r\n0\r\n\r\n", "control character in chunk line"},
