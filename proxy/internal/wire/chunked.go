@@ -248,9 +248,10 @@ func (r *ChunkedReader) addTrailer(line []byte) error {
 
 // crlfLine reads one chunk-size or trailer line, at most limit bytes long
 // with its CRLF. It returns the line (whole when full, else its first
-// len(r.head) bytes, enough for a chunk size; valid until the next call)
-// and the line's length without its CRLF. The caller charges the meta
-// budget.
+// len(r.head) bytes with each run of spaces and tabs kept as its first
+// byte: enough for a chunk size and the byte after its whitespace; valid
+// until the next call) and the line's length without its CRLF. The caller
+// charges the meta budget.
 func (r *ChunkedReader) crlfLine(limit int, full bool) ([]byte, int, error) {
 	br := r.br
 	kept, n, read := 0, 0, 0
@@ -286,7 +287,7 @@ func (r *ChunkedReader) crlfLine(limit int, full bool) ([]byte, int, error) {
 			default:
 				if full {
 					r.line = append(r.line, c)
-				} else if kept < len(r.head) {
+				} else if kept < len(r.head) && !(isOWS(c) && kept > 0 && isOWS(r.head[kept-1])) {
 					r.head[kept] = c
 					kept++
 				}
@@ -339,6 +340,8 @@ var tokenTable = func() (t [128]byte) {
 	}
 	return t
 }()
+
+func isOWS(c byte) bool { return c == ' ' || c == '\t' }
 
 // TrimOWS trims RFC 9110 optional whitespace (spaces and tabs) from both
 // ends of b.
