@@ -151,9 +151,10 @@ func (o *onePiece) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// FuzzChunked: sluice's decoder is at least as strict as net/http's. What it
-// accepts, net/http reads the same way (data and trailers), and it stops
-// exactly at the body's end.
+// FuzzChunked: sluice's decoder is at least as strict as net/http's but for
+// whitespace before a chunk extension, which RFC 9112 allows and net/http
+// refuses. What it accepts, net/http reads the same way (data and
+// trailers), and it stops exactly at the body's end.
 func FuzzChunked(f *testing.F) {
 	for _, s := range []string{
 		"0\r\n\r\n", "5\r\nhello\r\n0\r\n\r\n", "A;x=y\r\n0123456789\r\n0\r\nT: v\r\n\r\nrest",
@@ -165,6 +166,9 @@ func FuzzChunked(f *testing.F) {
 		data, trailer, left, err := decode(t, string(in), true)
 		if err != nil {
 			return
+		}
+		if bytes.Contains(in, []byte(" ;")) || bytes.Contains(in, []byte("\t;")) {
+			return // BWS before a chunk extension (RFC 9112 §7.1.1): net/http refuses it
 		}
 		head := "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 		br := bufio.NewReader(io.MultiReader(strings.NewReader(head), bytes.NewReader(in)))
