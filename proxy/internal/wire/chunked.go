@@ -30,17 +30,18 @@ type Waiter interface{ Wait() }
 
 // ChunkedReader decodes one chunked body from a bufio.Reader. Data bytes
 // are handed on as they arrive: a Read that has to wait reads the
-// connection once and returns what came (net/http's chunked reader instead
-// fills the caller's buffer or ends the chunk first, over as many waits as
-// that takes). Chunk-size and trailer lines must end in CRLF and hold no
+// connection once and returns what came, going on to the following chunks
+// only while their size lines are buffered (net/http's chunked reader
+// instead fills the caller's buffer or ends the chunk first, over as many
+// waits as that takes). Chunk-size and trailer lines must end in CRLF and hold no
 // control character but HTAB. Trailers are kept only when asked for (see
 // Reset).
 //
 // Read returns io.EOF after the last chunk and the trailer section (the
 // bufio.Reader is then exactly at the body's end), *Error for malformed
 // framing, io.ErrUnexpectedEOF when the connection ends first, and the
-// connection's errors otherwise. Errors are sticky. The zero value reads
-// nothing: call Reset first. It is not safe for concurrent use.
+// connection's errors otherwise. Errors are sticky. The zero value must be
+// Reset before use. It is not safe for concurrent use.
 type ChunkedReader struct {
 	br        *bufio.Reader
 	wait      Waiter
