@@ -5,6 +5,7 @@ package wire
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"net/http"
 )
@@ -29,17 +30,18 @@ type Waiter interface{ Wait() }
 
 // ChunkedReader decodes one chunked body from a bufio.Reader. Data bytes
 // are handed on as they arrive: a Read that has to wait reads the
-// connection once and returns what came (net/http's chunked reader instead
-// fills the caller's buffer or ends the chunk first, over as many waits as
-// that takes). Chunk-size and trailer lines must end in CRLF and hold no
+// connection once and returns what came, going on to the following chunks
+// only while their size lines are buffered (net/http's chunked reader
+// instead fills the caller's buffer or ends the chunk first, over as many
+// waits as that takes). Chunk-size and trailer lines must end in CRLF and hold no
 // control character but HTAB. Trailers are kept only when asked for (see
 // Reset).
 //
 // Read returns io.EOF after the last chunk and the trailer section (the
 // bufio.Reader is then exactly at the body's end), *Error for malformed
 // framing, io.ErrUnexpectedEOF when the connection ends first, and the
-// connection's errors otherwise. Errors are sticky. The zero value reads
-// nothing: call Reset first. It is not safe for concurrent use.
+// connection's errors otherwise. Errors are sticky. The zero value must be
+// Reset before use. It is not safe for concurrent use.
 type ChunkedReader struct {
 	br        *bufio.Reader
 	wait      Waiter
@@ -47,6 +49,7 @@ type ChunkedReader struct {
 	remaining int64 // data bytes left in the current chunk
 	crlf      bool  // the CRLF after a chunk's data is still to be read
 	meta      int   // chunk-extension and trailer bytes so far
+	last      bool  // the last chunk was read; its trailer section is next
 	done      bool
 	err       error
 	head      [32]byte // the start of the chunk-size line read last
@@ -76,33 +79,63 @@ func (r *ChunkedReader) Read(p []byte) (int, error) {
 		if r.done {
 			return 0, io.EOF
 		}
-		if err := r.nextChunk(); err != nil {
+		var err error
+		if r.last {
+			err = r.trailers()
+		} else {
+			err = r.nextChunk()
+		}
+		if err != nil {
 			return 0, r.fail(err)
 		}
 	}
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if int64(len(p)) > r.remaining {
-		p = p[:r.remaining]
-	}
 	if r.br.Buffered() == 0 && r.wait != nil {
 		r.wait.Wait()
 	}
-	n, err := r.br.Read(p)
-	r.remaining -= int64(n)
-	if r.remaining == 0 {
-		r.crlf = true
-		if err == nil && r.br.Buffered() >= 2 {
-			// Checked now when it costs no wait: data longer than its
-			// chunk size shows with the data, not a read later.
-			err = r.endChunk()
+	n := 0
+	for {
+		q := p[n:]
+		if int64(len(q)) > r.remaining {
+			q = q[:r.remaining]
+		}
+		// Only the first read may wait: later ones find bytes buffered.
+		k, err := r.br.Read(q)
+		n += k
+		r.remaining -= int64(k)
+		if r.remaining == 0 {
+			r.crlf = true
+			if err == nil && r.br.Buffered() >= 2 {
+				// Checked now when it costs no wait: data longer than its
+				// chunk size shows with the data, not a read later.
+				err = r.endChunk()
+			}
+		}
+		if err != nil {
+			return n, r.fail(err)
+		}
+		// Go on to the next chunk while that needs no wait, as net/http's
+		// reader does: a Read per small chunk would cost the caller a
+		// write per chunk. The trailer section is left to the next Read.
+		if n == len(p) || r.remaining > 0 || r.crlf || !r.lineBuffered() {
+			return n, nil
+		}
+		if err := r.nextChunk(); err != nil {
+			return n, r.fail(err)
+		}
+		if r.last || r.br.Buffered() == 0 {
+			return n, nil
 		}
 	}
-	if err != nil {
-		return n, r.fail(err)
-	}
-	return n, nil
+}
+
+// lineBuffered reports whether a whole line is in the buffer, so that
+// reading it cannot wait.
+func (r *ChunkedReader) lineBuffered() bool {
+	buf, _ := r.br.Peek(r.br.Buffered())
+	return bytes.IndexByte(buf, '\n') >= 0
 }
 
 func (r *ChunkedReader) fail(err error) error {
@@ -123,8 +156,8 @@ func (r *ChunkedReader) fill() error {
 }
 
 // nextChunk reads a chunk-size line: 1*HEXDIG (at most 15), optional
-// extensions, CRLF. The last chunk (size 0) is followed by the trailer
-// section, read to its empty line.
+// extensions, CRLF. The last chunk (size 0) sets last: the trailer
+// section follows.
 func (r *ChunkedReader) nextChunk() error {
 	line, lineLen, err := r.crlfLine(MaxChunkMeta-r.meta+15+2, false)
 	if err != nil {
@@ -165,8 +198,15 @@ func (r *ChunkedReader) nextChunk() error {
 	}
 	if n > 0 {
 		r.remaining = n
-		return nil
+	} else {
+		r.last = true
 	}
+	return nil
+}
+
+// trailers reads the trailer section after the last chunk, to its empty
+// line.
+func (r *ChunkedReader) trailers() error {
 	for {
 		line, n, err := r.crlfLine(MaxChunkMeta-r.meta+2, r.trailer != nil)
 		if err != nil {
@@ -209,9 +249,10 @@ func (r *ChunkedReader) addTrailer(line []byte) error {
 
 // crlfLine reads one chunk-size or trailer line, at most limit bytes long
 // with its CRLF. It returns the line (whole when full, else its first
-// len(r.head) bytes, enough for a chunk size; valid until the next call)
-// and the line's length without its CRLF. The caller charges the meta
-// budget.
+// len(r.head) bytes with each run of spaces and tabs kept as its first
+// byte: enough for a chunk size and the byte after its whitespace; valid
+// until the next call) and the line's length without its CRLF. The caller
+// charges the meta budget.
 func (r *ChunkedReader) crlfLine(limit int, full bool) ([]byte, int, error) {
 	br := r.br
 	kept, n, read := 0, 0, 0
@@ -247,7 +288,7 @@ func (r *ChunkedReader) crlfLine(limit int, full bool) ([]byte, int, error) {
 			default:
 				if full {
 					r.line = append(r.line, c)
-				} else if kept < len(r.head) {
+				} else if kept < len(r.head) && !(isOWS(c) && kept > 0 && isOWS(r.head[kept-1])) {
 					r.head[kept] = c
 					kept++
 				}
@@ -300,6 +341,8 @@ var tokenTable = func() (t [128]byte) {
 	}
 	return t
 }()
+
+func isOWS(c byte) bool { return c == ' ' || c == '\t' }
 
 // TrimOWS trims RFC 9110 optional whitespace (spaces and tabs) from both
 // ends of b.
