@@ -355,7 +355,7 @@ func TestMalformedAnswers(t *testing.T) {
 	p := pool(t, "round_robin", m("a", addr, 1))
 	f := front(t, ServiceOptions{Name: "web", Pool: p, Attempts: 1})
 	for _, path := range []string{"/bad-length", "/bad-status"} {
-		if have := rawClient(t, f.URL, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); !strings.HasPrefix(have, "HTTP/1.1 502 ") {
+		if have := rawClient(t, f.URL, "GET "+path+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); !strings.HasPrefix(have, "HTTP/1.1 502 ") {
 			t.Fatalf("%s: want 502, have %q", path, have)
 		}
 	}
