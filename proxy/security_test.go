@@ -240,6 +240,7 @@ func TestClientFaultsAreNotBlamed(t *testing.T) {
 		{"bad chunk size", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", "HTTP/1.1 400 "},
 		{"more data than declared", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n", "HTTP/1.1 400 "},
 		{"bare LF chunk line", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", "HTTP/1.1 400 "},
+		{"chunk data not followed by CRLF", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcde1\r\nf\r\n0\r\n\r\n", "HTTP/1.1 400 "},
 		{"slow chunked upload", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", "HTTP/1.1 408 "},
 		{"slow idempotent upload", "PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhel", "HTTP/1.1 408 "},
 		{"slow large upload", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nhel", "HTTP/1.1 408 "},
@@ -354,7 +355,7 @@ func TestMalformedAnswers(t *testing.T) {
 	p := pool(t, "round_robin", m("a", addr, 1))
 	f := front(t, ServiceOptions{Name: "web", Pool: p, Attempts: 1})
 	for _, path := range []string{"/bad-length", "/bad-status"} {
-		if have := rawClient(t, f.URL, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); !strings.HasPrefix(have, "HTTP/1.1 502 ") {
+		if have := rawClient(t, f.URL, "GET "+path+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); !strings.HasPrefix(have, "HTTP/1.1 502 ") {
 			t.Fatalf("%s: want 502, have %q", path, have)
 		}
 	}
@@ -601,5 +602,41 @@ func TestSlowStreamsAreNotCut(t *testing.T) {
 	}
 	if n := failures(p, "a"); n != 0 {
 		t.Fatalf("a healthy stream counted %d failures", n)
+	}
+}
+
+// TestHashingUsesForwardedClient: behind a trusted proxy, ip_hash picks by
+// the client address found in X-Forwarded-For (the first untrusted one from
+// the right), not by the proxy's; from an untrusted peer the header is
+// ignored and every request hashes the peer.
+func TestHashingUsesForwardedClient(t *testing.T) {
+	a, b, c := backend(t, "a"), backend(t, "b"), backend(t, "c")
+	p := pool(t, "ip_hash", m("a", hostOf(a), 1), m("b", hostOf(b), 1), m("c", hostOf(c), 1))
+	routes := []Route{{PathPrefix: "/", Service: ServiceOptions{Name: "web", Pool: p}}}
+	trusted := h1Front(t, HTTPOptions{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8")}, Routes: routes})
+	untrusted := h1Front(t, HTTPOptions{Routes: routes})
+	pick := func(f *testFront, xff string) string {
+		t.Helper()
+		resp, _ := get(t, f.URL, "X-Forwarded-For", xff)
+		return resp.Header.Get("X-Backend")
+	}
+	seen := map[string]bool{}
+	viaUntrusted := map[string]bool{}
+	for i := 1; i <= 32; i++ {
+		client := fmt.Sprintf("203.0.113.%d", i)
+		want := pick(trusted, client)
+		seen[want] = true
+		// The same client through one more trusted hop, behind a spoofed
+		// entry on the left: the same instance.
+		if have := pick(trusted, "198.51.100.9, "+client+", 10.1.2.3"); have != want {
+			t.Fatalf("client %s: %s directly, %s through a trusted hop", client, want, have)
+		}
+		viaUntrusted[pick(untrusted, client)] = true
+	}
+	if len(seen) < 2 {
+		t.Fatalf("32 forwarded clients all hashed to %v: the proxy's address was hashed, not theirs", seen)
+	}
+	if len(viaUntrusted) != 1 {
+		t.Fatalf("an untrusted peer's X-Forwarded-For steered the hash: %v", viaUntrusted)
 	}
 }

@@ -67,7 +67,8 @@ func TestStrictFraming(t *testing.T) {
 	})})
 	smuggled := "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 	bodyFault := map[string]bool{"bad chunk size": true, "chunk longer than declared": true,
-		"bare LF chunk line": true, "bare LF after data": true, "huge chunk size": true}
+		"bare LF chunk line": true, "bare LF after data": true, "huge chunk size": true,
+		"chunk data not followed by CRLF": true}
 	for _, tc := range []struct {
 		name, req string
 		want      string // status line prefix of the only answer
@@ -93,6 +94,9 @@ func TestStrictFraming(t *testing.T) {
 		{"bad chunk size", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n" + smuggled, "HTTP/1.1 400 "},
 		{"chunk longer than declared", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n0\r\n\r\n" + smuggled, "HTTP/1.1 400 "},
 		{"bare LF chunk line", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n" + smuggled, "HTTP/1.1 400 "},
+		// The two bytes after the data are not CRLF, and what follows them
+		// parses as chunks: only the CRLF rule refuses it.
+		{"chunk data not followed by CRLF", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcde1\r\nf\r\n0\r\n\r\n" + smuggled, "HTTP/1.1 400 "},
 		{"bare LF after data", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\n0\r\n\r\n" + smuggled, "HTTP/1.1 400 "},
 		{"huge chunk size", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc\r\n0\r\n\r\n" + smuggled, "HTTP/1.1 400 "},
 	} {
