@@ -3,27 +3,25 @@
 package proxy
 
 import (
-	"net"
 	"syscall"
 )
 
-// quiet reports whether conn has nothing to read and is open, with one
-// non-blocking peek (recv MSG_PEEK|MSG_DONTWAIT) that takes nothing.
-func quiet(conn net.Conn) bool {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
+// quiet reports whether c's socket has nothing to read and is open, with
+// one non-blocking peek (recv MSG_PEEK|MSG_DONTWAIT) that takes nothing. A
+// connection without a raw socket (not a *net.TCPConn) is trusted.
+func quiet(c *upConn) bool {
+	if c.rawConn == nil {
 		return true
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var buf [1]byte
-	open := false
-	err = rc.Read(func(fd uintptr) bool {
-		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		open = n <= 0 && (rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK)
-		return true // never wait
-	})
-	return err == nil && open
+	c.peekOpen = false
+	err := c.rawConn.Read(c.peekRead)
+	return err == nil && c.peekOpen
+}
+
+// peekFD is quiet's syscall.RawConn.Read callback, made once per connection
+// (a closure per peek would allocate).
+func (c *upConn) peekFD(fd uintptr) bool {
+	n, _, err := syscall.Recvfrom(int(fd), c.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	c.peekOpen = n <= 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+	return true // never wait
 }

@@ -143,11 +143,17 @@ type upConn struct {
 	net.Conn // the *tls.Conn for TLS connections
 	// raw is the TCP connection (under Conn); rec is the record tracker
 	// between it and crypto/tls, nil for plain connections.
-	raw    net.Conn
-	rec    *tlsRaw
-	br     *bufio.Reader // reads through headerLimiter
-	bw     *bufio.Writer // writes through writeLimiter
-	idleAt time.Time
+	raw net.Conn
+	rec *tlsRaw
+	// rawConn is raw's syscall.RawConn (nil when raw has none) and
+	// peekRead its Read callback, both made at dial so that alive's peek
+	// allocates nothing; peekOpen is the callback's verdict.
+	rawConn  syscall.RawConn
+	peekRead func(fd uintptr) bool
+	peekOpen bool
+	br       *bufio.Reader // reads through headerLimiter
+	bw       *bufio.Writer // writes through writeLimiter
+	idleAt   time.Time
 	// writeWait is the progress deadline of each write (TryLimits.Write);
 	// 0: none (an upgraded connection).
 	writeWait time.Duration
@@ -164,7 +170,7 @@ type upConn struct {
 	// read deadline armed before each read of the socket
 	// (TryLimits.Body); 0: none (an upgraded connection).
 	bodyWait time.Duration
-	// peekBuf is where alive's peek on a TLS connection reads.
+	// peekBuf is where alive's peeks read (TLS, and the socket peek).
 	peekBuf [1]byte
 }
 
@@ -548,6 +554,11 @@ func (u *Upstream) dial(ctx context.Context, addr string, tc *tls.Config) (*upCo
 		return nil, err
 	}
 	c := &upConn{Conn: nc, raw: nc, budget: -1}
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.rawConn, c.peekRead = rc, c.peekFD
+		}
+	}
 	if tc != nil {
 		c.rec = &tlsRaw{Conn: nc}
 		tconn, err := handshakeTLS(ctx, c.rec, addr, tc, []string{"http/1.1"})
@@ -618,7 +629,7 @@ func (c *upConn) alive() bool {
 			return false
 		}
 	}
-	return quiet(c.raw)
+	return quiet(c)
 }
 
 // errStaleConn marks a reused connection that the server had closed.
