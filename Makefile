@@ -65,12 +65,14 @@ chromium:
 vet:
 	$(GO) vet ./...
 
-# go.mod and go.sum are tidy, and sluice builds for macOS and Windows too
-# (it is developed and tested on Linux).
+# go.mod and go.sum are tidy, and sluice and its tests build and vet for
+# macOS and Windows too (it is developed and tested on Linux).
 check:
 	$(GO) mod tidy -diff
 	GOOS=darwin $(GO) build ./...
 	GOOS=windows $(GO) build ./...
+	GOOS=darwin $(GO) vet ./...
+	GOOS=windows $(GO) vet ./...
 
 # Unit and e2e tests, all with -race. e2e runs a real Consul agent, and
 # the dashboard's tests headless Chromium.

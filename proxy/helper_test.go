@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -66,11 +65,6 @@ func openFDs() (n, highest int, err error) {
 	}
 	// One of them was ReadDir's own, closed by now.
 	return n - 1, highest, nil
-}
-
-// limitFDs sets the soft and hard RLIMIT_NOFILE of this process to n.
-func limitFDs(n int) error {
-	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: uint64(n), Max: uint64(n)})
 }
 
 func helperDial() int {
