@@ -152,6 +152,11 @@ func TestAttackEarlyAnswerToUploadBecomes502(t *testing.T) {
 // stream is lost. Expected (README: upgrades pass "any bytes the client
 // sends right after the upgrade request"): the backend gets all of them.
 func TestAttackUpgradeWithBodyLosesEarlyByte(t *testing.T) {
+	// The order: sluice has forwarded the whole request (body read to its
+	// end, so the background read is armed) before the client sends its
+	// early bytes, and they are in sluice's socket (written over loopback)
+	// before the 101 answer.
+	forwarded, early := make(chan struct{}), make(chan struct{})
 	addr := rawBackend(t, func(c net.Conn) {
 		br := bufio.NewReader(c)
 		req, err := http.ReadRequest(br)
@@ -159,7 +164,17 @@ func TestAttackUpgradeWithBodyLosesEarlyByte(t *testing.T) {
 			return
 		}
 		io.ReadAll(req.Body)
-		time.Sleep(300 * time.Millisecond) // the client's early bytes reach sluice first
+		close(forwarded)
+		select {
+		case <-early:
+		case <-time.After(5 * time.Second):
+			return
+		}
+		// A bound, not a synchronisation: h1's background read starts
+		// clientGoneDelay (5 ms) after the body's end, an event it does
+		// not expose; 20 times that lets it run and take a byte, as it
+		// would have without noWatch, before the 101 ends it.
+		time.Sleep(100 * time.Millisecond)
 		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 		buf := make([]byte, 5)
 		c.SetReadDeadline(time.Now().Add(2 * time.Second))
@@ -174,8 +189,13 @@ func TestAttackUpgradeWithBodyLosesEarlyByte(t *testing.T) {
 	}
 	defer c.Close()
 	io.WriteString(c, "POST /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\nContent-Length: 3\r\n\r\nabc")
-	time.Sleep(100 * time.Millisecond)
+	select {
+	case <-forwarded:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upgrade request never reached the backend")
+	}
 	io.WriteString(c, "hello")
+	close(early)
 	br := bufio.NewReader(c)
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	resp, err := http.ReadResponse(br, nil)

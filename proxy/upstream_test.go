@@ -81,14 +81,17 @@ func TestUpstreamReusesConnections(t *testing.T) {
 
 // closingServer answers each request on a connection with a keep-alive
 // response, then closes the connection anyway after `after` requests.
-func closingServer(t *testing.T, after int) (string, *atomic.Int64) {
+// closingServer serves after requests on each connection and closes it;
+// it returns its address, the count of connections accepted and the count
+// of connections it closed.
+func closingServer(t *testing.T, after int) (string, *atomic.Int64, *atomic.Int64) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	var conns atomic.Int64
+	var conns, closed atomic.Int64
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -97,6 +100,7 @@ func closingServer(t *testing.T, after int) (string, *atomic.Int64) {
 			}
 			conns.Add(1)
 			go func() {
+				defer closed.Add(1)
 				defer c.Close()
 				br := bufio.NewReader(c)
 				for i := 0; i < after; i++ {
@@ -110,18 +114,20 @@ func closingServer(t *testing.T, after int) (string, *atomic.Int64) {
 			}()
 		}
 	}()
-	return ln.Addr().String(), &conns
+	return ln.Addr().String(), &conns, &closed
 }
 
 func TestUpstreamReplacesStaleConnections(t *testing.T) {
-	addr, conns := closingServer(t, 1)
+	addr, conns, closed := closingServer(t, 1)
 	u := NewUpstream()
 	for i := 0; i < 6; i++ {
 		method, body := http.MethodGet, ""
 		if i%2 == 1 {
 			method, body = http.MethodPost, "payload"
 		}
-		time.Sleep(20 * time.Millisecond) // let the server's close arrive
+		// The server has closed the previous connection: over loopback its
+		// FIN is queued on the pooled connection when close returns.
+		waitFor(t, "the server's close", func() bool { return closed.Load() == int64(i) })
 		if resp, got := upGet(t, u, method, addr, "/", body); resp.StatusCode != 200 || got != "ok" {
 			t.Fatalf("request %d (%s): %d %q", i, method, resp.StatusCode, got)
 		}
