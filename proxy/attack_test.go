@@ -304,10 +304,15 @@ func TestAttackPerTryTimeoutCutsUploadWrites(t *testing.T) {
 // table.
 func TestHalfClosedClientIsGone(t *testing.T) {
 	addr := rawBackend(t, func(c net.Conn) {
-		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
 			return
 		}
-		time.Sleep(200 * time.Millisecond)
+		// The answer goes out once sluice has cut the exchange (the read
+		// ends), or after 2 s if it never does: then it reaches the
+		// client, whose read waits 3 s, and the test fails.
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		br.ReadByte()
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	})
 	p := pool(t, "round_robin", m("a", addr, 1))
