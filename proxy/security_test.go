@@ -191,9 +191,9 @@ func TestStrayBytesNeverReachAnotherClient(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		// The wave is over: its late bytes arrive, at least 20 ms after
-		// the answers they follow, on connections that are idle.
-		time.Sleep(20 * time.Millisecond)
+		// The wave is over and its exchanges ended: its late bytes
+		// arrive on connections that are idle.
+		waitFor(t, "the wave's exchanges to end", func() bool { return inflight(p) == 0 })
 		mu.Lock()
 		for c, bytes := range owed {
 			for _, b := range bytes {
