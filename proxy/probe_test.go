@@ -21,10 +21,19 @@ func probeState(p *balance.Pool, id string) balance.ProbeState {
 }
 
 func TestProberRiseFall(t *testing.T) {
-	var fail atomic.Bool
+	var fail, hold atomic.Bool
 	var probes atomic.Int64
+	held, released := make(chan struct{}, 1), make(chan struct{}, 1)
 	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		probes.Add(1)
+		if hold.Load() {
+			// Held until the prober gives up on it: its timeout (5 s) is
+			// far, so that is its loop being cancelled.
+			held <- struct{}{}
+			<-r.Context().Done()
+			released <- struct{}{}
+			return
+		}
 		if r.URL.Path != "/healthz" || fail.Load() {
 			w.WriteHeader(http.StatusInternalServerError)
 			return
@@ -36,7 +45,7 @@ func TestProberRiseFall(t *testing.T) {
 	p := pool(t, "round_robin", m("http", hostOf(b), 1), m("tcp-dead", tcpDead, 1))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	pr := NewProber(p, ProbeOptions{Type: "http", Path: "/healthz", Interval: 20 * time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 3, Fall: 2}, nil)
+	pr := NewProber(p, ProbeOptions{Type: "http", Path: "/healthz", Interval: 20 * time.Millisecond, Timeout: 5 * time.Second, Rise: 3, Fall: 2}, nil)
 	go func() { pr.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
@@ -62,17 +71,27 @@ func TestProberRiseFall(t *testing.T) {
 		t.Errorf("back to passing after %d probes, want rise = 3", n)
 	}
 
-	// The probe loop of a removed instance stops.
-	p.SetMembers(context.Background(), 2, []balance.Member{m("tcp-dead", tcpDead, 1)})
-	deadline := time.Now().Add(5 * time.Second)
-	for len(p.Load().Members) != 1 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
+	// The probe loop of a removed instance stops: removed while a probe
+	// of it is in flight (held by the instance), the loop cancels that
+	// probe and, its context done, sends no other.
+	hold.Store(true)
+	select {
+	case <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no probe reached the instance")
 	}
-	time.Sleep(100 * time.Millisecond) // let a probe in flight finish
+	p.SetMembers(context.Background(), 2, []balance.Member{m("tcp-dead", tcpDead, 1)})
+	select {
+	case <-released:
+	case <-time.After(4 * time.Second):
+		t.Fatal("the probe in flight of a removed instance was not cancelled")
+	}
 	settled := probes.Load()
+	// A bound, not a synchronisation: the loop has ended, and 10
+	// intervals without a probe show no other loop took its place.
 	time.Sleep(200 * time.Millisecond)
-	if probes.Load() != settled {
-		t.Errorf("removed instance still probed")
+	if n := probes.Load() - settled; n != 0 {
+		t.Errorf("removed instance still probed %d times", n)
 	}
 }
 
