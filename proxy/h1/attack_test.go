@@ -43,14 +43,15 @@ func TestAttackLongTrailerLineRefused(t *testing.T) {
 // with one such socket open, every SIGTERM waits the full grace and ends in
 // Close. Expected: Shutdown returns at once when no request is in flight.
 func TestAttackShutdownWaitsForSilentConnection(t *testing.T) {
-	s := &Server{Handler: http.HandlerFunc(echo), HeaderTimeout: 5 * time.Second}
+	cc := &countConns{}
+	s := &Server{Handler: http.HandlerFunc(echo), HeaderTimeout: 5 * time.Second, ConnCounter: cc}
 	addr := serve(t, s)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	time.Sleep(100 * time.Millisecond) // accepted, nothing sent
+	waitUntil(t, "the connection accepted", func() bool { return cc.opened.Load() == 1 }) // nothing sent
 	ctx, cancel := context.WithTimeout(context.Background(), 1*time.Second)
 	defer cancel()
 	start := time.Now()
