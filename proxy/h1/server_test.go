@@ -171,9 +171,10 @@ func TestRequestBodyTimeout(t *testing.T) {
 }
 
 func TestClientGoneCancelsRequest(t *testing.T) {
-	cancelled := make(chan struct{})
+	var started, cancelled chan struct{}
 	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
+		close(started)
 		select {
 		case <-r.Context().Done():
 			close(cancelled)
@@ -181,13 +182,17 @@ func TestClientGoneCancelsRequest(t *testing.T) {
 		}
 	})})
 	for _, req := range []string{"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"} {
-		cancelled = make(chan struct{})
+		started, cancelled = make(chan struct{}), make(chan struct{})
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		io.WriteString(c, req)
-		time.Sleep(50 * time.Millisecond) // let the handler start
+		select {
+		case <-started:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%q: the handler did not start", req)
+		}
 		c.Close()
 		select {
 		case <-cancelled:
