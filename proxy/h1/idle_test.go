@@ -135,8 +135,10 @@ func TestRawReadPiecesAndPipelining(t *testing.T) {
 // byte) is read whole and answered after it.
 func TestRequestDuringBackgroundRead(t *testing.T) {
 	release := make(chan struct{})
+	readers := make(chan *connReader, 1)
 	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
+			readers <- w.(*response).c.r
 			<-release
 		}
 		echo(w, r)
@@ -148,9 +150,16 @@ func TestRequestDuringBackgroundRead(t *testing.T) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-	time.Sleep(10 * clientGoneDelay) // the background read is running
+	var cr *connReader
+	select {
+	case cr = <-readers:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the /slow handler did not start")
+	}
+	waitUntil(t, "the background read running", func() bool { return cr.watch.Load() == watchRunning })
 	io.WriteString(c, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
-	time.Sleep(10 * time.Millisecond)
+	// The background read ended: it took the first byte of /next.
+	waitUntil(t, "the background read to take a byte", func() bool { return len(cr.done) == 1 })
 	close(release)
 	br := bufio.NewReader(c)
 	for _, want := range []string{"GET /slow ", "GET /next "} {
