@@ -96,9 +96,10 @@ service "web" {
 	killed := time.Now()
 	time.Sleep(time.Second) // the bound: no traffic 1 s after the kill
 	in, _ := s.instance("web", "web-b")
-	at1s := in.Requests
-	waitFor(t, 10*time.Second, "more load after the kill", func() bool { return l.ok.Load() > 1000 })
-	time.Sleep(500 * time.Millisecond)
+	at1s, okAt1s := in.Requests, l.ok.Load()
+	// Picks after the 1 s mark: 1000 answers, each round robin's pick
+	// among the instances sluice holds eligible.
+	waitFor(t, 10*time.Second, "load after the 1 s mark", func() bool { return l.ok.Load() >= okAt1s+1000 })
 	l.finish()
 
 	in, _ = s.instance("web", "web-b")
