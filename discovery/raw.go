@@ -8,8 +8,10 @@ import (
 	"strings"
 )
 
-// MaxAnswerBytes bounds the body of one watch answer that a Watcher reads
-// itself (see RawTransport); a longer answer fails the query.
+// MaxAnswerBytes bounds the body of any one answer from Consul through
+// RawTransport (a watch answer a Watcher reads itself, and every other
+// answer: catalog, Connect, agent); a longer answer fails its request,
+// whose caller keeps what it had.
 const MaxAnswerBytes = 256 << 20
 
 // RawTransport wraps the transport of the HTTP client under the Consul
@@ -21,7 +23,8 @@ const MaxAnswerBytes = 256 << 20
 // itself, every header and every other answer pass unchanged, so the
 // client's settings (address, scheme, TLS, token, namespace, partition,
 // query options) all apply. Requests of anyone else pass through as they
-// are. It may be shared by any number of clients and goroutines.
+// are, their bodies bounded by MaxAnswerBytes. It may be shared by any
+// number of clients and goroutines.
 func RawTransport(next http.RoundTripper) http.RoundTripper { return rawTransport{next: next} }
 
 type rawTransport struct{ next http.RoundTripper }
@@ -46,8 +49,14 @@ const emptyArray = "[]"
 func (t rawTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	sink, _ := r.Context().Value(rawSinkKey{}).(*rawSink)
 	resp, err := t.next.RoundTrip(r)
-	if sink == nil || err != nil || resp.StatusCode != http.StatusOK {
+	if err != nil {
 		return resp, err
+	}
+	if sink == nil || resp.StatusCode != http.StatusOK {
+		if resp.Body != nil {
+			resp.Body = &cappedBody{ReadCloser: resp.Body, left: MaxAnswerBytes}
+		}
+		return resp, nil
 	}
 	buf, err := readBody(resp.Body, sink.buf, resp.ContentLength)
 	resp.Body.Close()
@@ -78,7 +87,7 @@ func readBody(body io.Reader, buf []byte, size int64) ([]byte, error) {
 		n, err := body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if len(buf) > MaxAnswerBytes {
-			return nil, fmt.Errorf("consul answer longer than %d bytes", MaxAnswerBytes)
+			return nil, errAnswerTooLarge
 		}
 		if err == io.EOF {
 			return buf, nil
@@ -87,4 +96,30 @@ func readBody(body io.Reader, buf []byte, size int64) ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// errAnswerTooLarge is an answer from Consul longer than MaxAnswerBytes.
+var errAnswerTooLarge = fmt.Errorf("consul answer longer than %d bytes", MaxAnswerBytes)
+
+// cappedBody fails a body's read past MaxAnswerBytes (left: what may still
+// be read; negative once failed).
+type cappedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *cappedBody) Read(p []byte) (int, error) {
+	if b.left < 0 {
+		return 0, errAnswerTooLarge
+	}
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1] // one byte more than allowed shows the excess
+	}
+	n, err := b.ReadCloser.Read(p)
+	if int64(n) > b.left {
+		n, b.left = int(b.left), -1
+		return n, errAnswerTooLarge
+	}
+	b.left -= int64(n)
+	return n, err
 }
