@@ -161,14 +161,12 @@ func decodeStatus(p []byte) int {
 	if s, ok := static[p[0]]; ok {
 		return s
 	}
-	// 0x48 (incremental indexing) or 0x08 / 0x18 (without / never indexed).
-	i := 1
-	if p[0]&0x0f != 8 && p[0] != 0x48 {
+	// A literal whose name is a :status entry of the static table (8..14),
+	// with incremental indexing (0x4_), without (0x0_) or never (0x1_).
+	if idx := p[0] & 0x0f; idx < 8 || idx > 14 || (p[0]&0xf0 != 0x40 && p[0]&0xf0 != 0x00 && p[0]&0xf0 != 0x10) {
 		return -1
 	}
-	if p[0] == 0x08 || p[0] == 0x18 || p[0] == 0x48 {
-		i = 1
-	}
+	i := 1
 	if len(p) < i+1 {
 		return -1
 	}
@@ -182,7 +180,7 @@ func decodeStatus(p []byte) int {
 	// Huffman codes of the digits: 0-2 five bits, 3-9 six bits.
 	var bits uint64
 	nb := 0
-	for _, c := range v {
+	for _, c := range append(v, 0xff) { // EOS padding is ones
 		bits = bits<<8 | uint64(c)
 		nb += 8
 	}

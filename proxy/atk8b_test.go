@@ -31,18 +31,25 @@ func TestAtk8bH2RequestLineInjection(t *testing.T) {
 		{"method with a space, POST", "POST /admin", "x"},
 		{"authority with a space", "GET", "x y"},
 		{"authority with a slash", "GET", "x/y"},
+		{"CONNECT", http.MethodConnect, "127.0.0.1:1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := dialH2Raw(t, f.URL)
-			h.headers(1, true, ":method", tc.method, ":scheme", "http", ":path", "/public", ":authority", tc.authority)
+			want := http.StatusBadRequest
+			if tc.method == http.MethodConnect {
+				want = http.StatusMethodNotAllowed
+				h.headers(1, true, ":method", tc.method, ":authority", tc.authority)
+			} else {
+				h.headers(1, true, ":method", tc.method, ":scheme", "http", ":path", "/public", ":authority", tc.authority)
+			}
 			r := h.result(1)
 			select {
 			case s := <-got:
 				t.Errorf("the instance was sent %q", s)
 			default:
 			}
-			if r.status != http.StatusBadRequest {
-				t.Errorf("want 400, have %+v", r)
+			if r.status != want {
+				t.Errorf("want %d, have %+v", want, r)
 			}
 			if n := failures(p, "a"); n != 0 {
 				t.Errorf("instance blamed %d times", n)

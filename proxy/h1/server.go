@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/sluice-lb/sluice/proxy/internal/rawread"
+	"github.com/sluice-lb/sluice/proxy/internal/wire"
 )
 
 // Defaults of Server's timeouts.
@@ -1279,12 +1280,46 @@ func (s *Server) serveH2(w http.ResponseWriter, r *http.Request) {
 		}
 		defer hc.streams.Add(-1)
 	}
+	if e := checkH2Request(r); e != nil {
+		writeH2Error(w, e)
+		return
+	}
 	rc := http.NewResponseController(w)
 	t := s.currentTimeouts()
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &h2Body{ReadCloser: r.Body, rc: rc, timeout: t.BodyTimeout}
 	}
 	s.Handler.ServeHTTP(&h2Writer{ResponseWriter: w, rc: rc, timeout: t.WriteTimeout}, r)
+}
+
+// checkH2Request holds an HTTP/2 request to the rules that readHead
+// applies to HTTP/1.1 where net/http's HTTP/2 server does not: it checks
+// that the fields hold no forbidden bytes, but takes any :method and
+// :authority, from which the request line and Host sent to an instance
+// are written ("GET /admin" as a method would put a second target in
+// that line). Nil: the request may be served.
+func checkH2Request(r *http.Request) *Error {
+	switch {
+	case !wire.IsToken(r.Method):
+		return badRequest("malformed method")
+	case r.Method == http.MethodConnect:
+		return &Error{Status: http.StatusMethodNotAllowed, Reason: "CONNECT is not supported"}
+	case !validHost(r.Host):
+		return badRequest("malformed authority")
+	}
+	return nil
+}
+
+// writeH2Error answers an HTTP/2 stream with e as writeError does, but
+// without Connection: close, which would end the connection's other
+// streams too.
+func writeH2Error(w http.ResponseWriter, e *Error) {
+	reason, _ := json.Marshal(e.Reason)
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(e.Status)
+	io.WriteString(w, `{"error":`+string(reason)+"}\n")
 }
 
 // h2ConnKey is the context key of a handed-off connection's *hijackedConn
