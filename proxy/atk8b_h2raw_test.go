@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -25,6 +27,23 @@ func dialH2Raw(t *testing.T, url string) *h2raw {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newH2Raw(t, c)
+}
+
+// dialH2RawTLS is dialH2Raw over TLS with ALPN h2.
+func dialH2RawTLS(t *testing.T, addr string, roots *x509.CertPool) *h2raw {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: "localhost", NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("ALPN chose %q", p)
+	}
+	return newH2Raw(t, c)
+}
+
+func newH2Raw(t *testing.T, c net.Conn) *h2raw {
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
