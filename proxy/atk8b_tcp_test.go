@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -201,5 +203,28 @@ func TestAtk8bTCPHalfCloseBothWays(t *testing.T) {
 	waitFor(t, "connections judged", func() bool { return statsOf(p, "a").Requests() == 4 && inflight(p) == 0 })
 	if n := failures(p, "a"); n != 0 {
 		t.Errorf("instance blamed %d times", n)
+	}
+}
+
+// TestAtk8bTCPLargeHello: a legitimate ClientHello of about 40 KiB (three
+// TLS records; here a long ALPN list) is routed by its server name and
+// reaches the instance whole.
+func TestAtk8bTCPLargeHello(t *testing.T) {
+	ca := newCA(t)
+	pa := pool(t, "round_robin", m("a", sniBackend(t, ca, "A"), 1))
+	sni, _ := tcpFront(t, TCPOptions{SNIRoutes: []SNIRoute{{ServerName: "a.example", Service: ServiceOptions{Name: "a", Pool: pa}}}})
+	var protos []string
+	for i := 0; i < 160; i++ {
+		protos = append(protos, fmt.Sprintf("%03d", i)+strings.Repeat("p", 247))
+	}
+	c, err := tls.Dial("tcp", sni, &tls.Config{RootCAs: ca.pool(), ServerName: "a.example", NextProtos: protos})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "ping")
+	c.CloseWrite()
+	if out, err := readAllTimeout(c); out != "A:ping" {
+		t.Errorf("a 40 KiB hello: %q %v", out, err)
 	}
 }
