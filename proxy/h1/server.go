@@ -1015,8 +1015,7 @@ func (c *conn) refuse(err error) {
 
 // writeError writes a final answer for e with Connection: close.
 func (c *conn) writeError(e *Error) {
-	reason, _ := json.Marshal(e.Reason)
-	body := `{"error":` + string(reason) + "}\n"
+	body := e.body()
 	c.takeWriter()
 	bw := c.bw
 	writeStatusLine(bw, e.Status)
@@ -1314,12 +1313,17 @@ func checkH2Request(r *http.Request) *Error {
 // without Connection: close, which would end the connection's other
 // streams too.
 func writeH2Error(w http.ResponseWriter, e *Error) {
-	reason, _ := json.Marshal(e.Reason)
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(e.Status)
-	io.WriteString(w, `{"error":`+string(reason)+"}\n")
+	io.WriteString(w, e.body())
+}
+
+// body is the JSON answer body for e.
+func (e *Error) body() string {
+	reason, _ := json.Marshal(e.Reason)
+	return `{"error":` + string(reason) + "}\n"
 }
 
 // h2ConnKey is the context key of a handed-off connection's *hijackedConn
