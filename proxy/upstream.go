@@ -183,10 +183,9 @@ var errHeaderTooLarge = errors.New("upstream response headers exceed 1 MiB")
 
 // headerLimiter is the reader under an upConn's bufio.Reader: it enforces
 // the header budget, and arms the body's read deadline before each read of
-// the socket. (Per socket read, not per read of the body: net/http's
-// chunked reader may block on the socket with bytes buffered, for the rest
-// of a chunk line, and loops within one read of the body until a chunk
-// ends or the caller's buffer is full, over many waits.)
+// the socket. (Per socket read, not per read of the body: one read of a
+// chunked body may wait on the socket more than once, for the rest of a
+// chunk line and then for data, with bytes already buffered.)
 type headerLimiter struct{ c *upConn }
 
 func (l headerLimiter) Read(p []byte) (int, error) {
