@@ -105,31 +105,24 @@ func TestAtk8bH2Trailers(t *testing.T) {
 // an h2 request never reach another h2 client.
 func TestAtk8bH2StrayBytes(t *testing.T) {
 	sent := make(chan struct{}, 16)
-	addr := rawBackend(t, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			path := req.URL.Path
-			switch {
-			case strings.HasPrefix(path, "/stray"):
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n"+path[:6])
-			case strings.HasPrefix(path, "/head"):
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
-			case strings.HasPrefix(path, "/204"):
-				io.WriteString(c, "HTTP/1.1 204 No Content\r\n\r\n")
-			default:
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+itoa(len(path))+"\r\n\r\n"+path)
-				continue
-			}
-			go func() {
-				time.Sleep(30 * time.Millisecond)
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nLEAK!")
-				sent <- struct{}{}
-			}()
+	addr := rawRequests(t, func(c net.Conn, req *http.Request) {
+		path := req.URL.Path
+		switch {
+		case strings.HasPrefix(path, "/stray"):
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n"+path[:6])
+		case strings.HasPrefix(path, "/head"):
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+		case strings.HasPrefix(path, "/204"):
+			io.WriteString(c, "HTTP/1.1 204 No Content\r\n\r\n")
+		default:
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(path))+"\r\n\r\n"+path)
+			return
 		}
+		go func() {
+			time.Sleep(30 * time.Millisecond)
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nLEAK!")
+			sent <- struct{}{}
+		}()
 	})
 	p := pool(t, "round_robin", m("a", addr, 1))
 	f := front(t, ServiceOptions{Name: "web", Pool: p})
@@ -150,7 +143,7 @@ func TestAtk8bH2StrayBytes(t *testing.T) {
 		resp.Body.Close()
 		<-sent
 		for i := 0; i < 5; i++ {
-			path := "/b" + first + "/" + itoa(i)
+			path := "/b" + first + "/" + strconv.Itoa(i)
 			resp, err := b.Get(f.URL + path)
 			if err != nil {
 				t.Fatal(err)
@@ -167,26 +160,17 @@ func TestAtk8bH2StrayBytes(t *testing.T) {
 	}
 }
 
-func itoa(i int) string { return strconv.Itoa(i) }
-
 // TestAtk8bH2ClientFaults: over raw h2, forwarding headers in any spelling
 // are replaced, and a body shorter or longer than its content-length is the
 // client's fault (400 or a reset stream), never the instance's.
 func TestAtk8bH2ClientFaults(t *testing.T) {
 	seen := make(chan string, 16)
-	addr := rawBackend(t, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			var b strings.Builder
-			req.Header.Write(&b)
-			seen <- b.String()
-			io.Copy(io.Discard, req.Body)
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-		}
+	addr := rawRequests(t, func(c net.Conn, req *http.Request) {
+		var b strings.Builder
+		req.Header.Write(&b)
+		seen <- b.String()
+		io.Copy(io.Discard, req.Body)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	})
 	p := pool(t, "round_robin", m("a", addr, 1))
 	f := front(t, ServiceOptions{Name: "web", Pool: p})

@@ -1,10 +1,10 @@
 package proxy
 
 import (
-	"bufio"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,21 +18,14 @@ import (
 // connection, cut mid-answer, never carries the rest of that answer to
 // another client.
 func TestAtk8bH2ClosedWindow(t *testing.T) {
-	addr := rawBackend(t, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			if req.URL.Path == "/big" {
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
-				c.Write(make([]byte, 1<<20))
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nLEAK!")
-				continue
-			}
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+itoa(len(req.URL.Path))+"\r\n\r\n"+req.URL.Path)
+	addr := rawRequests(t, func(c net.Conn, req *http.Request) {
+		if req.URL.Path == "/big" {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
+			c.Write(make([]byte, 1<<20))
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nLEAK!")
+			return
 		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(req.URL.Path))+"\r\n\r\n"+req.URL.Path)
 	})
 	p := pool(t, "round_robin", m("a", addr, 1))
 	f := h1Front(t, HTTPOptions{Routes: []Route{{PathPrefix: "/", Service: ServiceOptions{Name: "web", Pool: p}}}},
@@ -54,7 +47,7 @@ func TestAtk8bH2ClosedWindow(t *testing.T) {
 	client := h2cClient()
 	defer client.CloseIdleConnections()
 	for i := 0; i < 5; i++ {
-		path := "/next/" + itoa(i)
+		path := "/next/" + strconv.Itoa(i)
 		resp, err := client.Get(f.URL + path)
 		if err != nil {
 			t.Fatal(err)

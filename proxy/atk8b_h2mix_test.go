@@ -1,11 +1,11 @@
 package proxy
 
 import (
-	"bufio"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,31 +18,24 @@ import (
 // meant for another, or the forged one.
 func TestAtk8bH2MixedStray(t *testing.T) {
 	const forged = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nLEAK!"
-	addr := rawBackend(t, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			path := req.URL.Path
-			var ans string
-			switch {
-			case req.Method == http.MethodHead:
-				ans = "HTTP/1.1 200 OK\r\nContent-Length: " + itoa(len(path)) + "\r\n\r\n"
-			case strings.HasSuffix(path, "/204"):
-				ans = "HTTP/1.1 204 No Content\r\nX-Path: " + path + "\r\n\r\n"
-			case strings.HasSuffix(path, "/chunked"):
-				ans = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + itoaHex(len(path)) + "\r\n" + path + "\r\n0\r\n\r\n"
-			default:
-				ans = "HTTP/1.1 200 OK\r\nContent-Length: " + itoa(len(path)) + "\r\n\r\n" + path
-			}
-			if rand.IntN(3) == 0 {
-				ans += forged
-			}
-			if _, err := io.WriteString(c, ans); err != nil {
-				return
-			}
+	addr := rawRequests(t, func(c net.Conn, req *http.Request) {
+		path := req.URL.Path
+		var ans string
+		switch {
+		case req.Method == http.MethodHead:
+			ans = "HTTP/1.1 200 OK\r\nContent-Length: " + strconv.Itoa(len(path)) + "\r\n\r\n"
+		case strings.HasSuffix(path, "/204"):
+			ans = "HTTP/1.1 204 No Content\r\nX-Path: " + path + "\r\n\r\n"
+		case strings.HasSuffix(path, "/chunked"):
+			ans = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + strconv.FormatInt(int64(len(path)), 16) + "\r\n" + path + "\r\n0\r\n\r\n"
+		default:
+			ans = "HTTP/1.1 200 OK\r\nContent-Length: " + strconv.Itoa(len(path)) + "\r\n\r\n" + path
+		}
+		if rand.IntN(3) == 0 {
+			ans += forged
+		}
+		if _, err := io.WriteString(c, ans); err != nil {
+			return
 		}
 	})
 	p := pool(t, "round_robin", m("a", addr, 1))
@@ -57,7 +50,7 @@ func TestAtk8bH2MixedStray(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				kind := []string{"/cl", "/chunked", "/204", "/head"}[i%4]
-				path := "/c" + itoa(cl) + "/r" + itoa(i) + kind
+				path := "/c" + strconv.Itoa(cl) + "/r" + strconv.Itoa(i) + kind
 				method := http.MethodGet
 				if kind == "/head" {
 					method = http.MethodHead
@@ -82,7 +75,7 @@ func TestAtk8bH2MixedStray(t *testing.T) {
 					}
 				case kind == "/head":
 					if resp.ContentLength != int64(len(path)) {
-						errs <- path + ": HEAD got length " + itoa(int(resp.ContentLength))
+						errs <- path + ": HEAD got length " + strconv.Itoa(int(resp.ContentLength))
 					}
 				case string(b) != path:
 					errs <- path + ": got " + string(b)
@@ -98,13 +91,4 @@ func TestAtk8bH2MixedStray(t *testing.T) {
 			t.Error(e)
 		}
 	}
-}
-
-func itoaHex(n int) string {
-	const digits = "0123456789abcdef"
-	s := ""
-	for ; n > 0; n /= 16 {
-		s = string(digits[n%16]) + s
-	}
-	return s
 }

@@ -64,6 +64,22 @@ func rawBackend(t *testing.T, serve func(net.Conn)) string {
 	return ln.Addr().String()
 }
 
+// rawRequests is rawBackend answering every request on each connection
+// with answer, which writes the raw answer to c (it may leave the body
+// unread); a connection ends when a request cannot be read.
+func rawRequests(t *testing.T, answer func(c net.Conn, req *http.Request)) string {
+	return rawBackend(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			answer(c, req)
+		}
+	})
+}
+
 // rawClient sends req on a new connection and returns everything read
 // until the connection closes or 5 s pass.
 func rawClient(t *testing.T, url, req string) string {
