@@ -861,22 +861,7 @@ func (u *Upstream) wrap(hp *hostPool, c *upConn, req *http.Request, resp *http.R
 // would refuse it otherwise, after the transport returned it.
 func upgradeAnswered(req, res http.Header) bool {
 	asked := req.Get("Upgrade")
-	return asked != "" && hasToken(res["Connection"], "upgrade") && strings.EqualFold(asked, res.Get("Upgrade"))
-}
-
-// hasToken reports whether comma-separated header values hold token, in
-// any case.
-func hasToken(values []string, token string) bool {
-	for _, v := range values {
-		for v != "" {
-			var t string
-			t, v, _ = strings.Cut(v, ",")
-			if strings.EqualFold(strings.Trim(t, " \t"), token) {
-				return true
-			}
-		}
-	}
-	return false
+	return asked != "" && wire.HasToken(res["Connection"], "upgrade") && strings.EqualFold(asked, res.Get("Upgrade"))
 }
 
 func isChunked(resp *http.Response) bool {

@@ -266,9 +266,9 @@ func readHead(br *bufio.Reader, maxBytes int) (*head, error) {
 	// Connection management and expectations.
 	conn := req.Header["Connection"]
 	if req.ProtoMinor == 0 {
-		h.closeAfter = !headerHasToken(conn, "keep-alive")
+		h.closeAfter = !wire.HasToken(conn, "keep-alive")
 	} else {
-		h.closeAfter = headerHasToken(conn, "close")
+		h.closeAfter = wire.HasToken(conn, "close")
 	}
 	req.Close = h.closeAfter
 	if ex, ok := req.Header["Expect"]; ok {
@@ -280,7 +280,7 @@ func readHead(br *bufio.Reader, maxBytes int) (*head, error) {
 		delete(req.Header, "Expect")
 		h.expect100 = req.ProtoMinor == 1 && (h.chunked || h.contentLength > 0)
 	}
-	h.upgrade = headerHasToken(conn, "upgrade") && len(req.Header["Upgrade"]) > 0
+	h.upgrade = wire.HasToken(conn, "upgrade") && len(req.Header["Upgrade"]) > 0
 	return h, nil
 }
 
@@ -365,17 +365,4 @@ func validHost(h string) bool {
 		}
 	}
 	return true
-}
-
-// headerHasToken reports whether any comma-separated element of values
-// equals token, ignoring case.
-func headerHasToken(values []string, token string) bool {
-	for _, v := range values {
-		for part := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.Trim(part, " \t"), token) {
-				return true
-			}
-		}
-	}
-	return false
 }

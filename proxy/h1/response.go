@@ -212,7 +212,7 @@ func (w *response) commit(final bool) {
 		}
 	}
 	delete(h, "Transfer-Encoding")
-	if headerHasToken(h["Connection"], "close") {
+	if wire.HasToken(h["Connection"], "close") {
 		w.closeAfter = true
 	}
 	delete(h, "Connection")
