@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -46,13 +47,53 @@ func binary(t testing.TB, env, name string) string {
 }
 
 // handedOut holds the ports freePort returned, so that a test never gets
-// one twice (the kernel may hand a closed port out again).
+// one twice.
 var handedOut sync.Map
 
-// freePort returns a loopback port that was free a moment ago and that no
-// other freePort call in this process returned.
+// Ports handed to child processes (Consul agents, sluice) come from
+// [portLow, portHigh), which lies below Linux's default ephemeral range
+// (32768-60999) and below macOS's (49152-65535). A port from the ephemeral
+// range that was free a moment ago can be taken by any outgoing connection
+// on the machine before the child binds it (a Consul server once failed
+// with "address already in use" that way); the kernel never picks a port
+// outside that range on its own. When this machine's ephemeral range
+// overlaps the block, freePort falls back to a port the kernel picks.
+const portLow, portHigh = 20000, 32768
+
+// freePort returns a loopback port, free for TCP and UDP a moment ago (Serf
+// binds both), that no other freePort call in this process returned.
 func freePort(t testing.TB) int {
 	t.Helper()
+	portBlockOnce.Do(checkPortBlock)
+	if portBlockOverlaps {
+		return kernelPort(t)
+	}
+	start := rand.IntN(portHigh - portLow)
+	for i := range portHigh - portLow {
+		port := portLow + (start+i)%(portHigh-portLow)
+		if _, taken := handedOut.LoadOrStore(port, true); taken {
+			continue
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return port
+	}
+	t.Fatalf("no free loopback port in [%d, %d)", portLow, portHigh)
+	return 0
+}
+
+// kernelPort returns a port the kernel picked for 127.0.0.1:0 that no
+// other freePort call returned.
+func kernelPort(t testing.TB) int {
 	for {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -64,6 +105,25 @@ func freePort(t testing.TB) int {
 			return port
 		}
 	}
+}
+
+var (
+	portBlockOnce     sync.Once
+	portBlockOverlaps bool
+)
+
+// checkPortBlock sets portBlockOverlaps when Linux's ephemeral port range
+// overlaps [portLow, portHigh).
+func checkPortBlock() {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return // not Linux
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+		return
+	}
+	portBlockOverlaps = lo < portHigh && hi >= portLow
 }
 
 // waitFor polls cond every 5ms until it holds or timeout passes.
@@ -699,6 +759,11 @@ func startConsulCluster(t testing.TB) *consulCluster {
 	a.proc = startProcess(t, bin, args...)
 	c.Client = a
 	waitFor(t, 60*time.Second, "consul cluster: a leader and four nodes", func() bool {
+		for _, s := range c.servers {
+			if !s.alive() {
+				t.Fatalf("consul server %s exited while the cluster formed (its output is above)", s.name)
+			}
+		}
 		leader, err := a.Client.Status().Leader()
 		if err != nil || leader == "" {
 			return false
